@@ -1,0 +1,261 @@
+"""The ``clipfit`` command line: params, train, eval, classify, info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import __version__
+from .classify import Classifier, resolve_templates
+from .data import DatasetError, check_readable, load_dataset, sample_few_shot, split_train_val
+from .delta import CONFIG_NAME, WEIGHTS_NAME, Delta, DeltaError
+from .evaluate import accuracy, per_class_accuracy
+from .models import (
+    BaseModel, UnknownModelError, WeightsUnavailableError, create_base_model, parse_model_spec,
+)
+from .params import UnsupportedArchitectureError, trainable_parameters
+from .train import TrainConfig, TrainingCancelled, train_clipfit
+
+USER_ERRORS = (DatasetError, DeltaError, UnknownModelError, WeightsUnavailableError,
+               UnsupportedArchitectureError, ValueError, FileNotFoundError)
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available here")
+    return name
+
+
+def _load_base(args, spec: str | None = None) -> BaseModel:
+    return create_base_model(
+        spec or args.model, device=_device(args.device), cache_dir=args.cache_dir,
+        allow_download=not args.offline,
+    )
+
+
+def _load_adapter(args) -> tuple[BaseModel, Delta]:
+    delta = Delta.load(args.adapter)
+    base = _load_base(args, args.model or delta.config.base_model)
+    return base, delta
+
+
+def cmd_params(args) -> int:
+    arch, _ = parse_model_spec(args.arch)  # counts do not depend on the weights
+    base = create_base_model(arch, fingerprint=False)
+    total = 0
+    for name, p in trainable_parameters(base.model).items():
+        print(f"{name}\t{p.numel()}")
+        total += p.numel()
+    print(f"total: {total}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    dataset = load_dataset(args.data)
+    check_readable(dataset)
+    val = None
+    if args.val_fraction > 0:
+        dataset, val = split_train_val(dataset, args.val_fraction, seed=args.seed)
+    if args.shots > 0:
+        dataset = sample_few_shot(dataset, args.shots, seed=args.seed)
+    config = TrainConfig(
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, lambda_kd=args.lambda_,
+        templates=[args.template], seed=args.seed, amp=args.amp, num_workers=args.workers,
+    )
+    base = _load_base(args)
+    counts = dataset.counts()
+    print(f"training {base.spec} on {len(dataset)} images, {len(counts)} classes "
+          f"({min(counts.values())}-{max(counts.values())} per class)"
+          + (f", validating on {len(val)}" if val else ""), file=sys.stderr)
+
+    zero_shot_val = _accuracy_on(base, val, config.templates) if val else None
+    bar = tqdm(total=None, unit="step", desc="train", disable=args.quiet, file=sys.stderr)
+
+    def on_progress(p):
+        bar.total = p.total_steps
+        bar.set_postfix(epoch=f"{p.epoch}/{p.epochs}", loss=f"{p.loss:.3f}",
+                        lr=f"{p.lr:.2e}", img_s=f"{p.images_per_sec:.1f}", refresh=False)
+        bar.update(1)
+
+    result = train_clipfit(base, dataset, config, val_set=val, on_progress=on_progress)
+    bar.close()
+    delta = result.delta
+    if val:
+        delta.config.metrics["zero_shot_val_accuracy"] = zero_shot_val
+        delta.config.metrics["val_images"] = len(val)
+    delta.config.metrics["images_per_sec"] = round(result.images_per_sec, 2)
+    out = delta.save(args.out)
+    summary = {"out": str(out), "trainable": delta.numel(), "seconds": round(result.seconds, 2),
+               "images_per_sec": round(result.images_per_sec, 2), **delta.config.metrics}
+    print(json.dumps(summary))
+    return 0
+
+
+def _accuracy_on(base: BaseModel, dataset, templates, delta=None) -> float:
+    logits = Classifier(base).logits([s.source for s in dataset.samples], dataset.classnames,
+                                     templates, delta)
+    return accuracy(logits.argmax(-1), [s.label for s in dataset.samples])
+
+
+def cmd_eval(args) -> int:
+    dataset = load_dataset(args.data)
+    check_readable(dataset)
+    if args.adapter:
+        base, delta = _load_adapter(args)
+        templates = resolve_templates(args.template) if args.template else delta.config.templates
+    else:
+        base, delta = _load_base(args), None
+        templates = resolve_templates(args.template)
+    classifier = Classifier(base, batch_size=args.batch_size)
+    sources = [s.source for s in dataset.samples]
+    preds = []
+    for i in tqdm(range(0, len(sources), args.batch_size), desc="eval", unit="batch",
+                  disable=args.quiet, file=sys.stderr):
+        chunk = sources[i:i + args.batch_size]
+        preds.append(classifier.logits(chunk, dataset.classnames, templates, delta).argmax(-1))
+    preds = torch.cat(preds)
+    labels = torch.tensor([s.label for s in dataset.samples])
+    report = {
+        "model": base.spec, "adapter": str(args.adapter) if args.adapter else None,
+        "images": len(labels), "accuracy": accuracy(preds, labels),
+        "per_class_accuracy": per_class_accuracy(preds, labels, dataset.classnames),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"accuracy: {report['accuracy']:.4f} ({len(labels)} images)")
+        for name, acc in report["per_class_accuracy"].items():
+            print(f"  {name}: {acc:.4f}")
+    return 0
+
+
+def cmd_classify(args) -> int:
+    if args.adapter:
+        base, delta = _load_adapter(args)
+        classnames = delta.config.classnames
+        templates = resolve_templates(args.template) if args.template else delta.config.templates
+        if args.classes:
+            raise ValueError("--classes is for zero-shot; an adapter brings its own classes")
+    else:
+        if not args.classes:
+            raise ValueError("zero-shot classification needs --classes a,b,c")
+        base, delta = _load_base(args), None
+        classnames = [c.strip() for c in args.classes.split(",") if c.strip()]
+        templates = resolve_templates(args.template)
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such image file(s): {', '.join(missing)}")
+    predictions = Classifier(base).classify(args.images, classnames, templates, delta=delta,
+                                            top_k=args.top_k)
+    for path, pred in zip(args.images, predictions):
+        print(json.dumps({"image": path} | pred.to_dict()))
+    return 0
+
+
+def cmd_info(args) -> int:
+    delta = Delta.load(args.adapter_dir)
+    directory = Path(args.adapter_dir)
+    info = delta.config.to_dict() | {
+        "tensors": len(delta.tensors), "trainable_count": delta.numel(),
+        "files": {name: (directory / name).stat().st_size for name in (CONFIG_NAME, WEIGHTS_NAME)},
+    }
+    print(json.dumps(info, indent=2, sort_keys=True))
+    return 0
+
+
+def _model_options(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--model", required=required, default=None,
+                   help="base model spec: ARCH, ARCH:TAG (e.g. ViT-B-16:openai) or ARCH:PATH; "
+                        "clipfit-tiny runs offline with random weights. With --adapter: where "
+                        "to load the adapter's base from (its fingerprint must match)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--cache-dir", default=os.environ.get("CLIPFIT_WEIGHTS_DIR"),
+                   help="weights cache to read and fill (default: $CLIPFIT_WEIGHTS_DIR or the "
+                        "Hugging Face cache)")
+    p.add_argument("--offline", action="store_true",
+                   help="never download: fail at once when weights are not cached")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clipfit", description="Few-shot CLIP fine-tuning with ClipFit.")
+    parser.add_argument("--version", action="version", version=f"clipfit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("params", help="list the tensors ClipFit trains, then the total")
+    p.add_argument("arch", help="open_clip architecture, e.g. ViT-B-16 (random weights)")
+    p.set_defaults(func=cmd_params)
+
+    defaults = TrainConfig()
+    p = sub.add_parser("train", help="train a delta on an image folder or CSV manifest")
+    p.add_argument("data", help="folder with one sub-folder per class, or a path,label CSV")
+    p.add_argument("--out", required=True, help="directory for the two delta files")
+    _model_options(p, required=True)
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--shots", type=int, default=16, help="images per class (0: all)")
+    p.add_argument("--lambda", dest="lambda_", type=float, default=defaults.lambda_kd,
+                   help="weight of the text-feature distillation term (paper: 8)")
+    p.add_argument("--template", default="default",
+                   help="template name (e.g. oxford_pets, imagenet80) or a string with {}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.0,
+                   help="hold out this fraction per class for best-epoch selection and metrics")
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
+                   help="mixed precision on GPU (ignored on CPU)")
+    p.add_argument("--workers", type=int, default=-1, help="data loader workers (-1: auto)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="accuracy on every image of a dataset, among its classes")
+    p.add_argument("data")
+    p.add_argument("--adapter", help="delta directory (or give --model for zero-shot)")
+    _model_options(p, required=False)
+    p.add_argument("--template", default=None, help="default: the adapter's, or 'default'")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("classify", help="top-k labels for images, one JSON object per image")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--adapter", help="delta directory (or give --model and --classes)")
+    _model_options(p, required=False)
+    p.add_argument("--classes", help="comma-separated class names (zero-shot)")
+    p.add_argument("--template", default=None)
+    p.add_argument("--top-k", type=int, default=5)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("info", help="print a delta's metadata")
+    p.add_argument("adapter_dir")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.command in ("eval", "classify") and not (args.adapter or args.model):
+        print("clipfit: error: give --adapter DIR or --model SPEC", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except TrainingCancelled as e:
+        print(f"clipfit: {e}", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        print(f"clipfit: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

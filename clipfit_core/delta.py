@@ -1,0 +1,171 @@
+"""A ClipFit delta: only the trained tensors, plus the metadata needed to use them.
+
+On disk (like a PEFT adapter): ``adapter_model.safetensors`` (the trained values of the
+ClipFit tensors, under open_clip state-dict names, float32) and ``adapter_config.json``.
+The tensors hold the tuned values themselves, not differences, so applying a delta is a copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .models import BaseModel
+from .params import trainable_parameters
+
+METHOD = "clipfit"
+FORMAT_VERSION = 1
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+class DeltaError(ValueError):
+    """A delta is malformed, or does not belong to the base model it is used with."""
+
+
+@dataclass
+class DeltaConfig:
+    base_model: str = field(metadata={"help": "model spec the delta was trained on"})
+    base_fingerprint: str = field(metadata={"help": "sha256 of the base weights"})
+    classnames: list[str] = field(metadata={"help": "classes, in logit order"})
+    templates: list[str] = field(metadata={"help": "prompt templates, each with one {}"})
+    arch: str = field(default="", metadata={"help": "open_clip architecture"})
+    pretrained: str | None = field(default=None, metadata={"help": "pretrained tag or path"})
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    trainable_count: int = 0
+    method: str = METHOD
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DeltaConfig":
+        """Unknown keys are dropped, so newer files still load."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Delta:
+    tensors: dict[str, torch.Tensor]
+    config: DeltaConfig
+
+    @property
+    def id(self) -> str:
+        """Content hash of the tensors: equal deltas share text-feature cache entries."""
+        if not hasattr(self, "_id"):
+            h = hashlib.sha256(self.config.base_fingerprint.encode())
+            for name in sorted(self.tensors):
+                t = self.tensors[name].detach().cpu().contiguous().reshape(-1)
+                h.update(name.encode())
+                h.update(t.view(torch.uint8).numpy())
+            self._id = h.hexdigest()
+        return self._id
+
+    def numel(self) -> int:
+        return sum(t.numel() for t in self.tensors.values())
+
+    def save(self, directory: str | Path) -> Path:
+        """Write exactly the two delta files into ``directory`` (created if needed)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous()
+                   for k, v in self.tensors.items()}
+        save_file(tensors, directory / WEIGHTS_NAME,
+                  metadata={"method": METHOD, "format_version": str(FORMAT_VERSION)})
+        config = self.config.to_dict() | {"trainable_count": self.numel()}
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Delta":
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise DeltaError(f"{str(directory)!r} is not a ClipFit delta: {path.name} missing")
+        try:
+            config = DeltaConfig.from_dict(json.loads(config_path.read_text()))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise DeltaError(f"{config_path} is not a valid delta config: {e}") from e
+        if config.method != METHOD:
+            raise DeltaError(f"{config_path}: method is {config.method!r}, expected {METHOD!r}")
+        if config.format_version > FORMAT_VERSION:
+            raise DeltaError(f"{config_path}: format version {config.format_version} is newer "
+                             f"than this clipfit understands ({FORMAT_VERSION}); upgrade clipfit")
+        return cls(load_file(weights_path), config)
+
+    @classmethod
+    def from_bytes(cls, weights: bytes, config: dict[str, Any]) -> "Delta":
+        """Rebuild a delta kept elsewhere (e.g. a database row)."""
+        from safetensors.torch import load as load_bytes
+
+        return cls(load_bytes(weights), DeltaConfig.from_dict(config))
+
+
+def extract_delta(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the model's current ClipFit tensors (float32, CPU)."""
+    return {name: p.detach().to("cpu", torch.float32, copy=True)
+            for name, p in trainable_parameters(model).items()}
+
+
+def check_compatible(base: BaseModel, delta: Delta) -> None:
+    """Refuse a delta trained on other base weights, or with other tensors."""
+    if delta.config.base_fingerprint != base.fingerprint:
+        raise DeltaError(
+            f"delta was trained on base {delta.config.base_model!r} with weights fingerprint "
+            f"{delta.config.base_fingerprint[:16]}..., but the loaded base {base.spec!r} has "
+            f"{base.fingerprint[:16]}...; load the base model the delta was trained on"
+        )
+    params = trainable_parameters(base.model)
+    if set(delta.tensors) != set(params):
+        extra = sorted(set(delta.tensors) - set(params))
+        missing = sorted(set(params) - set(delta.tensors))
+        raise DeltaError(f"delta tensors do not match the base: unexpected {extra[:5]}, "
+                         f"missing {missing[:5]}")
+    for name, p in params.items():
+        if tuple(delta.tensors[name].shape) != tuple(p.shape):
+            raise DeltaError(f"delta tensor {name} has shape {tuple(delta.tensors[name].shape)}, "
+                             f"the base has {tuple(p.shape)}")
+
+
+@torch.no_grad()
+def apply_delta(base: BaseModel, delta: Delta) -> dict[str, torch.Tensor]:
+    """Copy the delta into the base model; return the replaced values for ``restore``."""
+    check_compatible(base, delta)
+    params = trainable_parameters(base.model)
+    originals = {name: p.detach().clone() for name, p in params.items()}
+    for name, p in params.items():
+        p.copy_(delta.tensors[name])
+    return originals
+
+
+@torch.no_grad()
+def restore(base: BaseModel, originals: dict[str, torch.Tensor]) -> None:
+    """Put back the values ``apply_delta`` replaced: the base is bit-identical again."""
+    params = trainable_parameters(base.model)
+    for name, value in originals.items():
+        params[name].copy_(value)
+
+
+@contextlib.contextmanager
+def applied(base: BaseModel, delta: Delta | None) -> Iterator[BaseModel]:
+    """``with applied(base, delta):`` runs with the delta in place (no-op for None)."""
+    if delta is None:
+        yield base
+        return
+    originals = apply_delta(base, delta)
+    try:
+        yield base
+    finally:
+        restore(base, originals)

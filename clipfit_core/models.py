@@ -1,0 +1,288 @@
+"""Load a base CLIP through open_clip, and fingerprint its weights.
+
+A model spec is one string:
+
+- ``ARCH:TAG``   an open_clip pretrained tag, e.g. ``ViT-B-16:openai`` (local cache first,
+                 then a download unless ``allow_download=False``);
+- ``ARCH:PATH``  a local checkpoint file (``.safetensors``, ``.bin``, ``.pt``, ``.pth``) or a
+                 directory holding one;
+- ``ARCH``       random weights from a fixed seed (tests, parameter counts, ``clipfit-tiny``).
+
+Architectures are open_clip model configs; ``clipfit-tiny`` ships beside this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import open_clip
+import torch
+from torchvision import transforms as T
+
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(_CONFIG_DIR)
+
+RANDOM_INIT_SEED = 0
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+PREFERRED_CHECKPOINT_NAMES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "model.safetensors",
+    "pytorch_model.bin",
+)
+_INTERPOLATION = {
+    "bicubic": T.InterpolationMode.BICUBIC,
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "nearest": T.InterpolationMode.NEAREST,
+}
+
+log = logging.getLogger(__name__)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The weights a model spec names are neither on disk nor downloadable."""
+
+
+class UnknownModelError(ValueError):
+    """The architecture in a model spec is not an open_clip model config."""
+
+
+@dataclass
+class BaseModel:
+    """A loaded base CLIP with everything needed to train on it and serve from it."""
+
+    spec: str
+    arch: str
+    pretrained: str | None
+    model: torch.nn.Module
+    tokenizer: Callable[..., torch.Tensor]
+    fingerprint: str
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def eval_transform(self) -> Callable:
+        """Resize the shorter side, centre crop, normalize: CLIP's test-time preprocessing."""
+        return T.Compose([
+            T.Resize(self.image_size, interpolation=_INTERPOLATION[self.interpolation]),
+            T.CenterCrop(self.image_size),
+            T.ToTensor(),
+            T.Normalize(self.mean, self.std),
+        ])
+
+    def train_transform(self, scale: tuple[float, float] = (0.08, 1.0)) -> Callable:
+        """The paper's augmentation: random resized crop (bicubic) + horizontal flip."""
+        return T.Compose([
+            T.RandomResizedCrop(
+                self.image_size, scale=scale, interpolation=_INTERPOLATION[self.interpolation]
+            ),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(self.mean, self.std),
+        ])
+
+
+def parse_model_spec(spec: str) -> tuple[str, str | None]:
+    """Split ``ARCH[:TAG_OR_PATH]`` into its two parts.
+
+    Only the first colon separates: everything after it is the tag or the path.
+    """
+    if not spec or not spec.strip():
+        raise UnknownModelError("empty model spec; expected ARCH, ARCH:TAG or ARCH:PATH")
+    arch, sep, rest = spec.strip().partition(":")
+    return arch, (rest or None) if sep else None
+
+
+def list_architectures() -> list[str]:
+    """Every architecture name open_clip knows, including the ones shipped here."""
+    return open_clip.list_models()
+
+
+def create_base_model(
+    spec: str,
+    *,
+    device: str | torch.device = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+    allow_download: bool = True,
+    fingerprint: bool = True,
+) -> BaseModel:
+    """Build a base CLIP from a model spec (see the module docstring).
+
+    Args:
+        spec: ``ARCH``, ``ARCH:TAG`` or ``ARCH:PATH``.
+        device: where the model lives after loading.
+        cache_dir: the Hugging Face / open_clip download cache to look in (and fill).
+        allow_download: when False, a tag whose weights are not cached fails at once instead
+            of trying the network.
+        fingerprint: compute the sha256 fingerprint of the weights (skip only for counting).
+
+    Raises:
+        UnknownModelError: the architecture is not an open_clip config.
+        WeightsUnavailableError: the weights are neither local nor downloadable; the message
+            says how to provide them.
+    """
+    arch, source = parse_model_spec(spec)
+    if open_clip.get_model_config(arch) is None:
+        raise UnknownModelError(
+            f"unknown architecture {arch!r} in model spec {spec!r}; "
+            f"known: {', '.join(list_architectures())}"
+        )
+    checkpoint, quick_gelu, preprocess = _resolve_weights(
+        arch, source, spec=spec, cache_dir=cache_dir, allow_download=allow_download
+    )
+    with torch.random.fork_rng(devices=[]):
+        # Random-weight models must be the same on every load, so their fingerprint is too.
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
+    if checkpoint is not None:
+        try:
+            open_clip.load_checkpoint(model, str(checkpoint), strict=True)
+        except Exception as e:
+            raise WeightsUnavailableError(
+                f"could not load checkpoint {str(checkpoint)!r} into {arch!r}: {e}"
+            ) from e
+    model.eval()
+    model.requires_grad_(False)
+    digest = weights_fingerprint(model) if fingerprint else ""
+    model.to(device)
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    cfg.update(preprocess)
+    size = cfg["size"]
+    return BaseModel(
+        spec=spec.strip(),
+        arch=arch,
+        pretrained=source,
+        model=model,
+        tokenizer=open_clip.get_tokenizer(arch),
+        fingerprint=digest,
+        image_size=size[0] if isinstance(size, (tuple, list)) else int(size),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        interpolation=cfg.get("interpolation", "bicubic"),
+    )
+
+
+def _resolve_weights(
+    arch: str,
+    source: str | None,
+    *,
+    spec: str,
+    cache_dir: str | os.PathLike | None,
+    allow_download: bool,
+) -> tuple[Path | None, bool, dict]:
+    """Return (checkpoint path or None for random, quick_gelu, preprocess overrides)."""
+    if source is None:
+        return None, False, {}
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _checkpoint_in_dir(path, spec), False, {}
+    if path.is_file():
+        return path, False, {}
+    tag_cfg = open_clip.get_pretrained_cfg(arch, source)
+    if not tag_cfg:
+        if path.suffix in CHECKPOINT_SUFFIXES or os.sep in source:
+            raise WeightsUnavailableError(
+                f"checkpoint {source!r} in model spec {spec!r} does not exist; "
+                "give an existing file or directory as ARCH:PATH"
+            )
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        raise UnknownModelError(
+            f"{source!r} in model spec {spec!r} is neither a local path nor a pretrained tag "
+            f"of {arch!r}; known tags: {', '.join(tags) or 'none'}"
+        )
+    preprocess = {k: tag_cfg[k] for k in ("mean", "std", "interpolation") if k in tag_cfg}
+    quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+    cached = _cached_tag_checkpoint(tag_cfg, cache_dir)
+    if cached is not None:
+        return cached, quick_gelu, preprocess
+    if allow_download:
+        try:
+            return Path(open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)), \
+                quick_gelu, preprocess
+        except Exception as e:
+            raise WeightsUnavailableError(_missing_weights_message(spec, arch, tag_cfg, e)) from e
+    raise WeightsUnavailableError(_missing_weights_message(spec, arch, tag_cfg, None))
+
+
+def _cached_tag_checkpoint(tag_cfg: dict, cache_dir) -> Path | None:
+    """The checkpoint of a pretrained tag if a previous download left it in the cache."""
+    hub = tag_cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        # open_clip's convention: "org/repo/" (default file names) or "org/repo/file.bin".
+        repo_id, filename = os.path.split(hub)
+        names = [filename] if filename else []
+        names += ["open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                  "open_clip_pytorch_model.bin"]
+        for name in names:
+            found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
+            if isinstance(found, str):
+                return Path(found)
+    url = tag_cfg.get("url", "")
+    if url:
+        root = Path(cache_dir) if cache_dir else Path("~/.cache/clip").expanduser()
+        candidate = root / os.path.basename(url)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _missing_weights_message(spec: str, arch: str, tag_cfg: dict, error) -> str:
+    where = tag_cfg.get("hf_hub") or tag_cfg.get("url") or "its source"
+    reason = f" (download failed: {error})" if error else " (downloads disabled)"
+    return (
+        f"weights for {spec!r} are not available{reason}. Provide them one of these ways: "
+        f"(1) run once with network access so they land in the cache; "
+        f"(2) download the checkpoint from {where} and use the spec '{arch}:/path/to/file' "
+        f"(or a directory holding it); "
+        f"(3) pass a cache directory that already holds them (clipfit --cache-dir, or "
+        f"CLIPFIT_WEIGHTS_DIR)."
+    )
+
+
+def _checkpoint_in_dir(path: Path, spec: str) -> Path:
+    files = [p for p in sorted(path.iterdir()) if p.suffix in CHECKPOINT_SUFFIXES]
+    for name in PREFERRED_CHECKPOINT_NAMES:
+        if (path / name).is_file():
+            return path / name
+    if len(files) == 1:
+        return files[0]
+    if not files:
+        raise WeightsUnavailableError(
+            f"directory {str(path)!r} in model spec {spec!r} holds no checkpoint "
+            f"({', '.join(CHECKPOINT_SUFFIXES)})"
+        )
+    raise WeightsUnavailableError(
+        f"directory {str(path)!r} in model spec {spec!r} holds several checkpoints "
+        f"({', '.join(p.name for p in files)}); name one file as ARCH:PATH"
+    )
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over the state dict: names, dtypes, shapes and bytes, in sorted name order.
+
+    Identical across loads of the same weights, whatever the device they end up on.
+    """
+    h = hashlib.sha256()
+    state = model.state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach()
+        if tensor.device.type != "cpu":
+            tensor = tensor.cpu()
+        tensor = tensor.contiguous()
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()

@@ -1,0 +1,272 @@
+"""The ClipFit training loop: one readable loop, progress and cancellation via callbacks.
+
+Objective (CLIPFIT_METHOD.md):
+    logits = exp(logit_scale) * cos(image_feature, text_feature_c)
+    loss   = cross_entropy(logits, y) + lambda * (1 - mean_c cos(text_feature_c, zs_text_feature_c))
+with the class text features recomputed every step through the tuned text encoder, and the
+zero-shot text features computed once, before the first step, from the same model.
+Recipe: SGD (momentum 0.9, weight decay 5e-4), one warm-up epoch at a constant 1e-5, then a
+cosine schedule over all epochs; batch 32; random resized crop + flip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .classify import class_features_from_tokens, logits_for, resolve_templates, tokenize_prompts
+from .data import FewShotDataset, ImageDataset, open_image
+from .delta import Delta, DeltaConfig, extract_delta, restore
+from .evaluate import accuracy
+from .models import BaseModel
+from .params import mark_trainable
+
+
+class TrainingCancelled(RuntimeError):
+    """Raised when ``should_cancel`` asked to stop; the base model is restored first."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(default=10, metadata={"help": "passes over the few-shot set"})
+    lr: float = field(default=0.002, metadata={"help": "peak SGD learning rate"})
+    batch_size: int = 32
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = field(default=1, metadata={"help": "epochs at constant warmup_lr"})
+    warmup_lr: float = 1e-5
+    lambda_kd: float = field(default=8.0, metadata={"help": "weight of the text distillation"})
+    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    seed: int = 0
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    amp: str = field(default="auto", metadata={"help": "auto | bf16 | fp16 | none"})
+    num_workers: int = field(default=-1, metadata={"help": "-1: 0 on CPU, up to 8 on GPU"})
+
+    def __post_init__(self):
+        problems = []
+        if self.epochs < 1:
+            problems.append(f"epochs must be >= 1, got {self.epochs}")
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lambda_kd < 0:
+            problems.append(f"lambda must be >= 0, got {self.lambda_kd}")
+        if self.amp not in ("auto", "bf16", "fp16", "none"):
+            problems.append(f"amp must be auto, bf16, fp16 or none, got {self.amp!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.templates = resolve_templates(self.templates)
+        self.crop_scale = tuple(self.crop_scale)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lambda"] = d.pop("lambda_kd")
+        d["crop_scale"] = list(self.crop_scale)
+        return d
+
+
+@dataclass
+class TrainProgress:
+    epoch: int  # 1-based
+    epochs: int
+    step: int  # 1-based, over the whole run
+    total_steps: int
+    loss: float
+    ce: float
+    kd: float
+    lr: float
+    images_per_sec: float
+    eta_seconds: float
+
+
+@dataclass
+class TrainResult:
+    delta: Delta
+    history: list[dict]  # one entry per epoch: loss, lr, val_accuracy (when validating)
+    best_epoch: int
+    seconds: float
+    images_per_sec: float
+
+
+def lr_at_epoch(config: TrainConfig, epoch: int) -> float:
+    """Learning rate for 0-based ``epoch``: constant warm-up, then cosine over all epochs.
+
+    Matches Dassl's ConstantWarmupScheduler around CosineAnnealingLR(max_epoch), which the
+    reference code uses: epoch e >= warmup gets lr * (1 + cos(pi * e / epochs)) / 2.
+    """
+    if epoch < config.warmup_epochs:
+        return config.warmup_lr
+    return 0.5 * config.lr * (1 + math.cos(math.pi * epoch / config.epochs))
+
+
+def clipfit_loss(
+    logits: torch.Tensor, labels: torch.Tensor, text_feats: torch.Tensor,
+    zs_text_feats: torch.Tensor, lambda_kd: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, cross-entropy, distillation term) of the ClipFit objective."""
+    ce = F.cross_entropy(logits.float(), labels)
+    kd = 1.0 - F.cosine_similarity(text_feats.float(), zs_text_feats, dim=-1, eps=1e-7).mean()
+    return ce + lambda_kd * kd, ce, kd
+
+
+def _autocast(device: torch.device, amp: str):
+    if device.type != "cuda" or amp == "none":
+        return contextlib.nullcontext(), None
+    if amp == "auto":
+        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
+def train_clipfit(
+    base: BaseModel,
+    train_set: FewShotDataset,
+    config: TrainConfig,
+    *,
+    val_set: FewShotDataset | None = None,
+    on_progress: Callable[[TrainProgress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train ClipFit on ``train_set``; return the delta. The base model is left as it was.
+
+    With ``val_set``, accuracy is measured after every epoch and the delta of the best epoch
+    is kept (the last one on ties).
+    """
+    if len(train_set) == 0:
+        raise ValueError("training set is empty")
+    model, device = base.model, base.device
+    classnames, templates = list(train_set.classnames), list(config.templates)
+    params = mark_trainable(model)
+    originals = {n: p.detach().clone() for n, p in params.items()}
+    start = time.perf_counter()
+    rng_devices = [torch.cuda.current_device()] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(config.seed)
+            return _train(base, train_set, val_set, config, classnames, templates, params,
+                          on_progress, should_cancel, start)
+    finally:
+        restore(base, originals)
+        model.requires_grad_(False)
+        model.eval()
+
+
+def _train(base, train_set, val_set, config, classnames, templates, params,
+           on_progress, should_cancel, start) -> TrainResult:
+    model, device = base.model, base.device
+    n_templates = len(templates)
+    tokens = tokenize_prompts(base, classnames, templates)
+    model.eval()
+    with torch.no_grad():  # computed once: no second model copy, no per-step cost
+        zs_text = class_features_from_tokens(model, tokens, n_templates).float()
+
+    loader = _train_loader(base, train_set, config, device)
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = torch.optim.SGD(params.values(), lr=lr_at_epoch(config, 0),
+                                momentum=config.momentum, weight_decay=config.weight_decay)
+    autocast, scaler = _autocast(device, config.amp)
+    val_eval = _val_evaluator(base, val_set, classnames, templates) if val_set else None
+    history: list[dict] = []
+    best_acc, best_epoch, best_tensors = -1.0, config.epochs, None
+    step, seen, train_start = 0, 0, time.perf_counter()
+
+    for epoch in range(config.epochs):
+        lr = lr_at_epoch(config, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        epoch_loss = 0.0
+        for images, labels in loader:
+            if should_cancel is not None and should_cancel():
+                raise TrainingCancelled(f"cancelled at epoch {epoch + 1}, step {step + 1}")
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            with autocast:
+                text_feats = class_features_from_tokens(model, tokens, n_templates)
+                img_feats = F.normalize(model.encode_image(images), dim=-1)
+                logits = logits_for(base, img_feats.float(), text_feats.float())
+                loss, ce, kd = clipfit_loss(logits, labels, text_feats, zs_text, config.lambda_kd)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+
+            step += 1
+            seen += labels.shape[0]
+            epoch_loss += loss.item()
+            if on_progress is not None:
+                elapsed = time.perf_counter() - train_start
+                on_progress(TrainProgress(
+                    epoch=epoch + 1, epochs=config.epochs, step=step, total_steps=total_steps,
+                    loss=loss.item(), ce=ce.item(), kd=kd.item(), lr=lr,
+                    images_per_sec=seen / elapsed if elapsed > 0 else 0.0,
+                    eta_seconds=elapsed / step * (total_steps - step),
+                ))
+        record = {"epoch": epoch + 1, "lr": lr, "loss": epoch_loss / max(1, steps_per_epoch)}
+        if val_eval is not None:
+            record["val_accuracy"] = acc = val_eval()
+            if acc >= best_acc:
+                best_acc, best_epoch, best_tensors = acc, epoch + 1, extract_delta(model)
+        history.append(record)
+
+    train_seconds = time.perf_counter() - train_start
+    tensors = best_tensors if best_tensors is not None else extract_delta(model)
+    metrics = {"best_epoch": best_epoch, "final_loss": history[-1]["loss"]}
+    if val_eval is not None:
+        metrics["val_accuracy"] = best_acc
+    delta = Delta(tensors, DeltaConfig(
+        base_model=base.spec, base_fingerprint=base.fingerprint, classnames=classnames,
+        templates=templates, arch=base.arch, pretrained=base.pretrained,
+        hyperparameters=config.to_dict() | {"train_images": len(train_set)},
+        metrics=metrics,
+    ))
+    return TrainResult(delta=delta, history=history, best_epoch=best_epoch,
+                       seconds=time.perf_counter() - start,
+                       images_per_sec=seen / train_seconds if train_seconds > 0 else 0.0)
+
+
+def _train_loader(base, train_set, config, device):
+    workers = config.num_workers
+    if workers < 0:
+        workers = 0 if device.type == "cpu" else min(8, torch.get_num_threads())
+    # Few-shot sets are small: in-process loading decodes each image once, not every epoch.
+    dataset = ImageDataset(train_set.samples, base.train_transform(config.crop_scale),
+                           preload=workers == 0)
+    generator = torch.Generator().manual_seed(config.seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=config.batch_size, shuffle=True, generator=generator,
+        drop_last=len(dataset) >= config.batch_size,  # as Dassl: full batches when possible
+        num_workers=workers, persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def _val_evaluator(base, val_set, classnames, templates) -> Callable[[], float]:
+    """Accuracy of the current weights on ``val_set``; images are preprocessed once."""
+    from .classify import class_text_features, image_features
+
+    transform = base.eval_transform()
+    pixels = torch.stack([transform(open_image(s.source)) for s in val_set.samples])
+    labels = torch.tensor([s.label for s in val_set.samples])
+
+    def evaluate() -> float:
+        base.model.eval()
+        text = class_text_features(base, classnames, templates)
+        preds = torch.cat([logits_for(base, image_features(base, chunk), text).argmax(-1).cpu()
+                           for chunk in pixels.split(128)])
+        return accuracy(preds, labels)
+
+    return evaluate

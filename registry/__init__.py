@@ -1,0 +1,1 @@
+"""Placeholder: see ARCHITECTURE.md; filled in by the service issue."""
