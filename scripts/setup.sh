@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create .venv (Python 3.11) and install clipfit with its dev tools. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+# torch==2.14.1 / torchvision==0.29.1 are pinned in pyproject.toml.
+.venv/bin/python -m pip install --quiet -e '.[dev]'

@@ -1,0 +1,89 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipfit_core.classify import (
+    DATASET_TEMPLATES, Classifier, class_text_features, encode_text, resolve_templates,
+)
+from clipfit_core.data import open_image
+from clipfit_core.delta import Delta, DeltaConfig, applied, extract_delta
+from clipfit_core.models import create_base_model
+
+CLASSES = ["red", "green", "blue", "yellow"]
+
+
+def by_hand(base, paths, classes, templates):
+    """CLIP zero-shot straight from open_clip's encoders."""
+    model = base.model
+    with torch.no_grad():
+        pixels = torch.stack([base.eval_transform()(open_image(p)) for p in paths])
+        img = F.normalize(model.encode_image(pixels), dim=-1)
+        per_class = []
+        for c in classes:
+            t = F.normalize(model.encode_text(base.tokenizer([t.format(c) for t in templates])),
+                            dim=-1)
+            per_class.append(F.normalize(t.mean(0), dim=-1))
+        text = torch.stack(per_class)
+        return (model.logit_scale.exp() * img @ text.T).softmax(-1)
+
+
+@pytest.mark.parametrize("templates", [["a photo of a {}."],
+                                       ["a photo of a {}.", "a sketch of the {}."]])
+def test_classification_equals_the_encoders_by_hand(tiny, colour_test, templates):
+    paths = sorted(colour_test.rglob("*.png"))[:10]
+    expected = by_hand(tiny, paths, CLASSES, templates)
+    preds = Classifier(tiny).classify(paths, CLASSES, templates, top_k=2)
+    for row, pred in zip(expected, preds):
+        top = row.topk(2)
+        assert pred.labels == [CLASSES[i] for i in top.indices]
+        assert pred.probs == pytest.approx(top.values.tolist(), abs=1e-5)
+
+
+def test_classification_with_a_delta_uses_the_tuned_weights(tiny, colour_test):
+    tensors = {k: v * 1.1 + 0.05 for k, v in extract_delta(tiny.model).items()}
+    delta = Delta(tensors, DeltaConfig(base_model=tiny.spec, base_fingerprint=tiny.fingerprint,
+                                       classnames=CLASSES, templates=["a photo of a {}."]))
+    paths = sorted(colour_test.rglob("*.png"))[:6]
+    with applied(tiny, delta):
+        expected = by_hand(tiny, paths, CLASSES, ["a photo of a {}."])
+    zero_shot = by_hand(tiny, paths, CLASSES, ["a photo of a {}."])
+    logits = Classifier(tiny).logits(paths, CLASSES, ["a photo of a {}."], delta)
+    assert torch.allclose(logits.softmax(-1), expected, atol=1e-5)
+    assert not torch.allclose(expected, zero_shot, atol=1e-3)
+
+
+def test_truncated_text_encoder_equals_open_clip():
+    base = create_base_model("ViT-B-32", fingerprint=False)
+    tokens = base.tokenizer(["a photo of a dog.", "a centered satellite photo of annual crop."])
+    with torch.no_grad():
+        assert torch.allclose(encode_text(base.model, tokens), base.model.encode_text(tokens),
+                              atol=1e-5)
+
+
+def test_text_features_are_cached_per_delta_classes_and_templates(tiny):
+    clf = Classifier(tiny)
+    a = clf.text_features(CLASSES, ["a photo of a {}."])
+    b = clf.text_features(CLASSES, ["a photo of a {}."])
+    assert a is b and clf.text_cache.hits == 1
+    clf.text_features(CLASSES[:2], ["a photo of a {}."])
+    assert clf.text_cache.misses == 2 and len(clf.text_cache) == 2
+    assert torch.allclose(a, class_text_features(tiny, CLASSES, ["a photo of a {}."]))
+
+
+def test_template_names_ensembles_and_errors():
+    assert resolve_templates("oxford_pets") == ["a photo of a {}, a type of pet."]
+    assert resolve_templates("eurosat") == [DATASET_TEMPLATES["eurosat"]]
+    assert resolve_templates("a drawing of {}") == ["a drawing of {}"]
+    assert len(resolve_templates("imagenet80")) == 80
+    assert resolve_templates(None) == ["a photo of a {}."]
+    with pytest.raises(ValueError, match="known name"):
+        resolve_templates("oxford_pet")
+
+
+def test_top_k_is_capped_and_batches_agree(tiny, colour_test):
+    paths = sorted(colour_test.rglob("*.png"))[:9]
+    one = Classifier(tiny, batch_size=1).logits(paths, CLASSES, ["a photo of a {}."])
+    all_ = Classifier(tiny, batch_size=64).logits(paths, CLASSES, ["a photo of a {}."])
+    assert torch.allclose(one, all_, atol=1e-5)
+    preds = Classifier(tiny).classify(paths[:1], CLASSES[:2], top_k=5)
+    assert len(preds[0].labels) == 2 and sum(preds[0].probs) == pytest.approx(1.0)

@@ -1,0 +1,95 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from clipfit_core.cli import main
+from clipfit_core.delta import CONFIG_NAME, WEIGHTS_NAME
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_params_console_script_ends_with_the_total():
+    out = subprocess.run(["clipfit", "params", "ViT-B-16"], capture_output=True, text=True,
+                         check=True).stdout.strip().splitlines()
+    assert out[-1] == "total: 46080"
+    assert out[0] == "transformer.resblocks.0.mlp.c_proj.bias\t512"
+    assert len(out) == 12 + 52 + 1
+
+
+def test_train_classify_eval_info_end_to_end(capsys, tmp_path, colour_train, colour_test):
+    out_dir = tmp_path / "delta"
+    code, out, err = run(capsys, "train", colour_train, "--model", "clipfit-tiny", "--out",
+                         out_dir, "--epochs", 40, "--lr", 0.1, "--batch-size", 16,
+                         "--val-fraction", 0.25, "--shots", 12, "--template",
+                         "a photo of the colour {}.")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["trainable"] == 896 and "val_accuracy" in summary
+    assert "zero_shot_val_accuracy" in summary and "train" in err  # the progress bar
+    assert sorted(p.name for p in out_dir.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+
+    images = sorted(colour_test.rglob("*.png"))[:3]
+    code, out, err = run(capsys, "classify", *images, "--adapter", out_dir, "--top-k", 2)
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["image"] for r in rows] == [str(p) for p in images]
+    for r in rows:
+        assert len(r["top_k"]) == 2 and r["label"] == r["top_k"][0]["label"]
+        assert r["label"] in {"blue", "green", "red", "yellow"}
+
+    code, out, err = run(capsys, "eval", colour_test, "--adapter", out_dir, "--json", "--quiet")
+    assert code == 0, err
+    tuned = json.loads(out)
+    code, out, err = run(capsys, "eval", colour_test, "--model", "clipfit-tiny", "--json")
+    zero_shot = json.loads(out)
+    assert tuned["images"] == zero_shot["images"] == 120
+    assert tuned["accuracy"] >= 0.7 > zero_shot["accuracy"]
+    assert set(tuned["per_class_accuracy"]) == {"blue", "green", "red", "yellow"}
+
+    code, out, err = run(capsys, "info", out_dir)
+    info = json.loads(out)
+    assert info["templates"] == ["a photo of the colour {}."]
+    assert info["hyperparameters"]["epochs"] == 40 and info["trainable_count"] == 896
+    assert info["files"][WEIGHTS_NAME] > 896 * 4
+
+
+def test_eval_on_new_classes_uses_the_datasets_own_folders(capsys, tmp_path, colour_train):
+    from clipfit_core.synthetic import write_dataset
+
+    run(capsys, "train", colour_train, "--model", "clipfit-tiny", "--out", tmp_path / "d",
+        "--epochs", 1, "--quiet")
+    new = write_dataset(tmp_path / "new", ["purple", "cyan"], per_class=3)
+    code, out, _ = run(capsys, "eval", new, "--adapter", tmp_path / "d", "--json", "--quiet")
+    assert code == 0 and set(json.loads(out)["per_class_accuracy"]) == {"purple", "cyan"}
+
+
+def test_zero_shot_classify_and_user_errors(capsys, tmp_path, colour_test):
+    image = next(colour_test.rglob("*.png"))
+    code, out, _ = run(capsys, "classify", image, "--model", "clipfit-tiny", "--classes",
+                       "cat,dog,bird", "--top-k", 3)
+    assert code == 0 and len(json.loads(out)["top_k"]) == 3
+    code, _, err = run(capsys, "classify", image, "--model", "clipfit-tiny")
+    assert code == 2 and "--classes" in err
+    code, _, err = run(capsys, "classify", tmp_path / "missing.png", "--model", "clipfit-tiny",
+                       "--classes", "a,b")
+    assert code == 2 and "missing.png" in err
+    code, _, err = run(capsys, "train", tmp_path, "--model", "clipfit-tiny", "--out", tmp_path)
+    assert code == 2 and "no class sub-folders" in err
+    code, _, err = run(capsys, "eval", colour_test, "--adapter", tmp_path)
+    assert code == 2 and CONFIG_NAME in err
+    code, _, err = run(capsys, "train", colour_test, "--model", "ViT-B-16:openai", "--offline",
+                       "--out", tmp_path / "x")
+    assert code == 2 and "ViT-B-16:/path/to/file" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_module_entry_point_reports_version():
+    out = subprocess.run([sys.executable, "-m", "clipfit_core.cli", "--version"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("clipfit ")

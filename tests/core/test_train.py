@@ -1,0 +1,120 @@
+import math
+
+import pytest
+import torch
+
+from clipfit_core.classify import Classifier
+from clipfit_core.data import load_dataset
+from clipfit_core.delta import applied
+from clipfit_core.evaluate import accuracy
+from clipfit_core.params import trainable_parameters
+from clipfit_core.train import (
+    TrainConfig, TrainingCancelled, clipfit_loss, lr_at_epoch, train_clipfit,
+)
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_training_changes_every_selected_tensor_and_nothing_else(tiny, colour_train):
+    before = snapshot(tiny.model)
+    result = train_clipfit(tiny, load_dataset(colour_train), TrainConfig(epochs=3, lr=0.05))
+    after = snapshot(tiny.model)
+    assert all(torch.equal(before[k], after[k]) for k in before), "base not restored"
+
+    selected = set(trainable_parameters(tiny.model))
+    assert set(result.delta.tensors) == selected
+    with applied(tiny, result.delta):
+        tuned = snapshot(tiny.model)
+    for name in before:
+        if name in selected:
+            assert not torch.equal(before[name], tuned[name]), f"{name} did not train"
+        else:
+            assert torch.equal(before[name], tuned[name]), f"{name} changed"
+
+
+def test_clipfit_lifts_accuracy_well_above_chance(tiny, colour_train, colour_test):
+    test = load_dataset(colour_test)
+    labels = [s.label for s in test.samples]
+    images = [s.source for s in test.samples]
+    templates = ["a photo of a {}."]
+    clf = Classifier(tiny)
+    zero_shot = accuracy(clf.logits(images, test.classnames, templates).argmax(-1), labels)
+    result = train_clipfit(tiny, load_dataset(colour_train),
+                           TrainConfig(epochs=40, lr=0.1, batch_size=16, templates=templates))
+    tuned = accuracy(clf.logits(images, test.classnames, templates, result.delta).argmax(-1),
+                     labels)
+    assert tuned >= 0.75, (zero_shot, tuned)  # chance is 0.25
+    assert tuned >= zero_shot + 0.3
+
+
+def test_distillation_term_is_zero_before_the_first_step(tiny, colour_train):
+    seen = []
+    train_clipfit(tiny, load_dataset(colour_train), TrainConfig(epochs=2, lr=0.05),
+                  on_progress=seen.append)
+    assert abs(seen[0].kd) < 1e-6  # computed before the first update
+    assert seen[-1].kd > 1e-6  # the text biases have moved since
+    feats = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    _, _, kd = clipfit_loss(torch.zeros(2, 4), torch.tensor([0, 1]), feats, feats, 8.0)
+    assert abs(kd.item()) < 1e-6
+
+
+def test_loss_matches_the_paper_formula():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+    labels = torch.tensor([0, 2])
+    text = torch.nn.functional.normalize(torch.randn(3, 5), dim=-1)
+    zs = torch.nn.functional.normalize(torch.randn(3, 5), dim=-1)
+    total, ce, kd = clipfit_loss(logits, labels, text, zs, 8.0)
+    expected_ce = -sum(torch.log_softmax(logits[i], 0)[labels[i]] for i in range(2)) / 2
+    expected_kd = 1 - (text * zs).sum(-1).mean()
+    assert torch.allclose(ce, expected_ce) and torch.allclose(kd, expected_kd, atol=1e-6)
+    assert torch.allclose(total, expected_ce + 8 * expected_kd, atol=1e-5)
+
+
+def test_same_seed_same_delta_other_seed_other_delta(tiny, colour_train):
+    data = load_dataset(colour_train)
+    a = train_clipfit(tiny, data, TrainConfig(epochs=2, lr=0.05, seed=3)).delta
+    b = train_clipfit(tiny, data, TrainConfig(epochs=2, lr=0.05, seed=3)).delta
+    c = train_clipfit(tiny, data, TrainConfig(epochs=2, lr=0.05, seed=4)).delta
+    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+    assert a.id == b.id != c.id
+
+
+def test_learning_rate_schedule_is_warmup_then_cosine():
+    config = TrainConfig(epochs=10, lr=0.002)
+    assert lr_at_epoch(config, 0) == 1e-5
+    for e in range(1, 10):
+        assert lr_at_epoch(config, e) == pytest.approx(0.001 * (1 + math.cos(math.pi * e / 10)))
+    assert lr_at_epoch(config, 1) < 0.002 and lr_at_epoch(config, 9) > 0
+
+
+def test_progress_and_cancellation(tiny, colour_train):
+    before = snapshot(tiny.model)
+    seen = []
+    with pytest.raises(TrainingCancelled):
+        train_clipfit(tiny, load_dataset(colour_train), TrainConfig(epochs=5, batch_size=16),
+                      on_progress=seen.append, should_cancel=lambda: len(seen) >= 3)
+    assert [p.step for p in seen] == [1, 2, 3]
+    assert seen[0].total_steps == 20 and seen[0].epochs == 5 and seen[0].lr == 1e-5
+    assert seen[-1].images_per_sec > 0 and seen[-1].eta_seconds >= 0
+    after = snapshot(tiny.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_validation_keeps_the_best_epoch(tiny, colour_train, colour_test):
+    result = train_clipfit(tiny, load_dataset(colour_train), TrainConfig(epochs=6, lr=0.1),
+                           val_set=load_dataset(colour_test))
+    accs = [h["val_accuracy"] for h in result.history]
+    assert len(accs) == 6
+    best = max(accs)
+    assert result.delta.config.metrics["val_accuracy"] == best
+    assert accs[result.best_epoch - 1] == best
+    assert all(a < best for a in accs[result.best_epoch:])  # last of ties
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="epochs must be >= 1.*lr must be > 0"):
+        TrainConfig(epochs=0, lr=-1)
+    with pytest.raises(ValueError, match="template"):
+        TrainConfig(templates=["no placeholder"])
