@@ -1,8 +1,7 @@
 import json
 import subprocess
 import sys
-
-import pytest
+from pathlib import Path
 
 from clipfit_core.cli import main
 from clipfit_core.delta import CONFIG_NAME, WEIGHTS_NAME
@@ -15,7 +14,8 @@ def run(capsys, *argv):
 
 
 def test_params_console_script_ends_with_the_total():
-    out = subprocess.run(["clipfit", "params", "ViT-B-16"], capture_output=True, text=True,
+    script = Path(sys.executable).with_name("clipfit")  # installed beside this interpreter
+    out = subprocess.run([str(script), "params", "ViT-B-16"], capture_output=True, text=True,
                          check=True).stdout.strip().splitlines()
     assert out[-1] == "total: 46080"
     assert out[0] == "transformer.resblocks.0.mlp.c_proj.bias\t512"
