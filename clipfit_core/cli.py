@@ -27,6 +27,11 @@ USER_ERRORS = (DatasetError, DeltaError, UnknownModelError, WeightsUnavailableEr
                UnsupportedArchitectureError, ValueError, FileNotFoundError)
 
 
+def default_weights_dir() -> str:
+    """``$CLIPFIT_WEIGHTS_DIR``, else ``~/.cache/clipfit/weights``."""
+    return os.environ.get("CLIPFIT_WEIGHTS_DIR") or str(Path("~/.cache/clipfit/weights").expanduser())
+
+
 def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -178,9 +183,9 @@ def _model_options(p: argparse.ArgumentParser, required: bool) -> None:
                         "clipfit-tiny runs offline with random weights. With --adapter: where "
                         "to load the adapter's base from (its fingerprint must match)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--cache-dir", default=os.environ.get("CLIPFIT_WEIGHTS_DIR"),
-                   help="weights cache to read and fill (default: $CLIPFIT_WEIGHTS_DIR or the "
-                        "Hugging Face cache)")
+    p.add_argument("--cache-dir", default=default_weights_dir(),
+                   help="weights directory: download cache and home of clipfit-mini "
+                        "(default: $CLIPFIT_WEIGHTS_DIR or ~/.cache/clipfit/weights)")
     p.add_argument("--offline", action="store_true",
                    help="never download: fail at once when weights are not cached")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save as save_bytes
 
 from .models import BaseModel
 from .params import trainable_parameters
@@ -25,6 +27,7 @@ METHOD = "clipfit"
 FORMAT_VERSION = 1
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+_FILE_METADATA = {"method": METHOD, "format_version": str(FORMAT_VERSION)}
 
 
 class DeltaError(ValueError):
@@ -75,16 +78,25 @@ class Delta:
     def numel(self) -> int:
         return sum(t.numel() for t in self.tensors.values())
 
+    def _cpu_tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu", torch.float32).contiguous()
+                for k, v in self.tensors.items()}
+
+    def config_dict(self) -> dict[str, Any]:
+        """The JSON metadata, as written to ``adapter_config.json``."""
+        return self.config.to_dict() | {"trainable_count": self.numel()}
+
+    def to_bytes(self) -> bytes:
+        """The ``adapter_model.safetensors`` file's bytes (for storing a delta elsewhere)."""
+        return save_bytes(self._cpu_tensors(), metadata=_FILE_METADATA)
+
     def save(self, directory: str | Path) -> Path:
         """Write exactly the two delta files into ``directory`` (created if needed)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to("cpu", torch.float32).contiguous()
-                   for k, v in self.tensors.items()}
-        save_file(tensors, directory / WEIGHTS_NAME,
-                  metadata={"method": METHOD, "format_version": str(FORMAT_VERSION)})
-        config = self.config.to_dict() | {"trainable_count": self.numel()}
-        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        save_file(self._cpu_tensors(), directory / WEIGHTS_NAME, metadata=_FILE_METADATA)
+        (directory / CONFIG_NAME).write_text(
+            json.dumps(self.config_dict(), indent=2, sort_keys=True) + "\n")
         return directory
 
     @classmethod
@@ -107,9 +119,7 @@ class Delta:
 
     @classmethod
     def from_bytes(cls, weights: bytes, config: dict[str, Any]) -> "Delta":
-        """Rebuild a delta kept elsewhere (e.g. a database row)."""
-        from safetensors.torch import load as load_bytes
-
+        """Rebuild a delta from ``to_bytes()`` and ``config_dict()`` (e.g. a database row)."""
         return cls(load_bytes(weights), DeltaConfig.from_dict(config))
 
 

@@ -6,7 +6,9 @@ A model spec is one string:
                  then a download unless ``allow_download=False``);
 - ``ARCH:PATH``  a local checkpoint file (``.safetensors``, ``.bin``, ``.pt``, ``.pth``) or a
                  directory holding one;
-- ``ARCH``       random weights from a fixed seed (tests, parameter counts, ``clipfit-tiny``).
+- ``ARCH``       random weights from a fixed seed (tests, parameter counts, ``clipfit-tiny``),
+                 except for the models this project pretrains (``clipfit-mini``), whose
+                 checkpoint is looked up in the weights directory (``cache_dir``).
 
 Architectures are open_clip model configs; ``clipfit-tiny`` ships beside this module.
 """
@@ -28,6 +30,10 @@ _CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(_CONFIG_DIR)
 
 RANDOM_INIT_SEED = 0
+# Architectures this project pretrains itself: their checkpoint lives in the weights directory
+# under its name, and is built by the command given here.
+LOCAL_PRETRAINED = {"clipfit-mini": "clipfit pretrain-mini"}
+LOCAL_CHECKPOINT_NAME = "open_clip_model.safetensors"
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 PREFERRED_CHECKPOINT_NAMES = (
     "open_clip_model.safetensors",
@@ -123,7 +129,8 @@ def create_base_model(
     Args:
         spec: ``ARCH``, ``ARCH:TAG`` or ``ARCH:PATH``.
         device: where the model lives after loading.
-        cache_dir: the Hugging Face / open_clip download cache to look in (and fill).
+        cache_dir: the weights directory: the download cache to look in (and fill), and the
+            home of locally pretrained checkpoints such as ``clipfit-mini``.
         allow_download: when False, a tag whose weights are not cached fails at once instead
             of trying the network.
         fingerprint: compute the sha256 fingerprint of the weights (skip only for counting).
@@ -183,6 +190,15 @@ def _resolve_weights(
     allow_download: bool,
 ) -> tuple[Path | None, bool, dict]:
     """Return (checkpoint path or None for random, quick_gelu, preprocess overrides)."""
+    if source is None and arch in LOCAL_PRETRAINED:
+        path = local_checkpoint_path(arch, cache_dir)
+        if path is None or not path.is_file():
+            raise WeightsUnavailableError(
+                f"no {arch} checkpoint at {str(path) if path else '(no weights directory given)'}"
+                f"; build it with `{LOCAL_PRETRAINED[arch]}` (same weights directory), or give "
+                f"one as '{arch}:/path/to/checkpoint'"
+            )
+        return path, False, {}
     if source is None:
         return None, False, {}
     path = Path(source).expanduser()
@@ -214,6 +230,13 @@ def _resolve_weights(
         except Exception as e:
             raise WeightsUnavailableError(_missing_weights_message(spec, arch, tag_cfg, e)) from e
     raise WeightsUnavailableError(_missing_weights_message(spec, arch, tag_cfg, None))
+
+
+def local_checkpoint_path(arch: str, weights_dir: str | os.PathLike | None) -> Path | None:
+    """Where the checkpoint of a locally pretrained architecture lives."""
+    if weights_dir is None:
+        return None
+    return Path(weights_dir).expanduser() / arch / LOCAL_CHECKPOINT_NAME
 
 
 def _cached_tag_checkpoint(tag_cfg: dict, cache_dir) -> Path | None:

@@ -28,6 +28,8 @@ def test_save_writes_exactly_two_files_and_round_trips(tiny, tmp_path):
     assert loaded.config.trainable_count == delta.numel() and loaded.id == delta.id
     raw = (tmp_path / "d" / WEIGHTS_NAME).read_bytes()
     assert Delta.from_bytes(raw, loaded.config.to_dict()).id == delta.id
+    again = Delta.from_bytes(delta.to_bytes(), delta.config_dict())
+    assert again.id == delta.id and again.config.classnames == ["a", "b"]
 
 
 def test_apply_then_restore_is_bit_identical(tiny):
