@@ -177,6 +177,28 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_pretrain_mini(args) -> int:
+    from .models import local_checkpoint_path
+    from .pretrain import ARCH, PretrainConfig, load_fashion_mnist, pretrain_mini
+
+    data = load_fashion_mnist("train", args.data)  # fails early, naming the install command
+    out = local_checkpoint_path(ARCH, args.cache_dir).parent
+    config = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                            seed=args.seed, limit=args.limit)
+    bar = tqdm(unit="step", desc=f"pretrain {ARCH}", disable=args.quiet, file=sys.stderr)
+
+    def on_step(step, total, loss):
+        bar.total = total
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        bar.update(1)
+
+    record = pretrain_mini(out, config, data_root=args.data, on_step=on_step,
+                           data=data if args.limit else None)
+    bar.close()
+    print(json.dumps(record | {"out": str(out)}))
+    return 0
+
+
 def _model_options(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--model", required=required, default=None,
                    help="base model spec: ARCH, ARCH:TAG (e.g. ViT-B-16:openai) or ARCH:PATH; "
@@ -239,6 +261,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", default=None)
     p.add_argument("--top-k", type=int, default=5)
     p.set_defaults(func=cmd_classify)
+
+    from .pretrain import FASHION_MNIST_DIR, PretrainConfig
+
+    pre = PretrainConfig()
+    p = sub.add_parser("pretrain-mini",
+                       help="build the offline base model clipfit-mini from Fashion-MNIST")
+    p.add_argument("--data", default=FASHION_MNIST_DIR,
+                   help=f"folder with Fashion-MNIST's *-ubyte.gz files (default {FASHION_MNIST_DIR})")
+    p.add_argument("--cache-dir", default=default_weights_dir(),
+                   help="weights directory to write WEIGHTS_DIR/clipfit-mini/ into "
+                        "(default: $CLIPFIT_WEIGHTS_DIR or ~/.cache/clipfit/weights)")
+    p.add_argument("--epochs", type=int, default=pre.epochs)
+    p.add_argument("--batch-size", type=int, default=pre.batch_size)
+    p.add_argument("--lr", type=float, default=pre.lr)
+    p.add_argument("--seed", type=int, default=pre.seed)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_pretrain_mini)
 
     p = sub.add_parser("info", help="print a delta's metadata")
     p.add_argument("adapter_dir")

@@ -73,9 +73,18 @@ def count_trainable(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in trainable_parameters(model).values())
 
 
-def mark_trainable(model: torch.nn.Module) -> "OrderedDict[str, torch.nn.Parameter]":
-    """Freeze everything, then unfreeze exactly the ClipFit tensors; return them."""
-    selected = trainable_parameters(model)
+def mark_trainable(
+    model: torch.nn.Module, *, text: bool = True, image: bool = True
+) -> "OrderedDict[str, torch.nn.Parameter]":
+    """Freeze everything, then unfreeze exactly the ClipFit tensors; return them.
+
+    ``text=False`` or ``image=False`` keeps one tower's ClipFit tensors frozen too (the
+    paper's ablations); a delta still carries all of them.
+    """
+    if not (text or image):
+        raise ValueError("nothing to train: text and image are both off")
+    selected = OrderedDict((n, p) for n, p in trainable_parameters(model).items()
+                           if (image if n.startswith("visual.") else text))
     model.requires_grad_(False)
     for param in selected.values():
         param.requires_grad_(True)

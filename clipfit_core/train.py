@@ -45,6 +45,8 @@ class TrainConfig:
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
     seed: int = 0
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    train_text: bool = field(default=True, metadata={"help": "train the text FFN biases"})
+    train_image: bool = field(default=True, metadata={"help": "train the image LayerNorms"})
     amp: str = field(default="auto", metadata={"help": "auto | bf16 | fp16 | none"})
     num_workers: int = field(default=-1, metadata={"help": "-1: 0 on CPU, up to 8 on GPU"})
 
@@ -58,6 +60,8 @@ class TrainConfig:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if self.lambda_kd < 0:
             problems.append(f"lambda must be >= 0, got {self.lambda_kd}")
+        if not (self.train_text or self.train_image):
+            problems.append("train_text and train_image are both off: nothing to train")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             problems.append(f"amp must be auto, bf16, fp16 or none, got {self.amp!r}")
         if problems:
@@ -144,7 +148,7 @@ def train_clipfit(
         raise ValueError("training set is empty")
     model, device = base.model, base.device
     classnames, templates = list(train_set.classnames), list(config.templates)
-    params = mark_trainable(model)
+    params = mark_trainable(model, text=config.train_text, image=config.train_image)
     originals = {n: p.detach().clone() for n, p in params.items()}
     start = time.perf_counter()
     rng_devices = [torch.cuda.current_device()] if device.type == "cuda" else []
@@ -168,7 +172,7 @@ def _train(base, train_set, val_set, config, classnames, templates, params,
     with torch.no_grad():  # computed once: no second model copy, no per-step cost
         zs_text = class_features_from_tokens(model, tokens, n_templates).float()
 
-    loader = _train_loader(base, train_set, config, device)
+    loader = make_train_loader(base, train_set, config, device)
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * config.epochs
     optimizer = torch.optim.SGD(params.values(), lr=lr_at_epoch(config, 0),
@@ -238,7 +242,9 @@ def _train(base, train_set, val_set, config, classnames, templates, params,
                        images_per_sec=seen / train_seconds if train_seconds > 0 else 0.0)
 
 
-def _train_loader(base, train_set, config, device):
+def make_train_loader(base: BaseModel, train_set: FewShotDataset, config: TrainConfig,
+                      device: torch.device) -> torch.utils.data.DataLoader:
+    """Shuffled, augmented batches as the recipe asks (seeded by ``config.seed``)."""
     workers = config.num_workers
     if workers < 0:
         workers = 0 if device.type == "cpu" else min(8, torch.get_num_threads())
