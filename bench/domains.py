@@ -47,7 +47,7 @@ def _gaussian_kernel(sigma: float) -> torch.Tensor:
 
 
 def blur(items: np.ndarray, sigma: float = 2.0) -> np.ndarray:
-    """A heavy Gaussian blur: white item on black, detail gone."""
+    """A heavy Gaussian blur (sigma 2 px of 28): white item on black, detail gone."""
     x = _as_float(items)
     k = _gaussian_kernel(sigma)
     r = len(k) // 2
@@ -56,36 +56,32 @@ def blur(items: np.ndarray, sigma: float = 2.0) -> np.ndarray:
     return _to_rgb(x)
 
 
-def sketch(items: np.ndarray, threshold: float = 0.25) -> np.ndarray:
-    """Edge map: dark pencil lines (Sobel magnitude) on white paper."""
+def sketch(items: np.ndarray, threshold: float = 0.1) -> np.ndarray:
+    """Edge map: light strokes (Sobel magnitude) on black; the item's fill and shading gone."""
     x = _as_float(items)
     kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]).view(1, 1, 3, 3)
     gx = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kx)
     gy = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kx.transpose(2, 3))
     mag = (gx ** 2 + gy ** 2).sqrt()
     mag = mag / mag.amax(dim=(2, 3), keepdim=True).clamp(min=1e-6)
-    return _to_rgb(1.0 - (mag > threshold).float() * mag.clamp(max=1.0))
+    return _to_rgb((mag > threshold).float() * mag)
 
 
 def pixelate(items: np.ndarray, block: int = 4) -> np.ndarray:
-    """Mosaic: block averages, shown as large flat squares."""
+    """Mosaic: 4x4 block averages, shown as flat squares (a 7x7 image)."""
     x = _as_float(items)
     small = F.avg_pool2d(x, block, ceil_mode=True)
     return _to_rgb(F.interpolate(small, scale_factor=block, mode="nearest")[..., :28, :28])
 
 
-def silhouette(items: np.ndarray, threshold: float = 0.1) -> np.ndarray:
-    """A filled black shadow on white: the outline only, no inner texture or shading."""
-    x = _as_float(items)
-    return _to_rgb(1.0 - (x > threshold).float())
-
-
 DOMAINS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "sketch": sketch,
     "blur": blur,
-    "silhouette": silhouette,
     "pixelate": pixelate,
 }
+# Measured with `calibrate` (clipfit-mini, 6 epochs, last 5,000 training images): white items on
+# black 87.5%; sketch 37.8%, blur 68.8%, pixelate 65.0%. Rejected: dark lines or shapes on white
+# (15-16%, near chance), white silhouettes (81.6%), a plain negative (14.9%).
 
 
 def classname_folder(name: str) -> str:

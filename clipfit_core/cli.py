@@ -75,6 +75,7 @@ def cmd_train(args) -> int:
     config = TrainConfig(
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, lambda_kd=args.lambda_,
         templates=[args.template], seed=args.seed, amp=args.amp, num_workers=args.workers,
+        crop_scale=(args.crop_min, 1.0),
     )
     base = _load_base(args)
     counts = dataset.counts()
@@ -239,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.0,
                    help="hold out this fraction per class for best-epoch selection and metrics")
+    p.add_argument("--crop-min", type=float, default=defaults.crop_scale[0],
+                   help="smallest area fraction of the random resized crop (paper: 0.08; "
+                        "raise it for tiny images)")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
                    help="mixed precision on GPU (ignored on CPU)")
     p.add_argument("--workers", type=int, default=-1, help="data loader workers (-1: auto)")

@@ -1,8 +1,8 @@
 """Few-shot image datasets: a folder per class or a CSV manifest, k-shot sampling, splits.
 
 A dataset is a list of ``Sample`` (an image source and a class index) plus its class names.
-Image sources are paths or raw encoded bytes, so the same code serves files on disk and
-images stored in a database.
+Image sources are paths, raw encoded bytes or decoded PIL images, so the same code serves
+files on disk, images stored in a database, and images made in memory.
 """
 
 from __future__ import annotations
@@ -27,11 +27,15 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    source: str | bytes  # a file path, or the encoded image itself
+    source: str | bytes | Image.Image  # a file path, the encoded image, or a decoded image
     label: int
 
     def name(self) -> str:
-        return self.source if isinstance(self.source, str) else f"<{len(self.source)} bytes>"
+        if isinstance(self.source, str):
+            return self.source
+        if isinstance(self.source, Image.Image):
+            return f"<image {self.source.size[0]}x{self.source.size[1]}>"
+        return f"<{len(self.source)} bytes>"
 
 
 @dataclass
@@ -142,6 +146,8 @@ def find_unreadable(samples: Sequence[Sample]) -> list[str]:
     """Every sample whose image cannot be decoded, as 'name: reason'."""
     bad = []
     for s in samples:
+        if isinstance(s.source, Image.Image):
+            continue  # already decoded
         try:
             fp = io.BytesIO(s.source) if isinstance(s.source, bytes) else s.source
             with Image.open(fp) as im:

@@ -60,6 +60,8 @@ class TrainConfig:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if self.lambda_kd < 0:
             problems.append(f"lambda must be >= 0, got {self.lambda_kd}")
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            problems.append(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
         if not (self.train_text or self.train_image):
             problems.append("train_text and train_image are both off: nothing to train")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
