@@ -27,10 +27,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clipfit_core.classify import Classifier, resolve_templates  # noqa: E402
-from clipfit_core.data import FewShotDataset, Sample  # noqa: E402
-from clipfit_core.evaluate import accuracy, harmonic_mean  # noqa: E402
-from clipfit_core.train import TrainConfig, train_clipfit  # noqa: E402
+from clipfit_core.classify import Classifier, resolve_templates
+from clipfit_core.data import FewShotDataset, Sample
+from clipfit_core.evaluate import accuracy, harmonic_mean
+from clipfit_core.train import TrainConfig, train_clipfit
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clipfit_core.pretrain import ITEMS, load_fashion_mnist  # noqa: E402
+from clipfit_core.pretrain import ITEMS, load_fashion_mnist
 
 
 def _as_float(items: np.ndarray) -> torch.Tensor:

@@ -30,9 +30,9 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.methods import CROP_SCALE  # noqa: E402
-from bench.protocol import Cell, make_cell_data  # noqa: E402
-from clipfit_core.evaluate import harmonic_mean  # noqa: E402
+from bench.methods import CROP_SCALE
+from bench.protocol import Cell, make_cell_data
+from clipfit_core.evaluate import harmonic_mean
 
 CLIPFIT_LRS = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 FULL_FT_LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
@@ -176,7 +176,7 @@ def run_study(out_dir: Path, *, domains: list[str], seeds: list[int], epochs: in
               "clipfit-image": ("clipfit-image", lr_clipfit), "coop": ("coop", lr_coop),
               "full-ft": ("full-ft", lr_full), "full-ft-10x": ("full-ft", lr_full_10x),
               "linear-probe": ("linear-probe", None)}
-    strip = lambda d: {k: d[k] for k in ("base", "new", "hm")}  # noqa: E731
+    strip = lambda d: {k: d[k] for k in ("base", "new", "hm")}
     report = {
         "average": {m: strip(summary[k]["average"]) for m, k in picked.items()},
         "domains": {d: {m: strip(summary[k]["domains"][d]) for m, k in picked.items()}

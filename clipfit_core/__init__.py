@@ -5,7 +5,7 @@ Pure torch + open_clip + safetensors: no web, SQL or queue code, no environment 
 
 from .classify import Classifier, Prediction, resolve_templates
 from .data import FewShotDataset, Sample, load_dataset, sample_few_shot, split_train_val
-from .delta import Delta, DeltaConfig, DeltaError, apply_delta, applied, restore
+from .delta import Delta, DeltaConfig, DeltaError, applied, apply_delta, restore
 from .evaluate import accuracy, harmonic_mean, per_class_accuracy
 from .models import BaseModel, WeightsUnavailableError, create_base_model
 from .params import UnsupportedArchitectureError, count_trainable, trainable_parameters

@@ -18,7 +18,11 @@ from .data import DatasetError, check_readable, load_dataset, sample_few_shot, s
 from .delta import CONFIG_NAME, WEIGHTS_NAME, Delta, DeltaError
 from .evaluate import accuracy, per_class_accuracy
 from .models import (
-    BaseModel, UnknownModelError, WeightsUnavailableError, create_base_model, parse_model_spec,
+    BaseModel,
+    UnknownModelError,
+    WeightsUnavailableError,
+    create_base_model,
+    parse_model_spec,
 )
 from .params import UnsupportedArchitectureError, trainable_parameters
 from .train import TrainConfig, TrainingCancelled, train_clipfit

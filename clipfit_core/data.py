@@ -11,9 +11,9 @@ import csv
 import io
 import random
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -52,7 +52,7 @@ class FewShotDataset:
             counts[self.classnames[s.label]] += 1
         return counts
 
-    def subset(self, samples: Sequence[Sample]) -> "FewShotDataset":
+    def subset(self, samples: Sequence[Sample]) -> FewShotDataset:
         return FewShotDataset(list(self.classnames), list(samples))
 
 

@@ -11,9 +11,10 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors.torch import load as load_bytes
@@ -52,7 +53,7 @@ class DeltaConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DeltaConfig":
+    def from_dict(cls, data: dict[str, Any]) -> DeltaConfig:
         """Unknown keys are dropped, so newer files still load."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
@@ -100,7 +101,7 @@ class Delta:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Delta":
+    def load(cls, directory: str | Path) -> Delta:
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
@@ -118,7 +119,7 @@ class Delta:
         return cls(load_file(weights_path), config)
 
     @classmethod
-    def from_bytes(cls, weights: bytes, config: dict[str, Any]) -> "Delta":
+    def from_bytes(cls, weights: bytes, config: dict[str, Any]) -> Delta:
         """Rebuild a delta from ``to_bytes()`` and ``config_dict()`` (e.g. a database row)."""
         return cls(load_bytes(weights), DeltaConfig.from_dict(config))
 

@@ -39,7 +39,7 @@ def _text_transformer(model: torch.nn.Module) -> tuple[str, torch.nn.Module]:
     return "", None
 
 
-def trainable_parameters(model: torch.nn.Module) -> "OrderedDict[str, torch.nn.Parameter]":
+def trainable_parameters(model: torch.nn.Module) -> OrderedDict[str, torch.nn.Parameter]:
     """The ClipFit tensors of ``model``, by state-dict name, in model order.
 
     Raises:
@@ -55,7 +55,7 @@ def trainable_parameters(model: torch.nn.Module) -> "OrderedDict[str, torch.nn.P
             f"this model's image tower is {kind}. Supported architectures: "
             f"{', '.join(supported_architectures())}"
         )
-    selected: "OrderedDict[str, torch.nn.Parameter]" = OrderedDict()
+    selected: OrderedDict[str, torch.nn.Parameter] = OrderedDict()
     for i, block in enumerate(text.resblocks):
         selected[f"{prefix}.resblocks.{i}.mlp.c_proj.bias"] = block.mlp.c_proj.bias
     for module_name, module in visual.named_modules():
@@ -75,7 +75,7 @@ def count_trainable(model: torch.nn.Module) -> int:
 
 def mark_trainable(
     model: torch.nn.Module, *, text: bool = True, image: bool = True
-) -> "OrderedDict[str, torch.nn.Parameter]":
+) -> OrderedDict[str, torch.nn.Parameter]:
     """Freeze everything, then unfreeze exactly the ClipFit tensors; return them.
 
     ``text=False`` or ``image=False`` keeps one tower's ClipFit tensors frozen too (the

@@ -16,9 +16,9 @@ import gzip
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import open_clip
@@ -182,7 +182,7 @@ class PretrainConfig:
 
 def pretrain_mini(
     out_dir: str | Path,
-    config: PretrainConfig = PretrainConfig(),
+    config: PretrainConfig | None = None,
     *,
     data_root: str | Path = FASHION_MNIST_DIR,
     on_step: Callable[[int, int, float], None] | None = None,
@@ -190,6 +190,7 @@ def pretrain_mini(
 ) -> dict:
     """Pretrain clipfit-mini and write ``out_dir/open_clip_model.safetensors`` (+ a JSON
     record of how it was made). Deterministic for a seed on a given machine."""
+    config = config or PretrainConfig()
     images, labels = data if data is not None else load_fashion_mnist("train", data_root)
     if config.limit:
         images, labels = images[:config.limit], labels[:config.limit]

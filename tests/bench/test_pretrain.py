@@ -8,8 +8,18 @@ import torch
 
 from clipfit_core.models import create_base_model
 from clipfit_core.pretrain import (
-    BACKGROUNDS, COLOURS, ITEMS, TEMPLATES, CaptionTable, FashionMnistMissing, PretrainConfig,
-    load_fashion_mnist, multi_positive_contrastive, pretrain_mini, render, texture_masks,
+    BACKGROUNDS,
+    COLOURS,
+    ITEMS,
+    TEMPLATES,
+    CaptionTable,
+    FashionMnistMissing,
+    PretrainConfig,
+    load_fashion_mnist,
+    multi_positive_contrastive,
+    pretrain_mini,
+    render,
+    texture_masks,
 )
 
 

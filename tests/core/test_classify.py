@@ -3,7 +3,11 @@ import torch
 import torch.nn.functional as F
 
 from clipfit_core.classify import (
-    DATASET_TEMPLATES, Classifier, class_text_features, encode_text, resolve_templates,
+    DATASET_TEMPLATES,
+    Classifier,
+    class_text_features,
+    encode_text,
+    resolve_templates,
 )
 from clipfit_core.data import open_image
 from clipfit_core.delta import Delta, DeltaConfig, applied, extract_delta

@@ -1,7 +1,11 @@
 import pytest
 
 from clipfit_core.data import (
-    DatasetError, check_readable, load_dataset, sample_few_shot, split_train_val,
+    DatasetError,
+    check_readable,
+    load_dataset,
+    sample_few_shot,
+    split_train_val,
 )
 from clipfit_core.evaluate import accuracy, base_new_report, harmonic_mean, per_class_accuracy
 from clipfit_core.synthetic import write_dataset

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from clipfit_core.delta import (
-    CONFIG_NAME, WEIGHTS_NAME, Delta, DeltaConfig, DeltaError, apply_delta, extract_delta,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    Delta,
+    DeltaConfig,
+    DeltaError,
+    apply_delta,
+    extract_delta,
     restore,
 )
 from clipfit_core.models import create_base_model

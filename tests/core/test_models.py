@@ -3,7 +3,10 @@ import torch
 from safetensors.torch import save_file
 
 from clipfit_core.models import (
-    UnknownModelError, WeightsUnavailableError, create_base_model, parse_model_spec,
+    UnknownModelError,
+    WeightsUnavailableError,
+    create_base_model,
+    parse_model_spec,
     weights_fingerprint,
 )
 

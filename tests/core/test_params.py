@@ -2,7 +2,10 @@ import pytest
 
 from clipfit_core.models import create_base_model
 from clipfit_core.params import (
-    UnsupportedArchitectureError, count_trainable, mark_trainable, trainable_parameters,
+    UnsupportedArchitectureError,
+    count_trainable,
+    mark_trainable,
+    trainable_parameters,
 )
 
 

@@ -9,7 +9,11 @@ from clipfit_core.delta import applied
 from clipfit_core.evaluate import accuracy
 from clipfit_core.params import trainable_parameters
 from clipfit_core.train import (
-    TrainConfig, TrainingCancelled, clipfit_loss, lr_at_epoch, train_clipfit,
+    TrainConfig,
+    TrainingCancelled,
+    clipfit_loss,
+    lr_at_epoch,
+    train_clipfit,
 )
 
 
