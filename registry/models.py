@@ -1,0 +1,116 @@
+"""SQLAlchemy 2 models. Images and delta weights are blobs deduplicated by sha256."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON}
+
+
+class JobStatus(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class Blob(Base):
+    """Content-addressed bytes: uploaded images and delta weights."""
+
+    __tablename__ = "blobs"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int]
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    classnames: Mapped[list[str]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    images: Mapped[list[DatasetImage]] = relationship(
+        back_populates="dataset", cascade="all, delete-orphan", order_by="DatasetImage.position")
+
+
+class DatasetImage(Base):
+    __tablename__ = "dataset_images"
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    position: Mapped[int] = mapped_column(primary_key=True)
+    blob_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    label: Mapped[int]
+    filename: Mapped[str] = mapped_column(String(512))
+    dataset: Mapped[Dataset] = relationship(back_populates="images")
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    base_model: Mapped[str] = mapped_column(String(500))
+    templates: Mapped[list[str]]
+    hyperparameters: Mapped[dict[str, Any]]
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None]
+    heartbeat_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    dataset: Mapped[Dataset] = relationship()
+    adapter: Mapped[Adapter | None] = relationship(back_populates="job")
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Adapter(Base):
+    __tablename__ = "adapters"
+    __table_args__ = (UniqueConstraint("job_id"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    name: Mapped[str | None] = mapped_column(String(200))
+    base_model: Mapped[str] = mapped_column(String(500))
+    base_fingerprint: Mapped[str] = mapped_column(String(64))
+    classnames: Mapped[list[str]]
+    templates: Mapped[list[str]]
+    hyperparameters: Mapped[dict[str, Any]]
+    metrics: Mapped[dict[str, Any]]
+    config: Mapped[dict[str, Any]]  # adapter_config.json, as written
+    trainable_count: Mapped[int]
+    weights_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    size_bytes: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    job: Mapped[Job | None] = relationship(back_populates="adapter")

@@ -1,0 +1,47 @@
+"""One settings class, read once, used by the api, the worker and the migrations."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_weights_dir() -> Path:
+    return Path("~/.cache/clipfit/weights").expanduser()
+
+
+class Settings(BaseSettings):
+    """Environment variables ``CLIPFIT_<NAME>`` (or a ``.env`` file) override each field."""
+
+    model_config = SettingsConfigDict(env_prefix="CLIPFIT_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="SQLite file and broker files live here")
+    database_url: str = Field("", description="SQLAlchemy URL; default: SQLite in data_dir")
+    broker_url: str = Field("", description="Celery broker; default: SQLite in data_dir")
+    weights_dir: Path = Field(default_factory=_default_weights_dir,
+                              description="model weights: download cache and clipfit-mini")
+    base_models: str = Field("clipfit-mini,clipfit-tiny",
+                             description="comma-separated allow-list of model specs")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    max_request_bytes: int = 200 * 1024 * 1024
+    max_images: int = 5000
+    max_image_pixels: int = 40_000_000
+    max_archive_members: int = 10_000
+    max_epochs: int = 200
+    job_timeout_seconds: int = 6 * 3600
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'clipfit.sqlite3').resolve()}"
+
+    @property
+    def allowed_base_models(self) -> list[str]:
+        return [m.strip() for m in self.base_models.split(",") if m.strip()]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
