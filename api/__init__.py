@@ -1,1 +1,1 @@
-"""Placeholder: see ARCHITECTURE.md; filled in by the service issue."""
+"""FastAPI service: jobs, adapters, classification, health and metrics."""

@@ -218,7 +218,8 @@ def _model_options(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extend=None) -> argparse.ArgumentParser:
+    """The parser; ``extend(subparsers)`` may add commands (the service adds serve/worker)."""
     parser = argparse.ArgumentParser(
         prog="clipfit", description="Few-shot CLIP fine-tuning with ClipFit.")
     parser.add_argument("--version", action="version", version=f"clipfit {__version__}")
@@ -291,12 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print a delta's metadata")
     p.add_argument("adapter_dir")
     p.set_defaults(func=cmd_info)
+    if extend is not None:
+        extend(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, extend=None) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    args = build_parser(extend).parse_args(argv)
     if args.command in ("eval", "classify") and not (args.adapter or args.model):
         print("clipfit: error: give --adapter DIR or --model SPEC", file=sys.stderr)
         return 2

@@ -15,7 +15,15 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from .models import (
-    FINISHED, Adapter, Blob, Dataset, DatasetImage, Job, JobEvent, JobStatus, utcnow,
+    FINISHED,
+    Adapter,
+    Blob,
+    Dataset,
+    DatasetImage,
+    Job,
+    JobEvent,
+    JobStatus,
+    utcnow,
 )
 
 

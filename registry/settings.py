@@ -32,6 +32,15 @@ class Settings(BaseSettings):
     max_archive_members: int = 10_000
     max_epochs: int = 200
     job_timeout_seconds: int = 6 * 3600
+    visibility_timeout_seconds: int = Field(
+        0, description="broker redelivery delay for unacknowledged jobs; 0: job timeout + 1 h")
+    progress_interval_seconds: float = 2.0
+    delta_cache_size: int = 64
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or \
+            f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite3').resolve()}"
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -1,1 +1,1 @@
-"""Placeholder: see ARCHITECTURE.md; filled in by the service issue."""
+"""Celery app and tasks: the only place that knows about queues."""

@@ -37,12 +37,11 @@ def test_idempotency_key_is_unique_and_found(session):
 
 def test_failed_transaction_stores_nothing(session):
     before = [count(session, m) for m in (Job, Dataset, DatasetImage)]
-    with pytest.raises(IntegrityError):
-        with session.begin_nested():
-            make_job(session, images=[(b"x", 0, "x.png"), (b"y", 5, "y.png")])
-            session.add(Job(id=None, dataset_id="missing", base_model="m", templates=[],
-                            hyperparameters={}))
-            session.flush()
+    with pytest.raises(IntegrityError), session.begin_nested():
+        make_job(session, images=[(b"x", 0, "x.png"), (b"y", 5, "y.png")])
+        session.add(Job(id=None, dataset_id="missing", base_model="m", templates=[],
+                        hyperparameters={}))
+        session.flush()
     assert [count(session, m) for m in (Job, Dataset, DatasetImage)] == before
 
 

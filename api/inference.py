@@ -1,0 +1,65 @@
+"""The inference engine: one base model per process, deltas in an LRU, text features cached
+(by clipfit_core's Classifier), the images of a request as one batch."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from clipfit_core.classify import Classifier
+from clipfit_core.delta import Delta
+from registry import crud
+from registry.models import Adapter
+from registry.settings import get_settings
+
+
+class Engine:
+    def __init__(self, delta_cache_size: int = 64):
+        self._classifiers: dict[str, Classifier] = {}
+        self._deltas: OrderedDict[str, Delta] = OrderedDict()
+        self._size = delta_cache_size
+        self._lock = threading.Lock()
+        self.delta_hits = 0
+        self.delta_misses = 0
+
+    def classifier(self, spec: str) -> Classifier:
+        from worker.tasks import get_base_model
+
+        with self._lock:
+            if spec not in self._classifiers:
+                self._classifiers[spec] = Classifier(get_base_model(spec), batch_size=256)
+            return self._classifiers[spec]
+
+    def delta(self, session, adapter: Adapter) -> Delta:
+        with self._lock:
+            if adapter.id in self._deltas:
+                self._deltas.move_to_end(adapter.id)
+                self.delta_hits += 1
+                return self._deltas[adapter.id]
+            self.delta_misses += 1
+        weights = crud.get_blob(session, sha256=adapter.weights_sha256)
+        delta = Delta.from_bytes(weights, adapter.config)
+        with self._lock:
+            self._deltas[adapter.id] = delta
+            while len(self._deltas) > self._size:
+                self._deltas.popitem(last=False)
+        return delta
+
+    def forget(self, adapter_id: str) -> None:
+        with self._lock:
+            self._deltas.pop(adapter_id, None)
+
+    def text_cache_stats(self) -> tuple[int, int]:
+        hits = sum(c.text_cache.hits for c in self._classifiers.values())
+        misses = sum(c.text_cache.misses for c in self._classifiers.values())
+        return hits, misses
+
+
+_engine: Engine | None = None
+
+
+def get_engine() -> Engine:
+    global _engine
+    if _engine is None:
+        _engine = Engine(get_settings().delta_cache_size)
+    return _engine

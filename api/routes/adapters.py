@@ -1,0 +1,62 @@
+"""The registry of trained deltas."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response
+
+from clipfit_core.delta import CONFIG_NAME, WEIGHTS_NAME
+from registry import crud
+
+from ..deps import SessionDep, not_found
+from ..inference import get_engine
+from ..schemas import AdapterPublic, AdaptersPublic, decode_cursor, encode_cursor
+
+router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+
+
+@router.get("", response_model=AdaptersPublic)
+def list_adapters(session: SessionDep, limit: Annotated[int, Query(ge=1, le=200)] = 50,
+                  cursor: str | None = None):
+    try:
+        before = decode_cursor(cursor) if cursor else None
+    except ValueError as e:
+        raise HTTPException(422, detail=f"invalid cursor {cursor!r}") from e
+    rows = crud.list_adapters(session, limit=limit, before=before)
+    nxt = encode_cursor(rows[-1].created_at, rows[-1].id) if len(rows) == limit else None
+    return AdaptersPublic(data=[AdapterPublic.of(a) for a in rows], next_cursor=nxt)
+
+
+@router.get("/{adapter_id}", response_model=AdapterPublic)
+def get_adapter(adapter_id: str, session: SessionDep):
+    adapter = crud.get_adapter(session, adapter_id=adapter_id)
+    if adapter is None:
+        raise not_found("adapter", adapter_id)
+    return AdapterPublic.of(adapter)
+
+
+@router.get("/{adapter_id}/download", response_class=Response,
+            summary="The two delta files (adapter_model.safetensors, adapter_config.json), zipped")
+def download_adapter(adapter_id: str, session: SessionDep):
+    adapter = crud.get_adapter(session, adapter_id=adapter_id)
+    if adapter is None:
+        raise not_found("adapter", adapter_id)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(WEIGHTS_NAME, crud.get_blob(session, sha256=adapter.weights_sha256))
+        z.writestr(CONFIG_NAME, json.dumps(adapter.config, indent=2, sort_keys=True) + "\n")
+    return Response(buf.getvalue(), media_type="application/zip", headers={
+        "Content-Disposition": f'attachment; filename="clipfit-adapter-{adapter_id}.zip"'})
+
+
+@router.delete("/{adapter_id}", status_code=204)
+def delete_adapter(adapter_id: str, session: SessionDep):
+    if not crud.delete_adapter(session, adapter_id=adapter_id):
+        raise not_found("adapter", adapter_id)
+    session.commit()
+    get_engine().forget(adapter_id)
+    return Response(status_code=204)
