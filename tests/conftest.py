@@ -1,3 +1,6 @@
+import uuid
+
+import psycopg
 import pytest
 import torch
 
@@ -5,6 +8,27 @@ from clipfit_core.models import create_base_model
 from clipfit_core.synthetic import write_dataset
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def new_postgres_database():
+    """A factory of empty PostgreSQL databases (URLs), dropped at the end of the session."""
+    names = []
+
+    def create() -> str:
+        name = f"clipfit_test_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        names.append(name)
+        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+    yield create
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        for name in names:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

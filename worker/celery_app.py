@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from celery import Celery
 
-from registry.settings import get_settings
+from registry.settings import Settings, get_settings
 
 TRAIN_TASK = "clipfit.train_job"
 
 
-def make_celery() -> Celery:
-    settings = get_settings()
+def configure(app: Celery, settings: Settings) -> Celery:
+    """Apply the settings (broker, timeouts) to ``app``; before its first connection."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     visibility = settings.visibility_timeout_seconds or settings.job_timeout_seconds + 3600
     broker = settings.celery_broker_url
@@ -18,8 +18,8 @@ def make_celery() -> Celery:
         transport_options = {"connect_args": {"timeout": 30}}
     else:  # Redis, SQS: unacknowledged messages return to the queue after this long
         transport_options = {"visibility_timeout": visibility}
-    app = Celery("clipfit", broker=broker, include=["worker.tasks"])
     app.conf.update(
+        broker_url=broker,
         task_serializer="json", accept_content=["json"], result_backend=None,
         task_ignore_result=True,
         task_acks_late=True,  # a job is acknowledged only when it has finished...
@@ -33,4 +33,4 @@ def make_celery() -> Celery:
     return app
 
 
-app = make_celery()
+app = configure(Celery("clipfit", include=["worker.tasks"]), get_settings())

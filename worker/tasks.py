@@ -87,7 +87,8 @@ def _train(job_id, spec, templates, hp, classnames, images):
         dataset = sample_few_shot(dataset, hp["shots"], seed=hp.get("seed", 0))
     config = TrainConfig(epochs=hp.get("epochs", 10), lr=hp.get("lr", 0.002),
                          batch_size=hp.get("batch_size", 32), lambda_kd=hp.get("lambda", 8.0),
-                         seed=hp.get("seed", 0), templates=templates)
+                         seed=hp.get("seed", 0), templates=templates,
+                         crop_scale=(hp.get("crop_min", 0.08), 1.0))
     state = {"last": 0.0, "checked": 0.0, "cancel": False}
 
     def on_progress(p):

@@ -46,7 +46,10 @@ async def create_job(
     shots: Annotated[int, Form(ge=0)] = 16,
     lambda_: Annotated[float, Form(alias="lambda", ge=0)] = 8.0,
     seed: Annotated[int, Form()] = 0,
-    val_fraction: Annotated[float, Form(ge=0, lt=1)] = 0.2,
+    val_fraction: Annotated[float, Form(ge=0, lt=1, description="held out for best-epoch "
+                                        "selection and the zero-shot vs tuned metrics")] = 0.2,
+    crop_min: Annotated[float, Form(gt=0, le=1, description="smallest random-crop scale "
+                                    "(the paper: 0.08; raise it for tiny images)")] = 0.08,
     name: Annotated[str | None, Form(max_length=200)] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ):
@@ -80,7 +83,8 @@ async def create_job(
     if problems:
         raise HTTPException(422, detail={"message": "invalid training job", "problems": problems})
     hyperparameters = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "shots": shots,
-                       "lambda": lambda_, "seed": seed, "val_fraction": val_fraction}
+                       "lambda": lambda_, "seed": seed, "val_fraction": val_fraction,
+                       "crop_min": crop_min}
     try:
         job = crud.create_job(session, classnames=training.classnames, images=training.images,
                               base_model=base_model, templates=templates,

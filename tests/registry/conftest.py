@@ -1,35 +1,16 @@
 """A fresh PostgreSQL database and a fresh SQLite file per session, migrated by Alembic."""
 
-import uuid
-from pathlib import Path
-
-import psycopg
 import pytest
 from alembic import command
-from alembic.config import Config
 from sqlalchemy.orm import sessionmaker
 
 from registry.db import make_engine
-
-ROOT = Path(__file__).resolve().parents[2]
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def alembic_config(url: str) -> Config:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("sqlalchemy.url", url)
-    config.attributes["configure_logger"] = False
-    return config
+from registry.migrate import alembic_config
 
 
 @pytest.fixture(scope="session")
-def postgres_url():
-    name = f"clipfit_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def postgres_url(new_postgres_database):
+    return new_postgres_database()
 
 
 @pytest.fixture(scope="session")

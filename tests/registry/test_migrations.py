@@ -6,7 +6,7 @@ from sqlalchemy import inspect
 from registry.db import make_engine
 from registry.models import Base
 
-from .conftest import alembic_config
+from registry.migrate import alembic_config
 
 TABLES = {"blobs", "datasets", "dataset_images", "jobs", "job_events", "adapters"}
 

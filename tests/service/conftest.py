@@ -1,0 +1,157 @@
+"""The service against real parts: PostgreSQL, Redis, Celery worker processes, clipfit-tiny.
+
+The API runs in the test process (FastAPI's TestClient); workers are ``clipfit worker``
+processes started here, so killing one is a real crash.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import redis
+
+from clipfit_core.synthetic import write_dataset
+
+REDIS_DB = 11  # a database of its own on the local Redis, flushed at start and end
+FINISHED = {"succeeded", "failed", "cancelled"}
+
+
+@pytest.fixture(scope="session")
+def service_env(new_postgres_database, tmp_path_factory):
+    """Settings for the api (this process) and the workers (their environment)."""
+    url = new_postgres_database()
+    env = {
+        "CLIPFIT_DATABASE_URL": url,
+        "CLIPFIT_BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+        "CLIPFIT_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "CLIPFIT_BASE_MODELS": "clipfit-tiny",
+        "CLIPFIT_PROGRESS_INTERVAL_SECONDS": "0.2",
+        "CLIPFIT_DEVICE": "cpu",
+    }
+    return env
+
+
+@pytest.fixture(scope="session")
+def api(service_env):
+    """A TestClient on the app, configured for PostgreSQL + Redis, schema from Alembic."""
+    from fastapi.testclient import TestClient
+
+    client = redis.Redis(port=6379, db=REDIS_DB)
+    client.flushdb()
+    saved = {k: os.environ.get(k) for k in service_env}
+    os.environ.update(service_env)
+    from registry import db
+    from registry.migrate import upgrade
+    from registry.settings import get_settings
+
+    get_settings.cache_clear()
+    db.get_engine.cache_clear()
+    upgrade()
+    from worker import celery_app
+
+    celery_app.configure(celery_app.app, get_settings())
+    from api.app import create_app
+
+    with TestClient(create_app()) as test_client:
+        yield test_client
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    get_settings.cache_clear()
+    db.get_engine().dispose()
+    db.get_engine.cache_clear()
+    client.flushdb()
+
+
+class Worker:
+    """A ``clipfit worker`` process (prefork pool, one job at a time) in its own session."""
+
+    def __init__(self, env: dict[str, str], log: Path, **extra_env: str):
+        self.log = log
+        self.handle = open(log, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "worker", "--concurrency", "1",
+             "--hostname", f"test{time.monotonic_ns()}@%h"],
+            env=os.environ | env | extra_env, stdout=self.handle, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        deadline = time.monotonic() + 60
+        while " ready." not in log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"worker did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL to the worker and its pool process, nothing cleaned up."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.handle.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.handle.close()
+
+
+@pytest.fixture
+def start_worker(service_env, tmp_path):
+    workers = []
+
+    def start(**extra_env: str) -> Worker:
+        worker = Worker(service_env, tmp_path / f"worker{len(workers)}.log", **extra_env)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def colour_set(tmp_path_factory) -> Path:
+    """4 colour classes x 16 images: learnable by clipfit-tiny in seconds."""
+    return write_dataset(tmp_path_factory.mktemp("colours"), per_class=16, seed=0)
+
+
+def image_files(root: Path) -> tuple[list, list[str]]:
+    """(multipart files, labels) for every image of a folder-per-class set."""
+    files, labels = [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for path in sorted(folder.iterdir()):
+            files.append(("images", (path.name, path.read_bytes(), "image/png")))
+            labels.append(folder.name)
+    return files, labels
+
+
+def zip_folder(root: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for path in sorted(root.rglob("*.png")):
+            z.write(path, path.relative_to(root).as_posix())
+    return buf.getvalue()
+
+
+def wait_for(client, job_id: str, predicate, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if predicate(job):
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; job is {job}")
+        time.sleep(0.2)

@@ -1,0 +1,211 @@
+"""Jobs end to end: API in this process, PostgreSQL, Redis, real Celery worker processes."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import zipfile
+
+from sqlalchemy import func, select
+
+from registry.models import Adapter, Job, JobEvent
+
+from .conftest import FINISHED, image_files, wait_for, zip_folder
+
+TRAIN = {"base_model": "clipfit-tiny", "epochs": "40", "lr": "0.1", "batch_size": "16",
+         "val_fraction": "0.25", "seed": "1"}
+
+
+def count(model) -> int:
+    from registry.db import session_factory
+
+    with session_factory()() as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+def test_submit_progress_succeed_classify(api, start_worker, colour_set):
+    start_worker()
+    files, labels = image_files(colour_set)
+    r = api.post("/v1/jobs", files=files, data={**TRAIN, "labels": labels, "name": "colours"})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] == "queued" and job["hyperparameters"]["epochs"] == 40
+
+    job = wait_for(api, job["id"], lambda j: j["status"] in FINISHED)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 1 and job["progress"]["step"] == job["progress"]["total_steps"]
+    events = api.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+    kinds = [e["kind"] for e in events]
+    assert kinds[:2] == ["queued", "running"] and kinds[-1] == "succeeded"
+    progress = [e["payload"] for e in events if e["kind"] == "progress"]
+    assert len(progress) >= 2 and progress[-1]["step"] == progress[-1]["total_steps"]
+    assert all({"epoch", "step", "total_steps", "loss", "eta_seconds"} <= p.keys()
+               for p in progress)
+
+    adapter = api.get(f"/v1/adapters/{job['adapter_id']}").json()
+    assert adapter["job_id"] == job["id"] and adapter["name"] == "colours"
+    assert adapter["classnames"] == ["blue", "green", "red", "yellow"]
+    assert adapter["trainable_count"] > 0 and 0 < adapter["size_bytes"] < 200_000
+    metrics = adapter["metrics"]
+    assert metrics["heldout_images"] == 16  # 4 per class
+    assert metrics["accuracy"] >= 0.75 > metrics["zero_shot_accuracy"], metrics
+
+    # classify with the adapter: multipart, then JSON with base64; same answers
+    images = [(colour_set / c / "0000.png").read_bytes() for c in ("red", "blue", "yellow")]
+    r = api.post("/v1/classify", data={"adapter_id": adapter["id"], "top_k": "2"},
+                 files=[("images", (f"{i}.png", b, "image/png")) for i, b in enumerate(images)])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["adapter_id"] == adapter["id"] and len(body["predictions"]) == 3
+    for p in body["predictions"]:
+        assert len(p["top_k"]) == 2 and p["label"] == p["top_k"][0]["label"]
+        assert p["top_k"][0]["prob"] >= p["top_k"][1]["prob"]
+    assert [p["label"] for p in body["predictions"]] == ["red", "blue", "yellow"]
+    r2 = api.post("/v1/classify", json={"adapter_id": adapter["id"], "top_k": 2,
+                                        "images": [base64.b64encode(b).decode() for b in images]})
+    assert r2.json()["predictions"] == body["predictions"]
+
+    # the two delta files, downloadable
+    z = zipfile.ZipFile(io.BytesIO(api.get(f"/v1/adapters/{adapter['id']}/download").content))
+    assert sorted(z.namelist()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert json.loads(z.read("adapter_config.json"))["base_fingerprint"] == \
+        adapter["base_fingerprint"]
+
+    # live events as Server-Sent Events (the job is finished, so the stream ends)
+    with api.stream("GET", f"/v1/jobs/{job['id']}/events?stream=true") as stream:
+        text = "".join(stream.iter_text())
+    assert text.count("event: progress") == len(progress) and "event: succeeded" in text
+
+    listed = api.get("/v1/jobs", params={"status": "succeeded"}).json()["data"]
+    assert job["id"] in [j["id"] for j in listed]
+    assert "clipfit_jobs{status=\"succeeded\"}" in api.get("/metrics").text
+
+
+def test_cancel_a_running_job(api, start_worker, colour_set):
+    start_worker()
+    files, labels = image_files(colour_set)
+    r = api.post("/v1/jobs", files=files,
+                 data={**TRAIN, "labels": labels, "epochs": "200", "batch_size": "4"})
+    job_id = r.json()["id"]
+    wait_for(api, job_id, lambda j: j["status"] == "running" and j["progress"])
+    r = api.post(f"/v1/jobs/{job_id}/cancel")
+    assert r.status_code == 200 and r.json()["cancel_requested"] is True
+    job = wait_for(api, job_id, lambda j: j["status"] in FINISHED, timeout=30)
+    assert job["status"] == "cancelled" and job["adapter_id"] is None
+    assert job["progress"]["step"] < job["progress"]["total_steps"]
+    r = api.post(f"/v1/jobs/{job_id}/cancel")
+    assert r.status_code == 409 and "cancelled" in r.json()["detail"]
+
+
+def test_cancel_a_queued_job_without_a_worker(api, colour_set):
+    files, labels = image_files(colour_set)
+    job_id = api.post("/v1/jobs", files=files, data={**TRAIN, "labels": labels}).json()["id"]
+    r = api.post(f"/v1/jobs/{job_id}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+
+
+def test_idempotency_key_returns_the_same_job(api, colour_set):
+    files, labels = image_files(colour_set)
+    before = count(Job)
+    headers = {"Idempotency-Key": "colours-once"}
+    a = api.post("/v1/jobs", files=files, data={**TRAIN, "labels": labels}, headers=headers)
+    b = api.post("/v1/jobs", files=files, data={**TRAIN, "labels": labels}, headers=headers)
+    assert a.status_code == b.status_code == 202
+    assert a.json()["id"] == b.json()["id"]
+    assert count(Job) == before + 1
+    api.post(f"/v1/jobs/{a.json()['id']}/cancel")  # no worker needed for it
+
+
+def test_zip_upload(api, colour_set):
+    r = api.post("/v1/jobs", files={"dataset": ("colours.zip", zip_folder(colour_set))},
+                 data={**TRAIN, "classes": "red,green,blue,yellow"})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    api.post(f"/v1/jobs/{job_id}/cancel")
+    from registry import crud
+    from registry.db import session_factory
+
+    with session_factory()() as s:
+        classnames, images = crud.training_images(s, job=crud.get_job(s, job_id=job_id))
+    assert classnames == ["red", "green", "blue", "yellow"] and len(images) == 64
+    assert [label for _, label in images].count(classnames.index("blue")) == 16
+
+
+def test_validation_failures_store_nothing(api, colour_set):
+    files, labels = image_files(colour_set)
+    tables = (Job, JobEvent, Adapter)
+    before = [count(t) for t in tables]
+    from registry.models import Blob, Dataset
+
+    blobs, datasets = count(Blob), count(Dataset)
+    broken = [*files[:8], ("images", ("broken.png", b"not an image", "image/png"))]
+    cases = [
+        # one bad image among good ones, a label for a class with no images in the list
+        ({"data": {**TRAIN, "labels": [*labels[:8], "blue"]}, "files": broken},
+         ["broken.png: not a readable image", "need at least 2 classes"]),
+        ({"data": {**TRAIN, "labels": labels[:3]}, "files": files}, ["64 images but 3 labels"]),
+        ({"data": {**TRAIN, "labels": labels, "base_model": "RN50:openai", "epochs": "100000",
+                   "template": "no placeholder"}, "files": files},
+         ["base_model 'RN50:openai' is not allowed", "epochs 100000 exceeds",
+          "template"]),
+        ({"data": {**TRAIN, "classes": "red,green,purple"},
+          "files": {"dataset": ("d.zip", zip_folder(colour_set))}},
+         ["labels not among the classes: ['blue', 'yellow']", "classes without images: "
+          "['purple']"]),
+        ({"data": TRAIN, "files": {"dataset": ("d.zip", b"PK-not-a-zip")}}, ["not a zip"]),
+        ({"data": {**TRAIN, "lr": "-1"}, "files": files}, ["lr"]),
+    ]
+    for request, expected in cases:
+        r = api.post("/v1/jobs", **request)
+        assert r.status_code == 422, r.text
+        text = json.dumps(r.json())
+        for fragment in expected:
+            assert fragment in text, (fragment, text)
+    assert [count(t) for t in tables] == before
+    assert (count(Blob), count(Dataset)) == (blobs, datasets)
+
+
+def test_zip_with_unsafe_paths_is_refused(api, colour_set):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("../evil/x.png", (colour_set / "red" / "0000.png").read_bytes())
+        z.writestr("red/0000.png", (colour_set / "red" / "0000.png").read_bytes())
+    r = api.post("/v1/jobs", files={"dataset": ("d.zip", buf.getvalue())}, data=TRAIN)
+    assert r.status_code == 422 and "unsafe paths" in r.text
+
+
+def test_unknown_ids_are_404(api):
+    assert api.get("/v1/jobs/nope").status_code == 404
+    assert api.post("/v1/jobs/nope/cancel").status_code == 404
+    assert api.get("/v1/adapters/nope").status_code == 404
+    r = api.post("/v1/classify", json={"adapter_id": "nope", "images": ["aGk="]})
+    assert r.status_code == 404 and "nope" in r.text
+
+
+def test_a_job_survives_its_worker_being_killed(api, start_worker, colour_set):
+    """acks_late: the unacknowledged message returns to the queue after the visibility
+    timeout, another worker runs the job from the start, and it finishes once."""
+    first = start_worker()
+    files, labels = image_files(colour_set)
+    r = api.post("/v1/jobs", files=files,
+                 data={**TRAIN, "labels": labels, "epochs": "150", "batch_size": "8"})
+    job_id = r.json()["id"]
+    wait_for(api, job_id, lambda j: j["status"] == "running" and (j["progress"] or {})
+             .get("step", 0) >= 5)
+    first.kill()
+    assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "running"  # cut off mid-run
+    import time
+
+    time.sleep(2.5)  # longer than the second worker's visibility timeout below
+    start_worker(CLIPFIT_VISIBILITY_TIMEOUT_SECONDS="2")
+    job = wait_for(api, job_id, lambda j: j["status"] in FINISHED, timeout=180)
+    assert job["status"] == "succeeded" and job["attempts"] == 2, job
+    events = [e["kind"] for e in api.get(f"/v1/jobs/{job_id}/events",
+                                         params={"limit": 1000}).json()["data"]]
+    assert events.count("running") == 2 and events.count("succeeded") == 1
+    from registry.db import session_factory
+
+    with session_factory()() as s:
+        assert s.scalar(select(func.count()).select_from(Adapter)
+                        .where(Adapter.job_id == job_id)) == 1
