@@ -1,0 +1,130 @@
+"""The embedded default: ``clipfit serve`` with no configuration (SQLite file, Celery worker
+in process) as a user runs it, over HTTP; a crash mid-job loses nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import FINISHED, image_files, wait_for, zip_folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, data_dir: Path, port: int, log: Path):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPFIT_")}
+        env |= {"CLIPFIT_BASE_MODELS": "clipfit-tiny", "CLIPFIT_PROGRESS_INTERVAL_SECONDS": "0.2"}
+        self.log = log
+        self.handle = open(log, "a")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "serve", "--data-dir", str(data_dir),
+             "--port", str(port)], env=env, cwd=data_dir.parent, stdout=self.handle,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited:\n{self.log.read_text()}")
+            try:
+                if self.client.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"serve not ready:\n{self.log.read_text()}")
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.client.close()
+        self.handle.close()
+
+
+@pytest.fixture
+def serve(tmp_path):
+    servers = []
+
+    def start(port: int | None = None) -> Server:
+        server = Server(tmp_path / "data", port or free_port(), tmp_path / "serve.log")
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_embedded_service_end_to_end_and_crash_recovery(serve, colour_set, tmp_path):
+    port = free_port()
+    server = serve(port)
+    server.wait_ready()
+    assert (tmp_path / "data" / "clipfit.sqlite3").exists()
+    api = server.client
+
+    # a second service on the same data directory is refused, with a reason
+    other = serve()
+    assert other.proc.wait(60) != 0
+    assert "another 'clipfit serve' is using" in (tmp_path / "serve.log").read_text()
+
+    # a long job, cut off by a crash of the whole service while it runs
+    slow = api.post("/v1/jobs", files={"dataset": ("colours.zip", zip_folder(colour_set))},
+                    data={"base_model": "clipfit-tiny", "epochs": "120", "batch_size": "4",
+                          "lr": "0.1"}).json()
+    wait_for(api, slow["id"], lambda j: (j["progress"] or {}).get("step", 0) >= 5)
+    server.kill()
+    # the service comes back: the job is run again; a new one queues behind it
+    server = serve(port)
+    server.wait_ready()
+    api = server.client
+    files, labels = image_files(colour_set)
+    fast = api.post("/v1/jobs", files=files, data={
+        "labels": labels, "epochs": "40", "lr": "0.1", "batch_size": "16",
+        "val_fraction": "0.25"}).json()
+    assert fast["base_model"] == "clipfit-tiny"  # the first of the allow-list
+
+    slow = wait_for(api, slow["id"], lambda j: j["status"] in FINISHED, timeout=180)
+    assert slow["status"] == "succeeded" and slow["attempts"] == 2, slow
+    fast = wait_for(api, fast["id"], lambda j: j["status"] in FINISHED, timeout=120)
+    assert fast["status"] == "succeeded" and fast["attempts"] == 1, fast
+
+    adapter = api.get(f"/v1/adapters/{fast['adapter_id']}").json()
+    assert adapter["metrics"]["accuracy"] >= 0.75, adapter["metrics"]
+    red = (colour_set / "red" / "0003.png").read_bytes()
+    tuned = api.post("/v1/classify", data={"adapter_id": adapter["id"]},
+                     files=[("images", ("r.png", red, "image/png"))]).json()
+    assert tuned["predictions"][0]["label"] == "red"
+    zero = api.post("/v1/classify", data={"base_model": "clipfit-tiny",
+                                          "classes": "red, green, blue", "top_k": "3"},
+                    files=[("images", ("r.png", red, "image/png"))])
+    assert zero.status_code == 200, zero.text
+    assert sorted(p["label"] for p in zero.json()["predictions"][0]["top_k"]) == \
+        ["blue", "green", "red"]
+
+    listed = api.get("/v1/adapters").json()["data"]
+    assert {a["id"] for a in listed} == {adapter["id"], slow["adapter_id"]}
+    assert api.delete(f"/v1/adapters/{slow['adapter_id']}").status_code == 204
+    assert api.get(f"/v1/adapters/{slow['adapter_id']}").status_code == 404
+    assert api.get("/healthz").json() == {"status": "ok"}
