@@ -1,26 +1,27 @@
 #!/usr/bin/env bash
 # The main job, offline: set up, build the small pretrained CLIP clipfit-mini once if needed,
-# export a few-shot image set from a domain it never saw (blurred Fashion-MNIST), measure
-# zero-shot, train a ClipFit delta, measure it on held-out images, classify with it.
+# start the embedded service (`clipfit serve`: SQLite file + in-process Celery worker), and run
+# a client session against it over HTTP: submit a few-shot job from a domain the model never
+# saw (blurred Fashion-MNIST, 16 images per class), follow its progress, then classify
+# held-out images with the adapter and zero-shot, and print both accuracies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/ensure_mini.sh
 export PATH="$PWD/.venv/bin:$PATH"
 DATA=${CLIPFIT_DEMO_DIR:-data/demo}
+PORT=${CLIPFIT_DEMO_PORT:-8765}
 rm -rf "$DATA"
+mkdir -p "$DATA"
 python bench/domains.py export blur "$DATA/train" --split train --per-class 16 >/dev/null
 python bench/domains.py export blur "$DATA/test" --split test --per-class 50 >/dev/null
 
-echo "== trainable tensors of ViT-B-16 (the paper's backbone)"
-clipfit params ViT-B-16 | tail -n 1
-echo "== zero-shot clipfit-mini on $DATA/test (blurred Fashion-MNIST, 10 classes)"
-clipfit eval "$DATA/test" --model clipfit-mini --quiet | head -n 1
-echo "== ClipFit training on $DATA/train (16 images per class)"
-clipfit train "$DATA/train" --model clipfit-mini --out "$DATA/delta" --epochs 40 --lr 0.03 --crop-min 0.5
-ls -l "$DATA/delta"
-echo "== the ClipFit delta on $DATA/test"
-clipfit eval "$DATA/test" --adapter "$DATA/delta" --quiet | head -n 1
-echo "== classify two images with the delta"
-clipfit classify "$DATA"/test/sneaker/$(ls "$DATA/test/sneaker" | head -n 1) \
-  "$DATA"/test/trouser/$(ls "$DATA/test/trouser" | head -n 1) --adapter "$DATA/delta" --top-k 2
+echo "== clipfit serve on http://127.0.0.1:$PORT (data in $DATA/service, log $DATA/serve.log)"
+CLIPFIT_BASE_MODELS=${CLIPFIT_BASE_MODELS:-clipfit-mini,clipfit-tiny} \
+  clipfit serve --data-dir "$DATA/service" --port "$PORT" >"$DATA/serve.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+python scripts/demo_client.py --url "http://127.0.0.1:$PORT" --train "$DATA/train" \
+  --test "$DATA/test" --model clipfit-mini --epochs 40 --lr 0.03 --crop-min 0.5 \
+  || { echo "-- service log:" >&2; tail -n 30 "$DATA/serve.log" >&2; exit 1; }
+echo "== done; run the service yourself with: .venv/bin/clipfit serve  (API docs at /docs)"
