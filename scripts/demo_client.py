@@ -92,6 +92,7 @@ def main() -> int:
     parser.add_argument("--epochs", default="40")
     parser.add_argument("--lr", default="0.03")
     parser.add_argument("--crop-min", default="0.5")
+    parser.add_argument("--batch-size", default="32")
     parser.add_argument("--batch", type=int, default=100, help="images per classify request")
     parser.add_argument("--wait", type=float, default=120, help="seconds to wait for /readyz")
     args = parser.parse_args()
@@ -102,7 +103,8 @@ def main() -> int:
           f"base model {args.model}")
     r = client.post("/v1/jobs", files={"dataset": ("train.zip", zip_folder(args.train))},
                     data={"base_model": args.model, "epochs": args.epochs, "lr": args.lr,
-                          "crop_min": args.crop_min, "name": f"demo {args.train.name}"})
+                          "crop_min": args.crop_min, "batch_size": args.batch_size,
+                          "name": f"demo {args.train.name}"})
     if r.status_code != 202:
         sys.exit(f"job refused ({r.status_code}): {r.text}")
     job = r.json()

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Header, HTTPException, Query, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 
 from clipfit_core.classify import resolve_templates
 from registry import crud
@@ -69,36 +70,47 @@ async def create_job(
         problems.append(str(e))
         templates = []
     class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-    try:
-        if dataset is not None and images:
-            raise UploadError(["send either 'images' + 'labels' or one 'dataset' zip, not both"])
-        if dataset is not None:
-            training = from_zip(await dataset.read(), class_list, settings)
-        else:
-            files = [(f.filename or f"image-{i}", await f.read())
-                     for i, f in enumerate(images or [])]
-            training = from_files(files, labels or [], class_list, settings)
-    except UploadError as e:
-        problems += e.problems
-    if problems:
-        raise HTTPException(422, detail={"message": "invalid training job", "problems": problems})
+    if dataset is not None and images:
+        problems.append("send either 'images' + 'labels' or one 'dataset' zip, not both")
+    zipped = await dataset.read() if dataset is not None else None
+    files = [(f.filename or f"image-{i}", await f.read()) for i, f in enumerate(images or [])]
     hyperparameters = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "shots": shots,
                        "lambda": lambda_, "seed": seed, "val_fraction": val_fraction,
                        "crop_min": crop_min}
+    # decoding every image and writing the rows are blocking work: off the event loop
+    job, created = await run_in_threadpool(
+        _validate_and_store, session, settings, problems, zipped, files, labels or [],
+        class_list, base_model=base_model, templates=templates,
+        hyperparameters=hyperparameters, name=name, idempotency_key=idempotency_key)
+    if created:
+        enqueue(job.id)  # only after the commit: a worker always finds the job
+    return JobPublic.of(job)
+
+
+def _validate_and_store(session, settings, problems, zipped, files, labels, class_list,
+                        **job_fields):
+    """(job, True) once stored and committed; (job, False) for an idempotent repeat."""
+    try:
+        if zipped is not None:
+            training = from_zip(zipped, class_list, settings)
+        else:
+            training = from_files(files, labels, class_list, settings)
+    except UploadError as e:
+        problems = problems + e.problems
+    if problems:
+        raise HTTPException(422, detail={"message": "invalid training job", "problems": problems})
+    key = job_fields["idempotency_key"]
     try:
         job = crud.create_job(session, classnames=training.classnames, images=training.images,
-                              base_model=base_model, templates=templates,
-                              hyperparameters=hyperparameters, name=name,
-                              idempotency_key=idempotency_key)
+                              **job_fields)
         session.commit()
     except IntegrityError:  # the same idempotency key, raced in by a concurrent request
         session.rollback()
-        job = crud.get_job_by_idempotency_key(session, key=idempotency_key or "")
+        job = crud.get_job_by_idempotency_key(session, key=key or "")
         if job is None:
             raise
-        return JobPublic.of(job)
-    enqueue(job.id)  # only after the commit: a worker always finds the job
-    return JobPublic.of(job)
+        return job, False
+    return job, True
 
 
 @router.get("", response_model=JobsPublic)

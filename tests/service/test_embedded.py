@@ -4,6 +4,7 @@ in process) as a user runs it, over HTTP; a crash mid-job loses nothing."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,7 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from clipfit_core.synthetic import write_dataset
+
 from .conftest import FINISHED, image_files, wait_for, zip_folder
+
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -91,7 +97,7 @@ def test_embedded_service_end_to_end_and_crash_recovery(serve, colour_set, tmp_p
 
     # a long job, cut off by a crash of the whole service while it runs
     slow = api.post("/v1/jobs", files={"dataset": ("colours.zip", zip_folder(colour_set))},
-                    data={"base_model": "clipfit-tiny", "epochs": "120", "batch_size": "4",
+                    data={"base_model": "clipfit-tiny", "epochs": "60", "batch_size": "8",
                           "lr": "0.1"}).json()
     wait_for(api, slow["id"], lambda j: (j["progress"] or {}).get("step", 0) >= 5)
     server.kill()
@@ -105,7 +111,7 @@ def test_embedded_service_end_to_end_and_crash_recovery(serve, colour_set, tmp_p
         "val_fraction": "0.25"}).json()
     assert fast["base_model"] == "clipfit-tiny"  # the first of the allow-list
 
-    slow = wait_for(api, slow["id"], lambda j: j["status"] in FINISHED, timeout=180)
+    slow = wait_for(api, slow["id"], lambda j: j["status"] in FINISHED, timeout=300)
     assert slow["status"] == "succeeded" and slow["attempts"] == 2, slow
     fast = wait_for(api, fast["id"], lambda j: j["status"] in FINISHED, timeout=120)
     assert fast["status"] == "succeeded" and fast["attempts"] == 1, fast
@@ -128,3 +134,16 @@ def test_embedded_service_end_to_end_and_crash_recovery(serve, colour_set, tmp_p
     assert api.delete(f"/v1/adapters/{slow['adapter_id']}").status_code == 204
     assert api.get(f"/v1/adapters/{slow['adapter_id']}").status_code == 404
     assert api.get("/healthz").json() == {"status": "ok"}
+
+    # the README's demo client, against this service, on a set it has not seen
+    test_set = write_dataset(tmp_path / "test", per_class=10, seed=7)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo_client.py"), "--url", str(api.base_url),
+         "--train", str(colour_set), "--test", str(test_set), "--model", "clipfit-tiny",
+         "--epochs", "40", "--lr", "0.1", "--batch-size", "16", "--batch", "16"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "epoch  40/40" in out.stdout and "succeeded" in out.stdout
+    zero = float(re.search(r"zero-shot accuracy \(clipfit-tiny\): ([\d.]+)%", out.stdout)[1])
+    tuned = float(re.search(r"ClipFit adapter accuracy: +([\d.]+)%", out.stdout)[1])
+    assert tuned >= 75 > zero, out.stdout

@@ -189,7 +189,7 @@ def test_a_job_survives_its_worker_being_killed(api, start_worker, colour_set):
     first = start_worker()
     files, labels = image_files(colour_set)
     r = api.post("/v1/jobs", files=files,
-                 data={**TRAIN, "labels": labels, "epochs": "150", "batch_size": "8"})
+                 data={**TRAIN, "labels": labels, "epochs": "80", "batch_size": "8"})
     job_id = r.json()["id"]
     wait_for(api, job_id, lambda j: j["status"] == "running" and (j["progress"] or {})
              .get("step", 0) >= 5)
@@ -209,3 +209,13 @@ def test_a_job_survives_its_worker_being_killed(api, start_worker, colour_set):
     with session_factory()() as s:
         assert s.scalar(select(func.count()).select_from(Adapter)
                         .where(Adapter.job_id == job_id)) == 1
+
+
+def test_request_size_limit(api, colour_set, monkeypatch):
+    from registry.settings import get_settings
+
+    monkeypatch.setattr(get_settings(), "max_request_bytes", 2000)
+    before = count(Job)
+    r = api.post("/v1/jobs", files={"dataset": ("d.zip", zip_folder(colour_set))}, data=TRAIN)
+    assert r.status_code == 413 and "exceeds the limit of 2000 bytes" in r.json()["detail"]
+    assert count(Job) == before
