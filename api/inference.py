@@ -8,6 +8,7 @@ from collections import OrderedDict
 
 from clipfit_core.classify import Classifier
 from clipfit_core.delta import Delta
+from clipfit_core.models import create_base_model, resolve_device
 from registry import crud
 from registry.models import Adapter
 from registry.settings import get_settings
@@ -23,11 +24,14 @@ class Engine:
         self.delta_misses = 0
 
     def classifier(self, spec: str) -> Classifier:
-        from worker.tasks import get_base_model
-
+        """The base model's classifier, loaded on first use: a copy of its own, never the
+        embedded worker's (training changes that one in place)."""
         with self._lock:
             if spec not in self._classifiers:
-                self._classifiers[spec] = Classifier(get_base_model(spec), batch_size=256)
+                settings = get_settings()
+                base = create_base_model(spec, device=resolve_device(settings.device),
+                                         cache_dir=settings.weights_dir)
+                self._classifiers[spec] = Classifier(base, batch_size=256)
             return self._classifiers[spec]
 
     def delta(self, session, adapter: Adapter) -> Delta:

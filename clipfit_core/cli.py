@@ -23,6 +23,7 @@ from .models import (
     WeightsUnavailableError,
     create_base_model,
     parse_model_spec,
+    resolve_device,
 )
 from .params import UnsupportedArchitectureError, trainable_parameters
 from .train import TrainConfig, TrainingCancelled, train_clipfit
@@ -37,11 +38,7 @@ def default_weights_dir() -> str:
 
 
 def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is available here")
-    return name
+    return resolve_device(name)
 
 
 def _load_base(args, spec: str | None = None) -> BaseModel:

@@ -101,6 +101,15 @@ class BaseModel:
         ])
 
 
+def resolve_device(name: str = "auto") -> str:
+    """``auto`` is ``cuda`` when a GPU is present, else ``cpu``; a missing GPU is an error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: no CUDA device is available here")
+    return name
+
+
 def parse_model_spec(spec: str) -> tuple[str, str | None]:
     """Split ``ARCH[:TAG_OR_PATH]`` into its two parts.
 

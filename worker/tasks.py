@@ -6,12 +6,10 @@ import logging
 import time
 from functools import lru_cache
 
-import torch
-
 from clipfit_core.classify import Classifier
 from clipfit_core.data import FewShotDataset, Sample, sample_few_shot, split_train_val
 from clipfit_core.evaluate import accuracy
-from clipfit_core.models import BaseModel, create_base_model
+from clipfit_core.models import BaseModel, create_base_model, resolve_device
 from clipfit_core.train import TrainConfig, TrainingCancelled, train_clipfit
 from registry import crud
 from registry.db import session_scope
@@ -23,18 +21,13 @@ from .celery_app import TRAIN_TASK, app
 log = logging.getLogger(__name__)
 
 
-def device_name() -> str:
-    name = get_settings().device
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 @lru_cache(maxsize=4)
 def get_base_model(spec: str) -> BaseModel:
-    """Loaded once per worker process (and per API process for classification)."""
+    """Loaded once per worker process; training changes it in place (and restores it), so
+    it is never shared with the API's inference engine, even in the embedded service."""
     settings = get_settings()
-    return create_base_model(spec, device=device_name(), cache_dir=settings.weights_dir)
+    return create_base_model(spec, device=resolve_device(settings.device),
+                             cache_dir=settings.weights_dir)
 
 
 def _held_out_accuracy(base, val: FewShotDataset, templates, delta=None) -> float:

@@ -95,11 +95,24 @@ def test_embedded_service_end_to_end_and_crash_recovery(serve, colour_set, tmp_p
     assert other.proc.wait(60) != 0
     assert "another 'clipfit serve' is using" in (tmp_path / "serve.log").read_text()
 
+    red = (colour_set / "red" / "0003.png").read_bytes()
+
+    def zero_shot() -> list:
+        r = api.post("/v1/classify", data={"base_model": "clipfit-tiny", "top_k": "4",
+                                           "classes": "red,green,blue,yellow"},
+                     files=[("images", ("r.png", red, "image/png"))])
+        assert r.status_code == 200, r.text
+        return r.json()["predictions"][0]["top_k"]
+
     # a long job, cut off by a crash of the whole service while it runs
+    before = zero_shot()
     slow = api.post("/v1/jobs", files={"dataset": ("colours.zip", zip_folder(colour_set))},
                     data={"base_model": "clipfit-tiny", "epochs": "60", "batch_size": "8",
                           "lr": "0.1"}).json()
     wait_for(api, slow["id"], lambda j: (j["progress"] or {}).get("step", 0) >= 5)
+    # serving shares the process, not the weights, with the training in progress
+    assert zero_shot() == before
+    assert api.get(f"/v1/jobs/{slow['id']}").json()["status"] == "running"
     server.kill()
     # the service comes back: the job is run again; a new one queues behind it
     server = serve(port)
