@@ -27,6 +27,17 @@ class JobPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
 
+    model_config = {"json_schema_extra": {"examples": [{
+        "id": "3fc4e2c00c7b42dd9066b0cdadbfc31c", "name": "pets v1", "status": "running",
+        "base_model": "ViT-B-16:openai", "templates": ["a photo of a {}, a type of pet."],
+        "hyperparameters": {"epochs": 10, "lr": 0.002, "batch_size": 32, "shots": 16,
+                            "lambda": 8.0, "seed": 0, "val_fraction": 0.2, "crop_min": 0.08},
+        "attempts": 1, "cancel_requested": False,
+        "progress": {"epoch": 3, "epochs": 10, "step": 12, "total_steps": 40, "loss": 0.8123,
+                     "lr": 0.0018, "images_per_sec": 95.2, "eta_seconds": 9.4},
+        "error": None, "adapter_id": None, "created_at": "2026-11-29T06:52:18",
+        "started_at": "2026-11-29T06:52:19", "finished_at": None}]}}
+
     @classmethod
     def of(cls, job: Job) -> JobPublic:
         return cls(id=job.id, name=job.name, status=job.status, base_model=job.base_model,
@@ -115,6 +126,11 @@ class ClassifyPublic(BaseModel):
     model: str
     adapter_id: str | None
     predictions: list[ImagePrediction]
+
+    model_config = {"json_schema_extra": {"examples": [{
+        "model": "ViT-B-16:openai", "adapter_id": "0bc3808806804f52b55dcd6310eed587",
+        "predictions": [{"label": "sneaker", "top_k": [{"label": "sneaker", "prob": 0.91},
+                                                       {"label": "sandal", "prob": 0.06}]}]}]}}
 
 
 def encode_cursor(created_at: datetime, ident: str) -> str:

@@ -22,12 +22,18 @@ def healthz():
 
 
 def _queue_depth() -> int | None:
-    """Messages waiting in the broker's default queue (None when unknown)."""
+    """Messages waiting in the broker's default queue (None when the broker is unreachable).
+    A queue nobody has declared yet (no worker has started) holds no messages."""
     from worker.celery_app import app
 
     try:
         with app.connection_for_write() as conn:
-            return conn.default_channel.queue_declare(queue="celery", passive=True).message_count
+            channel = conn.default_channel
+            try:
+                return channel.queue_declare(queue=app.conf.task_default_queue,
+                                             passive=True).message_count
+            except conn.channel_errors:
+                return 0
     except Exception:  # noqa: BLE001 (unknown is an answer)
         return None
 

@@ -79,7 +79,10 @@ def test_submit_progress_succeed_classify(api, start_worker, colour_set):
 
     listed = api.get("/v1/jobs", params={"status": "succeeded"}).json()["data"]
     assert job["id"] in [j["id"] for j in listed]
-    assert "clipfit_jobs{status=\"succeeded\"}" in api.get("/metrics").text
+    metrics = api.get("/metrics").text
+    assert "clipfit_jobs{status=\"succeeded\"}" in metrics
+    assert "clipfit_queue_depth" in metrics and "clipfit_http_requests_total" in metrics
+    assert 'clipfit_cache_events{cache="delta",kind="hit"}' in metrics
 
 
 def test_cancel_a_running_job(api, start_worker, colour_set):
