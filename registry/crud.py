@@ -63,6 +63,27 @@ def create_job(
     return job
 
 
+def delete_job(session: Session, *, job_id: str) -> bool:
+    """Remove a job that never ran, with its events, its dataset and the image blobs no other
+    dataset uses (the API undoes a job it could not enqueue)."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return False
+    dataset_id = job.dataset_id
+    digests = set(session.scalars(select(DatasetImage.blob_sha256)
+                                  .where(DatasetImage.dataset_id == dataset_id)))
+    session.execute(delete(JobEvent).where(JobEvent.job_id == job_id))
+    session.delete(job)
+    session.flush()
+    session.execute(delete(DatasetImage).where(DatasetImage.dataset_id == dataset_id))
+    session.execute(delete(Dataset).where(Dataset.id == dataset_id))
+    still_used = set(session.scalars(select(DatasetImage.blob_sha256)
+                                     .where(DatasetImage.blob_sha256.in_(digests))))
+    if digests - still_used:
+        session.execute(delete(Blob).where(Blob.sha256.in_(digests - still_used)))
+    return True
+
+
 def get_job(session: Session, *, job_id: str) -> Job | None:
     return session.get(Job, job_id)
 

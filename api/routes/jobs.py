@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, HTTPException, Query, UploadFile
@@ -20,6 +21,7 @@ from ..deps import SessionDep, SettingsDep, not_found
 from ..schemas import EventPublic, EventsPublic, JobPublic, JobsPublic, decode_cursor, encode_cursor
 from ..uploads import UploadError, from_files, from_zip
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
@@ -83,8 +85,20 @@ async def create_job(
         class_list, base_model=base_model, templates=templates,
         hyperparameters=hyperparameters, name=name, idempotency_key=idempotency_key)
     if created:
-        enqueue(job.id)  # only after the commit: a worker always finds the job
+        try:
+            enqueue(job.id)  # only after the commit: a worker always finds the job
+        except Exception as e:
+            log.exception("could not enqueue job %s; removing it", job.id)
+            await run_in_threadpool(_undo, session, job.id)
+            raise HTTPException(503, detail=f"the job queue is unreachable ({type(e).__name__});"
+                                " nothing was stored, try again later") from e
     return JobPublic.of(job)
+
+
+def _undo(session, job_id: str) -> None:
+    session.rollback()
+    crud.delete_job(session, job_id=job_id)
+    session.commit()
 
 
 def _validate_and_store(session, settings, problems, zipped, files, labels, class_list,

@@ -19,7 +19,6 @@ from clipfit_core.synthetic import write_dataset
 
 from .conftest import FINISHED, image_files, wait_for, zip_folder
 
-
 ROOT = Path(__file__).resolve().parents[2]
 
 

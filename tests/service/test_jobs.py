@@ -154,8 +154,8 @@ def test_validation_failures_store_nothing(api, colour_set):
           "template"]),
         ({"data": {**TRAIN, "classes": "red,green,purple"},
           "files": {"dataset": ("d.zip", zip_folder(colour_set))}},
-         ["labels not among the classes: ['blue', 'yellow']", "classes without images: "
-          "['purple']"]),
+         ["labels not among the classes: ['blue', 'yellow']",
+          "classes without images: ['purple']"]),
         ({"data": TRAIN, "files": {"dataset": ("d.zip", b"PK-not-a-zip")}}, ["not a zip"]),
         ({"data": {**TRAIN, "lr": "-1"}, "files": files}, ["lr"]),
     ]
@@ -222,3 +222,30 @@ def test_request_size_limit(api, colour_set, monkeypatch):
     r = api.post("/v1/jobs", files={"dataset": ("d.zip", zip_folder(colour_set))}, data=TRAIN)
     assert r.status_code == 413 and "exceeds the limit of 2000 bytes" in r.json()["detail"]
     assert count(Job) == before
+
+
+def test_a_job_that_cannot_be_enqueued_is_undone(api, colour_set, monkeypatch):
+    from kombu.exceptions import OperationalError
+
+    from api.routes import jobs
+    from registry.models import Blob, Dataset
+
+    def broker_down(job_id):
+        raise OperationalError("Error 111 connecting to redis:6379. Connection refused.")
+
+    monkeypatch.setattr(jobs, "enqueue", broker_down)
+    files, labels = image_files(colour_set)
+    before = [count(t) for t in (Job, JobEvent, Dataset, Blob)]
+    # one new image, so that a blob would be left behind if the undo forgot it
+    new = ("images", ("new.png", _png(), "image/png"))
+    r = api.post("/v1/jobs", files=[*files, new], data={**TRAIN, "labels": [*labels, "red"]})
+    assert r.status_code == 503 and "nothing was stored" in r.json()["detail"]
+    assert [count(t) for t in (Job, JobEvent, Dataset, Blob)] == before
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (9, 9), (200, 10, 10)).save(buf, "PNG")
+    return buf.getvalue()
