@@ -28,16 +28,22 @@ class TrainingSet:
     images: list[tuple[bytes, int, str]] = field(default_factory=list)  # (bytes, label, name)
 
 
-def check_image(data: bytes, name: str, settings: Settings) -> str | None:
-    """None when the image decodes within the pixel limit, else the problem."""
+def decode_image(data: bytes, name: str, settings: Settings) -> tuple[Image.Image | None,
+                                                                    str | None]:
+    """(RGB image, None) when it decodes within the pixel limit, else (None, the problem)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.width * im.height > settings.max_image_pixels:
-                return f"{name}: {im.width}x{im.height} exceeds {settings.max_image_pixels} pixels"
-            im.load()
+                return None, (f"{name}: {im.width}x{im.height} exceeds "
+                              f"{settings.max_image_pixels} pixels")
+            return im.convert("RGB"), None
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-        return f"{name}: not a readable image ({e})"
-    return None
+        return None, f"{name}: not a readable image ({e})"
+
+
+def check_image(data: bytes, name: str, settings: Settings) -> str | None:
+    """None when the image decodes within the pixel limit, else the problem."""
+    return decode_image(data, name, settings)[1]
 
 
 def from_files(files: list[tuple[str, bytes]], labels: list[str],

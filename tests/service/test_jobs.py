@@ -65,6 +65,11 @@ def test_submit_progress_succeed_classify(api, start_worker, colour_set):
     r2 = api.post("/v1/classify", json={"adapter_id": adapter["id"], "top_k": 2,
                                         "images": [base64.b64encode(b).decode() for b in images]})
     assert r2.json()["predictions"] == body["predictions"]
+    # the tuned model among other classes (the paper's new-class use)
+    r3 = api.post("/v1/classify", json={"adapter_id": adapter["id"], "classes": ["red", "cyan"],
+                                        "images": [base64.b64encode(images[0]).decode()]})
+    assert [t["label"] for t in r3.json()["predictions"][0]["top_k"]] in (["red", "cyan"],
+                                                                          ["cyan", "red"])
 
     # the two delta files, downloadable
     z = zipfile.ZipFile(io.BytesIO(api.get(f"/v1/adapters/{adapter['id']}/download").content))
@@ -249,3 +254,25 @@ def _png() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (9, 9), (200, 10, 10)).save(buf, "PNG")
     return buf.getvalue()
+
+
+def test_classify_refuses_bad_requests_with_reasons(api, colour_set):
+    red = (colour_set / "red" / "0000.png").read_bytes()
+    cases = [
+        ({"data": {"base_model": "clipfit-tiny", "classes": "a,b", "top_k": "many"},
+          "files": [("images", ("r.png", red, "image/png"))]}, "top_k must be an integer"),
+        ({"data": {"base_model": "clipfit-tiny", "classes": "a,b"},
+          "files": [("images", ("x.png", b"junk", "image/png"))]}, "x.png: not a readable"),
+        ({"data": {"base_model": "clipfit-tiny"},
+          "files": [("images", ("r.png", red, "image/png"))]}, "give adapter_id, or base_model"),
+        ({"data": {"base_model": "ViT-H-14:laion2b", "classes": "a,b"},
+          "files": [("images", ("r.png", red, "image/png"))]}, "is not allowed"),
+        ({"json": {"base_model": "clipfit-tiny", "classes": ["a"], "images": ["%%%"]}},
+         "images[0]: not valid base64"),
+        ({"json": {"base_model": "clipfit-tiny", "images": "not a list"}},
+         "invalid classification request"),
+        ({"data": {"base_model": "clipfit-tiny", "classes": "a,b"}}, "no images"),
+    ]
+    for request, fragment in cases:
+        r = api.post("/v1/classify", **request)
+        assert r.status_code == 422 and fragment in r.text, (fragment, r.text)
