@@ -339,7 +339,7 @@ def stage_pass(clf: Classifier, batches: list[list[bytes]], classnames, template
     n_batches = max(1, -(-images // len(batches[0])))
     chosen = [batches[i % len(batches)] for i in range(n_batches)]
     start = time.perf_counter()
-    pixels = [torch.stack([clf._transform(im) for im in load_images(b)]) for b in chosen]
+    pixels = [clf.base.preprocess(load_images(b)) for b in chosen]
     prep = time.perf_counter() - start
     start = time.perf_counter()
     for px in pixels:

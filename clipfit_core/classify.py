@@ -196,7 +196,6 @@ class Classifier:
         self.batch_size = batch_size
         self.text_cache = TextFeatureCache(cache_size)
         self._lock = threading.RLock()
-        self._transform = base.eval_transform()
 
     def text_features(self, classnames, templates, delta=None) -> torch.Tensor:
         from .delta import applied
@@ -217,7 +216,7 @@ class Classifier:
         out = []
         for i in range(0, len(images), self.batch_size):
             batch = load_images(images[i:i + self.batch_size])
-            pixels = torch.stack([self._transform(im) for im in batch])
+            pixels = self.base.preprocess(batch)
             with self._lock, applied(self.base, delta):
                 feats = image_features(self.base, pixels)
             out.append(logits_for(self.base, feats, text).cpu())

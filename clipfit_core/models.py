@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import open_clip
 import torch
 from torchvision import transforms as T
@@ -88,6 +89,20 @@ class BaseModel:
             T.ToTensor(),
             T.Normalize(self.mean, self.std),
         ])
+
+    def preprocess(self, images: list) -> torch.Tensor:
+        """``eval_transform`` for a list of RGB PIL images as one (N, 3, S, S) batch: the
+        same resize and crop per image, then one tensor conversion and normalization for
+        all (bit-identical to stacking ``eval_transform`` outputs, several times faster)."""
+        geometry = T.Compose([
+            T.Resize(self.image_size, interpolation=_INTERPOLATION[self.interpolation]),
+            T.CenterCrop(self.image_size)])
+        arrays = np.stack([np.asarray(geometry(im.convert("RGB") if im.mode != "RGB" else im))
+                           for im in images])
+        pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2).to(torch.float32).div(255)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+        return pixels.sub_(mean).div_(std)
 
     def train_transform(self, scale: tuple[float, float] = (0.08, 1.0)) -> Callable:
         """The paper's augmentation: random resized crop (bicubic) + horizontal flip."""

@@ -91,3 +91,16 @@ def test_top_k_is_capped_and_batches_agree(tiny, colour_test):
     assert torch.allclose(one, all_, atol=1e-5)
     preds = Classifier(tiny).classify(paths[:1], CLASSES[:2], top_k=5)
     assert len(preds[0].labels) == 2 and sum(preds[0].probs) == pytest.approx(1.0)
+
+
+def test_batched_preprocess_is_bit_identical_to_eval_transform(tiny):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+              for h, w in [(40, 60), (300, 200), (32, 32), (17, 90)]]
+    images.append(Image.fromarray(rng.integers(0, 255, (50, 50), dtype=np.uint8)))  # grey
+    transform = tiny.eval_transform()
+    expected = torch.stack([transform(im.convert("RGB")) for im in images])
+    assert torch.equal(tiny.preprocess(images), expected)
