@@ -7,14 +7,14 @@ import json
 import zipfile
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, Query, Response
 
 from clipfit_core.delta import CONFIG_NAME, WEIGHTS_NAME
 from registry import crud
 
-from ..deps import SessionDep, not_found
+from ..deps import SessionDep, not_found, page_next, page_start
 from ..inference import get_engine
-from ..schemas import AdapterPublic, AdaptersPublic, decode_cursor, encode_cursor
+from ..schemas import AdapterPublic, AdaptersPublic
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
@@ -22,13 +22,10 @@ router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 @router.get("", response_model=AdaptersPublic)
 def list_adapters(session: SessionDep, limit: Annotated[int, Query(ge=1, le=200)] = 50,
                   cursor: str | None = None):
-    try:
-        before = decode_cursor(cursor) if cursor else None
-    except ValueError as e:
-        raise HTTPException(422, detail=f"invalid cursor {cursor!r}") from e
+    before = page_start(cursor)
     rows = crud.list_adapters(session, limit=limit, before=before)
-    nxt = encode_cursor(rows[-1].created_at, rows[-1].id) if len(rows) == limit else None
-    return AdaptersPublic(data=[AdapterPublic.of(a) for a in rows], next_cursor=nxt)
+    return AdaptersPublic(data=[AdapterPublic.of(a) for a in rows],
+                          next_cursor=page_next(rows, limit))
 
 
 @router.get("/{adapter_id}", response_model=AdapterPublic)

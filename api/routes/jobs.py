@@ -17,8 +17,8 @@ from registry import crud
 from registry.db import session_factory
 from registry.models import FINISHED
 
-from ..deps import SessionDep, SettingsDep, not_found
-from ..schemas import EventPublic, EventsPublic, JobPublic, JobsPublic, decode_cursor, encode_cursor
+from ..deps import SessionDep, SettingsDep, not_found, page_next, page_start
+from ..schemas import EventPublic, EventsPublic, JobPublic, JobsPublic
 from ..uploads import UploadError, from_files, from_zip
 
 log = logging.getLogger(__name__)
@@ -132,13 +132,10 @@ def list_jobs(session: SessionDep, status: Annotated[str | None, Query()] = None
               limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: str | None = None):
     if status is not None and status not in STATUSES:
         raise HTTPException(422, detail=f"status must be one of {STATUSES}, got {status!r}")
-    try:
-        before = decode_cursor(cursor) if cursor else None
-    except ValueError as e:
-        raise HTTPException(422, detail=f"invalid cursor {cursor!r}") from e
+    before = page_start(cursor)
     jobs = crud.list_jobs(session, status=status, limit=limit, before=before)
-    nxt = encode_cursor(jobs[-1].created_at, jobs[-1].id) if len(jobs) == limit else None
-    return JobsPublic(data=[JobPublic.of(j) for j in jobs], next_cursor=nxt)
+    return JobsPublic(data=[JobPublic.of(j) for j in jobs],
+                      next_cursor=page_next(jobs, limit))
 
 
 @router.get("/{job_id}", response_model=JobPublic)

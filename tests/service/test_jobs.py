@@ -276,3 +276,26 @@ def test_classify_refuses_bad_requests_with_reasons(api, colour_set):
     for request, fragment in cases:
         r = api.post("/v1/classify", **request)
         assert r.status_code == 422 and fragment in r.text, (fragment, r.text)
+
+
+def test_lists_page_with_cursors(api, colour_set):
+    files, labels = image_files(colour_set)
+    for _ in range(3):  # queued, then cancelled (no worker needed): two events each
+        job_id = api.post("/v1/jobs", files=files, data={**TRAIN, "labels": labels}).json()["id"]
+        api.post(f"/v1/jobs/{job_id}/cancel")
+    everything = api.get("/v1/jobs", params={"limit": 200}).json()["data"]
+    assert len(everything) >= 3
+    seen, cursor = [], None
+    while True:
+        page = api.get("/v1/jobs", params={"limit": 2, **({"cursor": cursor} if cursor else {})})
+        body = page.json()
+        seen += [j["id"] for j in body["data"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [j["id"] for j in everything]  # newest first, each once
+    events = api.get(f"/v1/jobs/{seen[0]}/events", params={"limit": 1}).json()
+    more = api.get(f"/v1/jobs/{seen[0]}/events", params={"cursor": events["next_cursor"]}).json()
+    assert more["data"][0]["id"] > events["data"][0]["id"]
+    assert api.get("/v1/jobs", params={"cursor": "garbage"}).status_code == 422
+    assert api.get("/v1/jobs", params={"status": "sleeping"}).status_code == 422
