@@ -223,8 +223,8 @@ def to_markdown(report: dict) -> str:
             lines.append(f"| {m} | {_pct(r['base'])} | {_pct(r['new'])} | {_pct(r['hm'])} |")
     sweeps = {k: v for k, v in report["lr_sweep"].items() if k in ("clipfit", "full-ft")}
     zs = report["lr_sweep"]["zero-shot"]
-    lines += ["", f"## Learning-rate sweep (seed {report['lr_sweep']['seeds'][0]}, both splits, "
-              f"average over domains; zero-shot on these cells: HM {_pct(zs['hm'])})", ""]
+    lines += ["", (f"## Learning-rate sweep (seed {report['lr_sweep']['seeds'][0]}, both splits, "
+                   f"average over domains; zero-shot on these cells: HM {_pct(zs['hm'])})"), ""]
     for method, sweep in sweeps.items():
         lines += [f"{method}: HM spread {100 * sweep['hm_spread']:.1f} points", "",
                   "| lr | base | new | HM | val |", "|---|---|---|---|---|"]

@@ -25,7 +25,7 @@ def coop_root(tmp_path_factory):
     (pets / "split_zhou_OxfordPets.json").write_text(json.dumps(split))
     air = root / "fgvc_aircraft"
     (air / "images").mkdir(parents=True)
-    (air / "variants.txt").write_text("\n".join(["707-320", "A300B4", "Cessna 172"]) + "\n")
+    (air / "variants.txt").write_text("707-320\nA300B4\nCessna 172\n")
     for part in ("train", "val", "test"):
         lines = []
         for y, variant in enumerate(["707-320", "A300B4", "Cessna 172"]):

@@ -4,9 +4,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from registry.db import make_engine
-from registry.models import Base
-
 from registry.migrate import alembic_config
+from registry.models import Base
 
 TABLES = {"blobs", "datasets", "dataset_images", "jobs", "job_events", "adapters"}
 

@@ -73,6 +73,17 @@ def api(service_env):
     client.flushdb()
 
 
+def stop_process_group(proc: subprocess.Popen, grace: float = 30) -> None:
+    """SIGTERM to a process started with start_new_session, SIGKILL after ``grace`` s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
 class Worker:
     """A ``clipfit worker`` process (prefork pool, one job at a time) in its own session."""
 
@@ -98,13 +109,7 @@ class Worker:
         self.handle.close()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        stop_process_group(self.proc)
         self.handle.close()
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from clipfit_core.synthetic import write_dataset
 
-from .conftest import FINISHED, image_files, wait_for, zip_folder
+from .conftest import FINISHED, image_files, stop_process_group, wait_for, zip_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,12 +58,7 @@ class Server:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process_group(self.proc, grace=20)
         self.client.close()
         self.handle.close()
 
