@@ -9,8 +9,6 @@ import sys
 
 from clipfit_core import cli as core_cli
 
-log = logging.getLogger("clipfit")
-
 
 def _apply_data_dir(args) -> None:
     """``--data-dir`` is ``CLIPFIT_DATA_DIR`` for this process (read before settings load)."""
@@ -37,18 +35,24 @@ def cmd_serve(args) -> int:
     from registry.settings import get_settings
 
     settings = get_settings()
-    embedded_broker = not settings.broker_url
+    embedded = not settings.broker_url and not args.no_worker
+    worker, lock = None, None
+    if embedded:  # this process owns the data directory's jobs: one such server at a time
+        from worker.embedded import lock_data_dir
+
+        try:
+            lock = lock_data_dir(settings.data_dir)  # held until serving ends
+        except RuntimeError as e:
+            print(f"clipfit: error: {e}", file=sys.stderr)
+            return 2
     if not args.no_migrate:
         upgrade()
-    worker, lock = None, None
     if not args.no_worker:
-        from worker.embedded import EmbeddedWorker, lock_data_dir, requeue_unfinished
+        from worker.embedded import EmbeddedWorker, requeue_unfinished
 
-        if embedded_broker:
-            lock = lock_data_dir(settings.data_dir)  # noqa: F841 (held until exit)
         worker = EmbeddedWorker()
         worker.start()
-        if embedded_broker:
+        if embedded:
             requeue_unfinished()
     from api.app import app
 
@@ -64,6 +68,8 @@ def cmd_serve(args) -> int:
     finally:
         if worker is not None:
             worker.stop()
+        if lock is not None:
+            lock.close()
     return 0
 
 

@@ -37,13 +37,9 @@ def default_weights_dir() -> str:
     return os.environ.get("CLIPFIT_WEIGHTS_DIR") or str(Path("~/.cache/clipfit/weights").expanduser())
 
 
-def _device(name: str) -> str:
-    return resolve_device(name)
-
-
 def _load_base(args, spec: str | None = None) -> BaseModel:
     return create_base_model(
-        spec or args.model, device=_device(args.device), cache_dir=args.cache_dir,
+        spec or args.model, device=resolve_device(args.device), cache_dir=args.cache_dir,
         allow_download=not args.offline,
     )
 
@@ -84,7 +80,6 @@ def cmd_train(args) -> int:
           f"({min(counts.values())}-{max(counts.values())} per class)"
           + (f", validating on {len(val)}" if val else ""), file=sys.stderr)
 
-    zero_shot_val = _accuracy_on(base, val, config.templates) if val else None
     bar = tqdm(total=None, unit="step", desc="train", disable=args.quiet, file=sys.stderr)
 
     def on_progress(p):
@@ -96,9 +91,6 @@ def cmd_train(args) -> int:
     result = train_clipfit(base, dataset, config, val_set=val, on_progress=on_progress)
     bar.close()
     delta = result.delta
-    if val:
-        delta.config.metrics["zero_shot_val_accuracy"] = zero_shot_val
-        delta.config.metrics["val_images"] = len(val)
     delta.config.metrics["images_per_sec"] = round(result.images_per_sec, 2)
     out = delta.save(args.out)
     summary = {"out": str(out), "trainable": delta.numel(), "seconds": round(result.seconds, 2),

@@ -81,11 +81,14 @@ class BaseModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def _eval_geometry(self) -> list:
+        return [T.Resize(self.image_size, interpolation=_INTERPOLATION[self.interpolation]),
+                T.CenterCrop(self.image_size)]
+
     def eval_transform(self) -> Callable:
         """Resize the shorter side, centre crop, normalize: CLIP's test-time preprocessing."""
         return T.Compose([
-            T.Resize(self.image_size, interpolation=_INTERPOLATION[self.interpolation]),
-            T.CenterCrop(self.image_size),
+            *self._eval_geometry(),
             T.ToTensor(),
             T.Normalize(self.mean, self.std),
         ])
@@ -94,9 +97,7 @@ class BaseModel:
         """``eval_transform`` for a list of RGB PIL images as one (N, 3, S, S) batch: the
         same resize and crop per image, then one tensor conversion and normalization for
         all (bit-identical to stacking ``eval_transform`` outputs, several times faster)."""
-        geometry = T.Compose([
-            T.Resize(self.image_size, interpolation=_INTERPOLATION[self.interpolation]),
-            T.CenterCrop(self.image_size)])
+        geometry = T.Compose(self._eval_geometry())
         arrays = np.stack([np.asarray(geometry(im.convert("RGB") if im.mode != "RGB" else im))
                            for im in images])
         pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2).to(torch.float32).div(255)

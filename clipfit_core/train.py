@@ -181,6 +181,7 @@ def _train(base, train_set, val_set, config, classnames, templates, params,
                                 momentum=config.momentum, weight_decay=config.weight_decay)
     autocast, scaler = _autocast(device, config.amp)
     val_eval = _val_evaluator(base, val_set, classnames, templates) if val_set else None
+    zero_shot_val = val_eval() if val_eval is not None else None  # before the first step
     history: list[dict] = []
     best_acc, best_epoch, best_tensors = -1.0, config.epochs, None
     step, seen, train_start = 0, 0, time.perf_counter()
@@ -232,7 +233,8 @@ def _train(base, train_set, val_set, config, classnames, templates, params,
     tensors = best_tensors if best_tensors is not None else extract_delta(model)
     metrics = {"best_epoch": best_epoch, "final_loss": history[-1]["loss"]}
     if val_eval is not None:
-        metrics["val_accuracy"] = best_acc
+        metrics |= {"val_accuracy": best_acc, "zero_shot_val_accuracy": zero_shot_val,
+                    "val_images": len(val_set)}
     delta = Delta(tensors, DeltaConfig(
         base_model=base.spec, base_fingerprint=base.fingerprint, classnames=classnames,
         templates=templates, arch=base.arch, pretrained=base.pretrained,

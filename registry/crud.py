@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from .models import (
     FINISHED,
@@ -95,7 +95,8 @@ def get_job_by_idempotency_key(session: Session, *, key: str) -> Job | None:
 def list_jobs(session: Session, *, status: str | None = None, limit: int = 50,
               before: tuple[datetime, str] | None = None) -> list[Job]:
     """Newest first; ``before`` = (created_at, id) of the last job of the previous page."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    query = (select(Job).options(selectinload(Job.adapter))  # one query for the page's adapters
+             .order_by(Job.created_at.desc(), Job.id.desc()).limit(limit))
     if status is not None:
         query = query.where(Job.status == status)
     if before is not None:
@@ -138,7 +139,7 @@ def mark_running(session: Session, *, job_id: str) -> Job | None:
     """Claim a queued (or redelivered running) job: attempts + 1, heartbeat now.
     ``None`` when the job is gone or already finished."""
     job = session.get(Job, job_id, with_for_update=True)
-    if job is None or job.status in {s.value for s in FINISHED}:
+    if job is None or job.status in FINISHED:
         return None
     job.status = JobStatus.running.value
     job.attempts += 1
@@ -162,7 +163,7 @@ def record_progress(session: Session, *, job_id: str, progress: dict[str, Any]) 
 def request_cancel(session: Session, *, job_id: str) -> Job | None:
     """Flag a job for cooperative cancellation; a queued job is cancelled at once."""
     job = session.get(Job, job_id, with_for_update=True)
-    if job is None or job.status in {s.value for s in FINISHED}:
+    if job is None or job.status in FINISHED:
         return job
     job.cancel_requested = True
     if job.status == JobStatus.queued.value:

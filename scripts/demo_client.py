@@ -115,9 +115,9 @@ def main() -> int:
     adapter = client.get(f"/v1/adapters/{job['adapter_id']}").raise_for_status().json()
     m = adapter["metrics"]
     print(f"== adapter {adapter['id']}: {adapter['trainable_count']} trained numbers, "
-          f"{adapter['size_bytes']} bytes; on its {m.get('heldout_images', 0)} held-out "
-          f"uploaded images: zero-shot {m.get('zero_shot_accuracy', float('nan')):.1%}, "
-          f"ClipFit {m.get('accuracy', float('nan')):.1%}")
+          f"{adapter['size_bytes']} bytes; on its {m.get('val_images', 0)} held-out "
+          f"uploaded images: zero-shot {m.get('zero_shot_val_accuracy', float('nan')):.1%}, "
+          f"ClipFit {m.get('val_accuracy', float('nan')):.1%}")
 
     test = labelled_images(args.test)
     print(f"== POST /v1/classify: {len(test)} held-out images of {args.test}")

@@ -6,9 +6,7 @@ import logging
 import time
 from functools import lru_cache
 
-from clipfit_core.classify import Classifier
 from clipfit_core.data import FewShotDataset, Sample, sample_few_shot, split_train_val
-from clipfit_core.evaluate import accuracy
 from clipfit_core.models import BaseModel, create_base_model, resolve_device
 from clipfit_core.train import TrainConfig, TrainingCancelled, train_clipfit
 from registry import crud
@@ -28,12 +26,6 @@ def get_base_model(spec: str) -> BaseModel:
     settings = get_settings()
     return create_base_model(spec, device=resolve_device(settings.device),
                              cache_dir=settings.weights_dir)
-
-
-def _held_out_accuracy(base, val: FewShotDataset, templates, delta=None) -> float:
-    logits = Classifier(base).logits([s.source for s in val.samples], val.classnames,
-                                     templates, delta)
-    return accuracy(logits.argmax(-1), [s.label for s in val.samples])
 
 
 @app.task(name=TRAIN_TASK, bind=True)
@@ -107,12 +99,8 @@ def _train(job_id, spec, templates, hp, classnames, images):
     should_cancel()
     result = train_clipfit(base, dataset, config, val_set=val, on_progress=on_progress,
                            should_cancel=should_cancel)
-    metrics = {"train_images": len(dataset), "seconds": round(result.seconds, 2),
-               "images_per_sec": round(result.images_per_sec, 2),
-               "best_epoch": result.best_epoch}
-    if val is not None:
-        metrics |= {"heldout_images": len(val),
-                    "zero_shot_accuracy": _held_out_accuracy(base, val, config.templates),
-                    "accuracy": _held_out_accuracy(base, val, config.templates, result.delta)}
-    result.delta.config.metrics = metrics
+    # the held-out accuracies (zero-shot, best epoch) come from the training run itself
+    metrics = result.delta.config.metrics
+    metrics |= {"train_images": len(dataset), "seconds": round(result.seconds, 2),
+                "images_per_sec": round(result.images_per_sec, 2)}
     return metrics, result.delta

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from clipfit_core.classify import resolve_templates
 from registry import crud
 from registry.db import session_factory
-from registry.models import FINISHED
+from registry.models import FINISHED, JobStatus
 
 from ..deps import SessionDep, SettingsDep, not_found, page_next, page_start
 from ..schemas import EventPublic, EventsPublic, JobPublic, JobsPublic
@@ -23,7 +23,7 @@ from ..uploads import UploadError, from_files, from_zip
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+STATUSES = tuple(s.value for s in JobStatus)
 
 
 def enqueue(job_id: str) -> None:
@@ -158,7 +158,7 @@ async def job_events(job_id: str, session: SessionDep, cursor: int = 0,
         return EventsPublic(data=[EventPublic.of(e) for e in events], next_cursor=nxt)
 
     async def sse():
-        after, finished = cursor, {s.value for s in FINISHED}
+        after = cursor
         while True:
             with session_factory()() as s:
                 events = crud.list_events(s, job_id=job_id, after_id=after, limit=limit)
@@ -167,7 +167,7 @@ async def job_events(job_id: str, session: SessionDep, cursor: int = 0,
                 after = e.id
                 yield f"id: {e.id}\nevent: {e.kind}\ndata: " \
                       f"{json.dumps(EventPublic.of(e).model_dump(mode='json'))}\n\n"
-            if status in finished and not events:
+            if status in FINISHED and not events:
                 return
             await asyncio.sleep(0.5)
 
@@ -180,7 +180,7 @@ def cancel_job(job_id: str, session: SessionDep):
     job = crud.get_job(session, job_id=job_id)
     if job is None:
         raise not_found("job", job_id)
-    if job.status in {s.value for s in FINISHED}:
+    if job.status in FINISHED:
         return JSONResponse(status_code=409, content={
             "detail": f"job {job_id} already finished with status {job.status!r}"})
     job = crud.request_cancel(session, job_id=job_id)

@@ -124,7 +124,7 @@ def test_embedded_service_end_to_end_and_crash_recovery(serve, colour_set, tmp_p
     assert fast["status"] == "succeeded" and fast["attempts"] == 1, fast
 
     adapter = api.get(f"/v1/adapters/{fast['adapter_id']}").json()
-    assert adapter["metrics"]["accuracy"] >= 0.75, adapter["metrics"]
+    assert adapter["metrics"]["val_accuracy"] >= 0.75, adapter["metrics"]
     red = (colour_set / "red" / "0003.png").read_bytes()
     tuned = api.post("/v1/classify", data={"adapter_id": adapter["id"]},
                      files=[("images", ("r.png", red, "image/png"))]).json()

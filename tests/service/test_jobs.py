@@ -48,8 +48,8 @@ def test_submit_progress_succeed_classify(api, start_worker, colour_set):
     assert adapter["classnames"] == ["blue", "green", "red", "yellow"]
     assert adapter["trainable_count"] > 0 and 0 < adapter["size_bytes"] < 200_000
     metrics = adapter["metrics"]
-    assert metrics["heldout_images"] == 16  # 4 per class
-    assert metrics["accuracy"] >= 0.75 > metrics["zero_shot_accuracy"], metrics
+    assert metrics["val_images"] == 16  # 4 per class
+    assert metrics["val_accuracy"] >= 0.75 > metrics["zero_shot_val_accuracy"], metrics
 
     # classify with the adapter: multipart, then JSON with base64; same answers
     images = [(colour_set / c / "0000.png").read_bytes() for c in ("red", "blue", "yellow")]
