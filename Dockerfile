@@ -56,6 +56,7 @@ COPY clipfit_core/ clipfit_core/
 COPY registry/ registry/
 COPY worker/ worker/
 COPY api/ api/
+COPY clipfit/ clipfit/
 RUN pip install --no-cache-dir --no-deps -e .
 
 USER clipfit

@@ -1,4 +1,4 @@
-"""The FastAPI application."""
+"""The FastAPI application, built for one settings object by ``create_app``."""
 
 from __future__ import annotations
 
@@ -6,25 +6,36 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from registry.settings import get_settings
+from registry.db import get_engine, session_factory
+from registry.settings import Settings
 
+from .inference import InferenceEngine
 from .metrics import MetricsMiddleware
+from .queue import JobQueue
 from .routes import adapters, classify, health, jobs
 
 
-def create_app() -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API for ``settings`` (default: read from the environment): its database, job
+    queue and inference engine live on ``app.state`` and reach routes through ``api.deps``."""
+    settings = settings or Settings()
     app = FastAPI(title="clipfit", version="0.1.0",
                   description="Few-shot CLIP fine-tuning with ClipFit, served as tiny deltas.")
+    app.state.settings = settings
+    app.state.sessions = session_factory(get_engine(settings.sqlalchemy_url))
+    app.state.queue = JobQueue(settings)
+    app.state.inference = InferenceEngine(settings)
     app.add_middleware(MetricsMiddleware)
 
     @app.middleware("http")
     async def limit_request_size(request: Request, call_next):
-        length, limit = request.headers.get("content-length", ""), get_settings().max_request_bytes
+        length, limit = request.headers.get("content-length", ""), settings.max_request_bytes
         if length.isdigit() and int(length) > limit:
             return JSONResponse(status_code=413, content={"detail": (
                 f"request body of {length} bytes exceeds the limit of {limit} bytes "
                 "(CLIPFIT_MAX_REQUEST_BYTES)")})
         return await call_next(request)
+
     for module in (jobs, adapters, classify, health):
         app.include_router(module.router)
 
@@ -36,6 +47,3 @@ def create_app() -> FastAPI:
             "detail": {"message": "invalid request", "problems": problems}})
 
     return app
-
-
-app = create_app()

@@ -1,24 +1,42 @@
-"""Request dependencies: a database session per request, the settings."""
+"""Request dependencies: the app's settings, a database session per request, the job
+queue and the inference engine (all built once by ``api.app.create_app``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 
-from registry.db import session_factory
-from registry.settings import Settings, get_settings
+from registry.settings import Settings
+
+from .inference import InferenceEngine
+from .queue import JobQueue
+from .schemas import decode_cursor, encode_cursor
 
 
-def get_db() -> Iterator[Session]:
-    with session_factory()() as session:
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions() as session:
         yield session
+
+
+def get_queue(request: Request) -> JobQueue:
+    return request.app.state.queue
+
+
+def get_inference(request: Request) -> InferenceEngine:
+    return request.app.state.inference
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+QueueDep = Annotated[JobQueue, Depends(get_queue)]
+InferenceDep = Annotated[InferenceEngine, Depends(get_inference)]
 
 
 def not_found(what: str, ident: str) -> HTTPException:
@@ -27,8 +45,6 @@ def not_found(what: str, ident: str) -> HTTPException:
 
 def page_start(cursor: str | None):
     """The (created_at, id) a cursor points after; 422 when it is not one of ours."""
-    from .schemas import decode_cursor
-
     try:
         return decode_cursor(cursor) if cursor else None
     except ValueError as e:
@@ -37,6 +53,4 @@ def page_start(cursor: str | None):
 
 def page_next(rows: list, limit: int) -> str | None:
     """The cursor of the next page, or None on the last one."""
-    from .schemas import encode_cursor
-
     return encode_cursor(rows[-1].created_at, rows[-1].id) if len(rows) == limit else None

@@ -4,21 +4,22 @@
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+
+from cachetools import LRUCache
 
 from clipfit_core.classify import Classifier
 from clipfit_core.delta import Delta
 from clipfit_core.models import create_base_model, resolve_device
 from registry import crud
 from registry.models import Adapter
-from registry.settings import get_settings
+from registry.settings import Settings
 
 
-class Engine:
-    def __init__(self, delta_cache_size: int = 64):
+class InferenceEngine:
+    def __init__(self, settings: Settings):
+        self.settings = settings
         self._classifiers: dict[str, Classifier] = {}
-        self._deltas: OrderedDict[str, Delta] = OrderedDict()
-        self._size = delta_cache_size
+        self._deltas: LRUCache[str, Delta] = LRUCache(maxsize=settings.delta_cache_size)
         self._lock = threading.Lock()
         self.delta_hits = 0
         self.delta_misses = 0
@@ -28,25 +29,22 @@ class Engine:
         embedded worker's (training changes that one in place)."""
         with self._lock:
             if spec not in self._classifiers:
-                settings = get_settings()
-                base = create_base_model(spec, device=resolve_device(settings.device),
-                                         cache_dir=settings.weights_dir)
+                base = create_base_model(spec, device=resolve_device(self.settings.device),
+                                         cache_dir=self.settings.weights_dir)
                 self._classifiers[spec] = Classifier(base, batch_size=256)
             return self._classifiers[spec]
 
     def delta(self, session, adapter: Adapter) -> Delta:
         with self._lock:
-            if adapter.id in self._deltas:
-                self._deltas.move_to_end(adapter.id)
+            delta = self._deltas.get(adapter.id)
+            if delta is not None:
                 self.delta_hits += 1
-                return self._deltas[adapter.id]
+                return delta
             self.delta_misses += 1
         weights = crud.get_blob(session, sha256=adapter.weights_sha256)
         delta = Delta.from_bytes(weights, adapter.config)
         with self._lock:
             self._deltas[adapter.id] = delta
-            while len(self._deltas) > self._size:
-                self._deltas.popitem(last=False)
         return delta
 
     def forget(self, adapter_id: str) -> None:
@@ -57,13 +55,3 @@ class Engine:
         hits = sum(c.text_cache.hits for c in self._classifiers.values())
         misses = sum(c.text_cache.misses for c in self._classifiers.values())
         return hits, misses
-
-
-_engine: Engine | None = None
-
-
-def get_engine() -> Engine:
-    global _engine
-    if _engine is None:
-        _engine = Engine(get_settings().delta_cache_size)
-    return _engine

@@ -6,9 +6,50 @@ import base64
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from fastapi import UploadFile
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, create_model
 
-from registry.models import Adapter, Job, JobEvent
+from clipfit_core.config import TrainConfig, input_name
+
+
+class JobFormBase(BaseModel):
+    """The parts of a job submission that are not hyperparameters."""
+
+    images: list[UploadFile] | None = Field(None, description="training images")
+    labels: list[str] | None = Field(None, description="one class name per image")
+    dataset: UploadFile | None = Field(
+        None, description="a zip: one folder per class, or manifest.csv of path,label rows")
+    classes: str | None = Field(None, description="comma-separated class order "
+                                "(default: the sorted class names)")
+    base_model: str | None = Field(None, description="one of the allowed base models "
+                                   "(default: the first)")
+    name: str | None = Field(None, max_length=200)
+
+    def train_config(self) -> TrainConfig:
+        """The training spec (raises ValueError naming every bad value)."""
+        return TrainConfig(**{f.name: getattr(self, f.name)
+                              for f in TrainConfig.exposed_fields()})
+
+
+_JSON_SCHEMA_BOUNDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum",
+                       "lt": "exclusiveMaximum"}
+
+
+def _form_field(f) -> tuple[type, object]:
+    """A pydantic field for one exposed field of the training spec: its default, bounds,
+    help and public name come from the spec and nowhere else. The bounds are published in
+    the schema and checked by the spec itself (``JobFormBase.train_config``), so that a
+    request's out-of-bounds values are reported together with all its other problems."""
+    alias = input_name(f)
+    bounds = {_JSON_SCHEMA_BOUNDS[k]: v for k, v in f.metadata["bounds"].items()}
+    return type(f.default), Field(f.default, description=f.metadata["help"],
+                                  json_schema_extra=bounds or None,
+                                  **({"alias": alias} if alias != f.name else {}))
+
+
+JobCreateForm = create_model(
+    "JobCreateForm", __base__=JobFormBase, __doc__="A training job (multipart form).",
+    **{f.name: _form_field(f) for f in TrainConfig.exposed_fields()})
 
 
 class JobPublic(BaseModel):
@@ -27,7 +68,7 @@ class JobPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
 
-    model_config = {"json_schema_extra": {"examples": [{
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [{
         "id": "3fc4e2c00c7b42dd9066b0cdadbfc31c", "name": "pets v1", "status": "running",
         "base_model": "ViT-B-16:openai", "templates": ["a photo of a {}, a type of pet."],
         "hyperparameters": {"epochs": 10, "lr": 0.002, "batch_size": 32, "shots": 16,
@@ -36,41 +77,31 @@ class JobPublic(BaseModel):
         "progress": {"epoch": 3, "epochs": 10, "step": 12, "total_steps": 40, "loss": 0.8123,
                      "lr": 0.0018, "images_per_sec": 95.2, "eta_seconds": 9.4},
         "error": None, "adapter_id": None, "created_at": "2026-11-29T06:52:18",
-        "started_at": "2026-11-29T06:52:19", "finished_at": None}]}}
-
-    @classmethod
-    def of(cls, job: Job) -> JobPublic:
-        return cls(id=job.id, name=job.name, status=job.status, base_model=job.base_model,
-                   templates=job.templates, hyperparameters=job.hyperparameters,
-                   attempts=job.attempts, cancel_requested=job.cancel_requested,
-                   progress=job.progress, error=job.error,
-                   adapter_id=job.adapter.id if job.adapter else None,
-                   created_at=job.created_at, started_at=job.started_at,
-                   finished_at=job.finished_at)
+        "started_at": "2026-11-29T06:52:19", "finished_at": None}]})
 
 
 class JobsPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
     data: list[JobPublic]
     next_cursor: str | None
 
 
 class EventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
     id: int
     kind: str
     payload: dict[str, Any]
     created_at: datetime
 
-    @classmethod
-    def of(cls, e: JobEvent) -> EventPublic:
-        return cls(id=e.id, kind=e.kind, payload=e.payload, created_at=e.created_at)
-
 
 class EventsPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
     data: list[EventPublic]
     next_cursor: str | None
 
 
 class AdapterPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
     id: str
     name: str | None
     job_id: str | None
@@ -82,34 +113,47 @@ class AdapterPublic(BaseModel):
     metrics: dict[str, Any]
     trainable_count: int
     size_bytes: int
-    sha256: str
+    sha256: str = Field(validation_alias=AliasChoices("weights_sha256", "sha256"))
     created_at: datetime
-
-    @classmethod
-    def of(cls, a: Adapter) -> AdapterPublic:
-        return cls(id=a.id, name=a.name, job_id=a.job_id, base_model=a.base_model,
-                   base_fingerprint=a.base_fingerprint, classnames=a.classnames,
-                   templates=a.templates, hyperparameters=a.hyperparameters, metrics=a.metrics,
-                   trainable_count=a.trainable_count, size_bytes=a.size_bytes,
-                   sha256=a.weights_sha256, created_at=a.created_at)
 
 
 class AdaptersPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
     data: list[AdapterPublic]
     next_cursor: str | None
 
 
-class ClassifyJSON(BaseModel):
-    images: list[str]  # base64-encoded image files
-    adapter_id: str | None = None
-    base_model: str | None = None
-    classes: list[str] | None = None
-    template: str | None = None
-    top_k: int = 5
+class ClassifyOptions(BaseModel):
+    """What to classify with: an adapter, or a base model and class names (zero-shot)."""
+
+    adapter_id: str | None = Field(None, description="a trained adapter")
+    base_model: str | None = Field(None, description="zero-shot: an allowed base model")
+    template: str | None = Field(None, description="template name or a string with {} "
+                                 "(default: the adapter's, or 'default')")
+    top_k: int = Field(5, ge=1, le=1000, description="labels per image")
+
+
+class ClassifyJSON(ClassifyOptions):
+    """``application/json``: images as base64 strings."""
+
+    images: list[str] = Field(description="base64-encoded image files")
+    classes: list[str] | None = Field(None, description="zero-shot classes, or other classes "
+                                      "for an adapter (the paper's new-class use)")
 
     model_config = {"json_schema_extra": {"examples": [{
         "images": ["iVBORw0KGgo..."], "base_model": "clipfit-mini",
         "classes": ["sneaker", "sandal", "bag"], "top_k": 2}]}}
+
+
+class ClassifyForm(ClassifyOptions):
+    """``multipart/form-data``: images as files."""
+
+    images: list[UploadFile] = Field(default_factory=list, description="image files")
+    classes: str | None = Field(None, description="comma-separated class names")
+
+    def class_list(self) -> list[str] | None:
+        return [c.strip() for c in self.classes.split(",") if c.strip()] \
+            if self.classes else None
 
 
 class Label(BaseModel):

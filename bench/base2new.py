@@ -8,7 +8,7 @@ CoCoOp's ``subsample_classes``), trains ClipFit on 16 shots per base class for e
 and reports base accuracy, new-class accuracy (zero-shot prompts through the tuned model)
 and their harmonic mean per dataset and on average, beside zero-shot.
 
-    python bench/base2new.py --root DATA --model ViT-B-16:openai --out results/b2n
+    python -m bench.base2new --root DATA --model ViT-B-16:openai --out results/b2n
         [--datasets oxford_pets,dtd] [--seeds 1,2,3] [--shots 16] [--epochs N]
 """
 
@@ -23,9 +23,6 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clipfit_core.classify import Classifier, resolve_templates
 from clipfit_core.data import FewShotDataset, Sample
@@ -176,10 +173,11 @@ def table(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from clipfit_core.cli import default_weights_dir
     from clipfit_core.models import create_base_model
+    from registry.settings import Settings
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.base2new",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="CoOp data root (DATASETS.md layout)")
     parser.add_argument("--model", default="ViT-B-16:openai")
     parser.add_argument("--datasets", default=",".join(DATASETS))
@@ -189,13 +187,16 @@ def main(argv=None) -> int:
                         help="override the per-dataset epochs (10 large / 100 others)")
     parser.add_argument("--lambda", dest="lambda_kd", type=float, default=8.0)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--cache-dir", default=default_weights_dir())
+    parser.add_argument("--cache-dir", default=None,
+                        help="weights directory (default: Settings().weights_dir: "
+                             "CLIPFIT_WEIGHTS_DIR or .env, else ~/.cache/clipfit/weights)")
     parser.add_argument("--out", default=None, help="folder for base2new.json / .md")
     args = parser.parse_args(argv)
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    base = create_base_model(args.model, device=device, cache_dir=args.cache_dir)
+    cache_dir = args.cache_dir or Settings().weights_dir
+    base = create_base_model(args.model, device=device, cache_dir=cache_dir)
     start, results = time.perf_counter(), {}
     for name in args.datasets.split(","):
         results[name] = run_dataset(base, Path(args.root), name,

@@ -1,9 +1,9 @@
 """Throughput of ``POST /v1/classify`` (images/s) against the raw model, in one run.
 
-    python bench/classify_throughput.py                        # clipfit-tiny, 8 clients, 32/request
-    python bench/classify_throughput.py --seconds 20 --out results/
-    python bench/classify_throughput.py --no-adapter --clients 4 --batch-size 64
-    python bench/classify_throughput.py --torch-threads 1      # OMP_NUM_THREADS=1 on both sides
+    python -m bench.classify_throughput                        # clipfit-tiny, 8 clients, 32/request
+    python -m bench.classify_throughput --seconds 20 --out results/
+    python -m bench.classify_throughput --no-adapter --clients 4 --batch-size 64
+    python -m bench.classify_throughput --torch-threads 1      # OMP_NUM_THREADS=1 on both sides
 
 What it does, in order:
 
@@ -104,7 +104,7 @@ def free_port() -> int:
 
 def serve_command() -> list[str]:
     script = Path(sys.executable).with_name("clipfit")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "api.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "clipfit"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -443,7 +443,8 @@ def print_table(results: list[dict], meta: dict) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.classify_throughput",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="clipfit-tiny")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32, help="images per request")

@@ -3,11 +3,11 @@ pretraining (clipfit-mini only ever saw tinted items on dark textured background
 
 Each domain maps grey items (uint8, N x 28 x 28) to RGB images (uint8, N x 28 x 28 x 3).
 Their strengths were set so that clipfit-mini's 10-way zero-shot accuracy on *training*
-images lies between 35% and 75% (see ``python bench/domains.py calibrate``).
+images lies between 35% and 75% (see ``python -m bench.domains calibrate``).
 
-    python bench/domains.py export sketch OUT_DIR --split test --per-class 100
+    python -m bench.domains export sketch OUT_DIR --split test --per-class 100
         writes OUT_DIR/<class>/<i>.png, a folder `clipfit train` / `clipfit eval` read.
-    python bench/domains.py calibrate          # zero-shot accuracy per domain (train images)
+    python -m bench.domains calibrate          # zero-shot accuracy per domain (train images)
 """
 
 from __future__ import annotations
@@ -15,16 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-if __package__ in (None, ""):  # run as a script: make `bench` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clipfit_core.pretrain import ITEMS, load_fashion_mnist
 
@@ -130,7 +126,8 @@ def to_model_input(base, rgb: np.ndarray) -> torch.Tensor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.domains",
+                                     description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("export", help="write a domain's images as a class-folder dataset")
     p.add_argument("domain", choices=list(DOMAINS))
@@ -140,15 +137,17 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("calibrate", help="clipfit-mini zero-shot accuracy per domain")
     p.add_argument("--images", type=int, default=5000, help="training images to use")
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--cache-dir", default=None,
+                   help="weights directory (default: Settings().weights_dir: "
+                        "CLIPFIT_WEIGHTS_DIR or .env, else ~/.cache/clipfit/weights)")
     args = parser.parse_args()
     if args.command == "export":
         print(export(args.domain, args.out, args.split, args.per_class, args.seed))
         return
-    from clipfit_core.cli import default_weights_dir
     from clipfit_core.models import create_base_model
+    from registry.settings import Settings
 
-    base = create_base_model("clipfit-mini", cache_dir=args.cache_dir or default_weights_dir())
+    base = create_base_model("clipfit-mini", cache_dir=args.cache_dir or Settings().weights_dir)
     images, labels = load_fashion_mnist("train")
     images, labels = images[-args.images:], labels[-args.images:]
     plain = np.repeat(images[..., None], 3, axis=-1)

@@ -72,7 +72,7 @@ def zero_shot(base: BaseModel, split: Split) -> dict:
 def clipfit(base: BaseModel, split: Split, *, lr: float, epochs: int, seed: int,
             text: bool = True, image: bool = True) -> dict:
     config = TrainConfig(epochs=epochs, lr=lr, seed=seed, templates=[TEMPLATE],
-                         train_text=text, train_image=image, crop_scale=CROP_SCALE)
+                         train_text=text, train_image=image, crop_min=CROP_SCALE[0])
     delta = train_clipfit(base, split.few_shot_set(), config).delta
     with applied(base, delta):
         return score(base, class_text_features(base, ITEMS, [TEMPLATE]), split)
@@ -103,7 +103,7 @@ def coop(base: BaseModel, split: Split, *, lr: float, epochs: int, seed: int,
             emb[:, 1:1 + n_ctx] = ctx
             return F.normalize(encode_text(model, tokens[list(classes)], emb), dim=-1)
 
-        config = TrainConfig(epochs=epochs, lr=lr, seed=seed, crop_scale=CROP_SCALE)
+        config = TrainConfig(epochs=epochs, lr=lr, seed=seed, crop_min=CROP_SCALE[0])
         optimizer = torch.optim.SGD([ctx], lr=lr, momentum=0.9, weight_decay=5e-4)
         scale = model.logit_scale.exp().detach()
         for epoch, loader in _epochs_of_batches(base, split, config):
@@ -137,7 +137,7 @@ def full_finetune(base: BaseModel, split: Split, *, lr: float, epochs: int, seed
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         config = TrainConfig(epochs=epochs, lr=lr, seed=seed, warmup_lr=lr / 100,
-                             crop_scale=CROP_SCALE)
+                             crop_min=CROP_SCALE[0])
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         tokens = tuned.tokenizer([TEMPLATE.format(ITEMS[c]) for c in split.base_classes])

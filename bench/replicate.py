@@ -8,7 +8,7 @@ and a learning-rate sweep for ClipFit and full fine-tuning (on the first seed's 
 method's learning rate is the one of its grid with the best mean accuracy on held-out
 *training* images of the base classes (first seed), never chosen on test images.
 
-    python bench/replicate.py --out results/     # writes replication.md and replication.json
+    python -m bench.replicate --out results/     # writes replication.md and replication.json
 
 Needs the clipfit-mini checkpoint (`clipfit pretrain-mini`) and Fashion-MNIST.
 """
@@ -26,9 +26,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.methods import CROP_SCALE
 from bench.protocol import Cell, make_cell_data
@@ -237,9 +234,10 @@ def to_markdown(report: dict) -> str:
 
 def main() -> None:
     from bench.domains import DOMAINS
-    from clipfit_core.cli import default_weights_dir
+    from registry.settings import Settings
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.replicate",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for replication.md / .json")
     parser.add_argument("--domains", default="sketch,blur,pixelate",
                         help=f"comma-separated, from {', '.join(DOMAINS)}")
@@ -247,11 +245,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="worker processes (default: one per core)")
-    parser.add_argument("--cache-dir", default=default_weights_dir(), help="weights directory")
+    parser.add_argument("--cache-dir", default=None,
+                        help="weights directory (default: Settings().weights_dir: "
+                             "CLIPFIT_WEIGHTS_DIR or .env, else ~/.cache/clipfit/weights)")
     args = parser.parse_args()
     report = run_study(Path(args.out), domains=args.domains.split(","),
                        seeds=[int(s) for s in args.seeds.split(",")], epochs=args.epochs,
-                       jobs=args.jobs, weights_dir=args.cache_dir,
+                       jobs=args.jobs,
+                       weights_dir=str(args.cache_dir or Settings().weights_dir),
                        progress=lambda m: print(m, file=sys.stderr, flush=True))
     print((Path(args.out) / "replication.md").read_text())
     print(json.dumps({"average": report["average"], "seconds": report["seconds"]}))

@@ -1,7 +1,7 @@
 """Training throughput of ClipFit (images/s), and the text-encoder truncation speed-up.
 
-    python bench/train_throughput.py --model clipfit-tiny --steps 30
-    python bench/train_throughput.py --model ViT-B-16 --steps 4
+    python -m bench.train_throughput --model clipfit-tiny --steps 30
+    python -m bench.train_throughput --model ViT-B-16 --steps 4
 
 Random weights (no download). Throughput is steady-state: the first step (allocation,
 warm-up) is excluded. Images are synthetic, decoded once, augmented every step as in training.
@@ -69,7 +69,8 @@ def text_speedup(base, classes: int, repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.train_throughput",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="clipfit-tiny")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--classes", type=int, default=10)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from cachetools import LRUCache
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 from PIL import Image
 
@@ -155,30 +155,27 @@ def logits_for(base: BaseModel, img_feats: torch.Tensor, text_feats: torch.Tenso
 
 
 class TextFeatureCache:
-    """LRU of class text features keyed by (delta id, classes, templates); thread-safe."""
+    """LRU of class text features keyed by (delta id, classes, templates); thread-safe,
+    counting hits and misses."""
 
     def __init__(self, maxsize: int = 256):
-        self.maxsize = maxsize
         self.hits = 0
         self.misses = 0
-        self._items: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._items: LRUCache[tuple, torch.Tensor] = LRUCache(maxsize=maxsize)
         self._lock = threading.Lock()
 
     def get(self, key: tuple) -> torch.Tensor | None:
         with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
+            value = self._items.get(key)
+            if value is None:
+                self.misses += 1
+            else:
                 self.hits += 1
-                return self._items[key]
-            self.misses += 1
-            return None
+            return value
 
     def put(self, key: tuple, value: torch.Tensor) -> None:
         with self._lock:
             self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.maxsize:
-                self._items.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._items)

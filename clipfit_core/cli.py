@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from . import __version__
 from .classify import Classifier, resolve_templates
-from .data import DatasetError, check_readable, load_dataset, sample_few_shot, split_train_val
+from .config import TrainConfig, input_name, prepare_training_set
+from .data import DatasetError, check_readable, load_dataset
 from .delta import CONFIG_NAME, WEIGHTS_NAME, Delta, DeltaError
 from .evaluate import accuracy, per_class_accuracy
 from .models import (
@@ -26,15 +27,10 @@ from .models import (
     resolve_device,
 )
 from .params import UnsupportedArchitectureError, trainable_parameters
-from .train import TrainConfig, TrainingCancelled, train_clipfit
+from .train import TrainingCancelled, train_clipfit
 
 USER_ERRORS = (DatasetError, DeltaError, UnknownModelError, WeightsUnavailableError,
                UnsupportedArchitectureError, ValueError, FileNotFoundError)
-
-
-def default_weights_dir() -> str:
-    """``$CLIPFIT_WEIGHTS_DIR``, else ``~/.cache/clipfit/weights``."""
-    return os.environ.get("CLIPFIT_WEIGHTS_DIR") or str(Path("~/.cache/clipfit/weights").expanduser())
 
 
 def _load_base(args, spec: str | None = None) -> BaseModel:
@@ -62,18 +58,10 @@ def cmd_params(args) -> int:
 
 
 def cmd_train(args) -> int:
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in _train_flags()})
     dataset = load_dataset(args.data)
     check_readable(dataset)
-    val = None
-    if args.val_fraction > 0:
-        dataset, val = split_train_val(dataset, args.val_fraction, seed=args.seed)
-    if args.shots > 0:
-        dataset = sample_few_shot(dataset, args.shots, seed=args.seed)
-    config = TrainConfig(
-        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, lambda_kd=args.lambda_,
-        templates=[args.template], seed=args.seed, amp=args.amp, num_workers=args.workers,
-        crop_scale=(args.crop_min, 1.0),
-    )
+    dataset, val = prepare_training_set(dataset, config)
     base = _load_base(args)
     counts = dataset.counts()
     print(f"training {base.spec} on {len(dataset)} images, {len(counts)} classes "
@@ -97,12 +85,6 @@ def cmd_train(args) -> int:
                "images_per_sec": round(result.images_per_sec, 2), **delta.config.metrics}
     print(json.dumps(summary))
     return 0
-
-
-def _accuracy_on(base: BaseModel, dataset, templates, delta=None) -> float:
-    logits = Classifier(base).logits([s.source for s in dataset.samples], dataset.classnames,
-                                     templates, delta)
-    return accuracy(logits.argmax(-1), [s.label for s in dataset.samples])
 
 
 def cmd_eval(args) -> int:
@@ -193,22 +175,40 @@ def cmd_pretrain_mini(args) -> int:
     return 0
 
 
-def _model_options(p: argparse.ArgumentParser, required: bool) -> None:
+def _train_flags() -> list[dataclasses.Field]:
+    return TrainConfig.exposed_fields() + TrainConfig.runtime_fields()
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per user-set field of the training spec, with the spec's default and help."""
+    for f in _train_flags():
+        kwargs = {"dest": f.name, "default": f.default, "help": f"{f.metadata['help']} "
+                  f"(default: {f.default})"}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if not isinstance(f.default, str):
+            kwargs["type"] = type(f.default)
+        p.add_argument("--" + input_name(f).replace("_", "-"), **kwargs)
+
+
+def _model_options(p: argparse.ArgumentParser, required: bool, weights_dir: str) -> None:
     p.add_argument("--model", required=required, default=None,
                    help="base model spec: ARCH, ARCH:TAG (e.g. ViT-B-16:openai) or ARCH:PATH; "
                         "clipfit-tiny runs offline with random weights. With --adapter: where "
                         "to load the adapter's base from (its fingerprint must match)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--cache-dir", default=default_weights_dir(),
-                   help="weights directory: download cache and home of clipfit-mini "
-                        "(default: $CLIPFIT_WEIGHTS_DIR or ~/.cache/clipfit/weights)")
+    p.add_argument("--cache-dir", default=weights_dir,
+                   help=f"weights directory: download cache and home of clipfit-mini "
+                        f"(default: {weights_dir})")
     p.add_argument("--offline", action="store_true",
                    help="never download: fail at once when weights are not cached")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def build_parser(extend=None) -> argparse.ArgumentParser:
-    """The parser; ``extend(subparsers)`` may add commands (the service adds serve/worker)."""
+def build_parser(weights_dir: str | Path, extend=None) -> argparse.ArgumentParser:
+    """The parser; ``weights_dir`` is the default of ``--cache-dir``; ``extend(subparsers)``
+    may add commands (the front door adds serve/worker)."""
+    weights_dir = str(weights_dir)
     parser = argparse.ArgumentParser(
         prog="clipfit", description="Few-shot CLIP fine-tuning with ClipFit.")
     parser.add_argument("--version", action="version", version=f"clipfit {__version__}")
@@ -218,34 +218,17 @@ def build_parser(extend=None) -> argparse.ArgumentParser:
     p.add_argument("arch", help="open_clip architecture, e.g. ViT-B-16 (random weights)")
     p.set_defaults(func=cmd_params)
 
-    defaults = TrainConfig()
     p = sub.add_parser("train", help="train a delta on an image folder or CSV manifest")
     p.add_argument("data", help="folder with one sub-folder per class, or a path,label CSV")
     p.add_argument("--out", required=True, help="directory for the two delta files")
-    _model_options(p, required=True)
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--shots", type=int, default=16, help="images per class (0: all)")
-    p.add_argument("--lambda", dest="lambda_", type=float, default=defaults.lambda_kd,
-                   help="weight of the text-feature distillation term (paper: 8)")
-    p.add_argument("--template", default="default",
-                   help="template name (e.g. oxford_pets, imagenet80) or a string with {}")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.0,
-                   help="hold out this fraction per class for best-epoch selection and metrics")
-    p.add_argument("--crop-min", type=float, default=defaults.crop_scale[0],
-                   help="smallest area fraction of the random resized crop (paper: 0.08; "
-                        "raise it for tiny images)")
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
-                   help="mixed precision on GPU (ignored on CPU)")
-    p.add_argument("--workers", type=int, default=-1, help="data loader workers (-1: auto)")
+    _model_options(p, required=True, weights_dir=weights_dir)
+    _add_train_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="accuracy on every image of a dataset, among its classes")
     p.add_argument("data")
     p.add_argument("--adapter", help="delta directory (or give --model for zero-shot)")
-    _model_options(p, required=False)
+    _model_options(p, required=False, weights_dir=weights_dir)
     p.add_argument("--template", default=None, help="default: the adapter's, or 'default'")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -254,7 +237,7 @@ def build_parser(extend=None) -> argparse.ArgumentParser:
     p = sub.add_parser("classify", help="top-k labels for images, one JSON object per image")
     p.add_argument("images", nargs="+")
     p.add_argument("--adapter", help="delta directory (or give --model and --classes)")
-    _model_options(p, required=False)
+    _model_options(p, required=False, weights_dir=weights_dir)
     p.add_argument("--classes", help="comma-separated class names (zero-shot)")
     p.add_argument("--template", default=None)
     p.add_argument("--top-k", type=int, default=5)
@@ -267,9 +250,9 @@ def build_parser(extend=None) -> argparse.ArgumentParser:
                        help="build the offline base model clipfit-mini from Fashion-MNIST")
     p.add_argument("--data", default=FASHION_MNIST_DIR,
                    help=f"folder with Fashion-MNIST's *-ubyte.gz files (default {FASHION_MNIST_DIR})")
-    p.add_argument("--cache-dir", default=default_weights_dir(),
-                   help="weights directory to write WEIGHTS_DIR/clipfit-mini/ into "
-                        "(default: $CLIPFIT_WEIGHTS_DIR or ~/.cache/clipfit/weights)")
+    p.add_argument("--cache-dir", default=weights_dir,
+                   help=f"weights directory to write WEIGHTS_DIR/clipfit-mini/ into "
+                        f"(default: {weights_dir})")
     p.add_argument("--epochs", type=int, default=pre.epochs)
     p.add_argument("--batch-size", type=int, default=pre.batch_size)
     p.add_argument("--lr", type=float, default=pre.lr)
@@ -286,9 +269,10 @@ def build_parser(extend=None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, extend=None) -> int:
+def main(argv: list[str] | None = None, *, weights_dir: str | Path, extend=None) -> int:
+    """Run one command; ``weights_dir`` and ``extend`` as in :func:`build_parser`."""
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser(extend).parse_args(argv)
+    args = build_parser(weights_dir, extend).parse_args(argv)
     if args.command in ("eval", "classify") and not (args.adapter or args.model):
         print("clipfit: error: give --adapter DIR or --model SPEC", file=sys.stderr)
         return 2
@@ -301,6 +285,3 @@ def main(argv: list[str] | None = None, extend=None) -> int:
         print(f"clipfit: error: {e}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

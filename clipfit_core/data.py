@@ -1,8 +1,20 @@
-"""Few-shot image datasets: a folder per class or a CSV manifest, k-shot sampling, splits.
+"""Few-shot image datasets: one reader for a folder per class, a CSV manifest, or a zip of
+either; k-shot sampling, splits, and the one image decoder.
 
-A dataset is a list of ``Sample`` (an image source and a class index) plus its class names.
-Image sources are paths, raw encoded bytes or decoded PIL images, so the same code serves
-files on disk, images stored in a database, and images made in memory.
+A dataset is a list of ``Sample`` (an image source, a class index and a name) plus its class
+names. Image sources are paths, raw encoded bytes or decoded PIL images, so the same code
+serves files on disk, uploads, images stored in a database, and images made in memory.
+
+One set of rules, whatever the container (a folder on disk, a zip file or zip bytes, or
+labelled uploads):
+- a ``manifest.csv`` (``path,label`` rows, optional header) at the root wins; paths are
+  relative to it (absolute paths only on disk);
+- otherwise every sub-folder is a class (``_`` reads as a space) and every image file below
+  it, at any depth, is one of its samples; hidden entries and ``__MACOSX`` are skipped;
+- a root holding nothing but one folder (a zipped folder) is read as that folder;
+- classes are in the order given, else sorted by name; within a class, samples are sorted by
+  name (their path below the root, or the uploaded file name), so the same images give the
+  same dataset, and the same delta, however they arrive.
 """
 
 from __future__ import annotations
@@ -10,8 +22,9 @@ from __future__ import annotations
 import csv
 import io
 import random
+import zipfile
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,23 +32,35 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+MANIFEST_NAME = "manifest.csv"
+ImageSource = str | bytes | Image.Image
 
 
 class DatasetError(ValueError):
-    """A dataset is malformed; the message names every offending class or file."""
+    """A dataset is malformed; ``problems`` names every offending class or file."""
+
+    def __init__(self, problems: str | Sequence[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
 
 
 @dataclass(frozen=True)
 class Sample:
-    source: str | bytes | Image.Image  # a file path, the encoded image, or a decoded image
+    source: ImageSource  # a file path, the encoded image, or a decoded image
     label: int
+    name: str = ""  # the path below the dataset's root, or the uploaded file's name
 
-    def name(self) -> str:
-        if isinstance(self.source, str):
-            return self.source
-        if isinstance(self.source, Image.Image):
-            return f"<image {self.source.size[0]}x{self.source.size[1]}>"
-        return f"<{len(self.source)} bytes>"
+    def __post_init__(self):
+        if not self.name:
+            object.__setattr__(self, "name", _describe(self.source))
+
+
+def _describe(source: ImageSource) -> str:
+    if isinstance(source, str):
+        return source
+    if isinstance(source, Image.Image):
+        return f"<image {source.size[0]}x{source.size[1]}>"
+    return f"<{len(source)} bytes>"
 
 
 @dataclass
@@ -56,105 +81,175 @@ class FewShotDataset:
         return FewShotDataset(list(self.classnames), list(samples))
 
 
-def open_image(source: str | bytes | Path | Image.Image) -> Image.Image:
-    """Decode an image from a path or bytes (or take a PIL image) into RGB."""
+class ImageTooLargeError(ValueError):
+    """An image has more pixels than allowed (a decompression bomb, or just too big)."""
+
+
+def decode_image(source: ImageSource | Path, *, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image from a path or bytes (or take a PIL image) into RGB: the only image
+    decoder of the project. With ``max_pixels``, the size is checked from the header before
+    any pixel is decoded. Raises ``OSError``/``ValueError`` for unreadable data."""
     if isinstance(source, Image.Image):
         return source if source.mode == "RGB" else source.convert("RGB")
     fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     with Image.open(fp) as im:
+        if max_pixels is not None and im.width * im.height > max_pixels:
+            raise ImageTooLargeError(f"{im.width}x{im.height} exceeds {max_pixels} pixels")
         return im.convert("RGB")
 
 
-def load_image_folder(root: str | Path, classnames: Sequence[str] | None = None) -> FewShotDataset:
-    """One sub-folder per class; the folder name is the class name (underscores become spaces).
-
-    Args:
-        root: the dataset folder.
-        classnames: an explicit class order; default is sorted folder names.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"dataset folder {str(root)!r} does not exist")
-    folders = {_classname(p.name): p for p in sorted(root.iterdir()) if p.is_dir()
-               and not p.name.startswith(".")}
-    if not folders:
-        raise DatasetError(f"dataset folder {str(root)!r} has no class sub-folders")
-    names = list(classnames) if classnames is not None else list(folders)
-    unknown = [c for c in names if c not in folders]
-    if unknown:
-        raise DatasetError(f"no folder for classes {unknown} in {str(root)!r}")
-    samples = []
-    for label, name in enumerate(names):
-        for path in sorted(folders[name].rglob("*")):
-            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-                samples.append(Sample(str(path), label))
-    dataset = FewShotDataset(names, samples)
-    _check_nonempty(dataset, str(root))
-    return dataset
+def open_image(source: ImageSource | Path) -> Image.Image:
+    """``decode_image`` without a size limit (local files the user chose)."""
+    return decode_image(source)
 
 
-def load_manifest(path: str | Path, classnames: Sequence[str] | None = None) -> FewShotDataset:
-    """A CSV of ``path,label`` rows (an optional header row is skipped); relative paths are
-    taken from the manifest's folder. Class order: ``classnames`` or first appearance."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"manifest {str(path)!r} does not exist")
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for lineno, row in enumerate(csv.reader(f), start=1):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if lineno == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
-                continue
-            if len(row) != 2 or not row[0].strip() or not row[1].strip():
-                raise DatasetError(f"{path.name} line {lineno}: expected 'path,label', got {row}")
-            rows.append((row[0].strip(), row[1].strip()))
-    names = list(classnames) if classnames is not None else list(dict.fromkeys(l for _, l in rows))
+def try_decode(source: ImageSource, name: str, *, max_pixels: int | None = None
+               ) -> tuple[Image.Image | None, str | None]:
+    """(RGB image, None), or (None, 'name: reason') when it does not decode (within
+    ``max_pixels``)."""
+    try:
+        return decode_image(source, max_pixels=max_pixels), None
+    except ImageTooLargeError as e:
+        return None, f"{name}: {e}"
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+        return None, f"{name}: not a readable image ({e})"
+
+
+def image_problem(sample: Sample, *, max_pixels: int | None = None) -> str | None:
+    """None when the sample's image decodes (within ``max_pixels``), else 'name: reason'."""
+    return try_decode(sample.source, sample.name, max_pixels=max_pixels)[1]
+
+
+def from_labelled(rows: Iterable[tuple[str, ImageSource, str]],
+                  classnames: Sequence[str] | None = None) -> FewShotDataset:
+    """A dataset from ``(name, source, label)`` rows: classes in the order given, else
+    sorted; samples sorted by (class, name). Raises DatasetError naming every problem
+    (labels not among the classes, duplicate class names, classes without images)."""
+    rows = list(rows)
+    names = list(classnames) if classnames is not None else sorted({lb for _, _, lb in rows})
+    problems = []
+    if len(set(names)) != len(names):
+        problems.append(f"classes: duplicate names in {names}")
     index = {c: i for i, c in enumerate(names)}
-    unknown = sorted({label for _, label in rows if label not in index})
+    unknown = sorted({label for _, _, label in rows if label not in index})
     if unknown:
-        raise DatasetError(f"manifest {path.name} has labels not among the classes: {unknown}")
-    samples = [Sample(str((path.parent / p) if not Path(p).is_absolute() else Path(p)), index[l])
-               for p, l in rows]
+        problems.append(f"labels not among the classes: {unknown}")
+    samples = sorted((Sample(source, index[label], name) for name, source, label in rows
+                      if label in index), key=lambda s: (s.label, s.name))
     dataset = FewShotDataset(names, samples)
-    _check_nonempty(dataset, path.name)
+    empty = [c for c, n in dataset.counts().items() if n == 0]
+    if empty:
+        problems.append(f"classes without images: {empty}")
+    if problems:
+        raise DatasetError(problems)
     return dataset
 
 
 def load_dataset(location: str | Path, classnames: Sequence[str] | None = None) -> FewShotDataset:
-    """A folder per class, or a CSV manifest (a ``.csv`` file, or a folder holding
-    ``manifest.csv``)."""
+    """A dataset on disk: a folder (per-class sub-folders or a ``manifest.csv``), a ``.csv``
+    manifest, or a ``.zip`` of either. Folder images stay paths (decoded when used)."""
     location = Path(location)
+    if location.is_file() and location.suffix.lower() == ".zip":
+        with zipfile.ZipFile(location) as archive:
+            return read_zip(archive, classnames)
     if location.is_file():
-        return load_manifest(location, classnames)
-    if (location / "manifest.csv").is_file():
-        return load_manifest(location / "manifest.csv", classnames)
-    return load_image_folder(location, classnames)
+        return _read_manifest(location, location.parent, classnames, on_disk=True)
+    if not location.is_dir():
+        raise DatasetError(f"dataset {str(location)!r} does not exist")
+    return _read_tree(location, classnames, on_disk=True, where=str(location))
+
+
+def read_zip(archive: zipfile.ZipFile, classnames: Sequence[str] | None = None) -> FewShotDataset:
+    """A dataset from a zip archive, by the same rules as a folder; every image is read once
+    into memory (bytes). Members must be checked for size and safe paths by the caller."""
+    return _read_tree(zipfile.Path(archive), classnames, on_disk=False, where="the archive")
+
+
+def _visible(entry) -> bool:
+    return not entry.name.startswith(".") and entry.name != "__MACOSX"
+
+
+def _read_tree(root, classnames, *, on_disk: bool, where: str) -> FewShotDataset:
+    """``root`` is a ``pathlib.Path`` or a ``zipfile.Path``: both walk the same way."""
+    entries = [e for e in root.iterdir() if _visible(e)]
+    if len(entries) == 1 and entries[0].is_dir() and not (root / MANIFEST_NAME).is_file():
+        inner = [e for e in entries[0].iterdir() if _visible(e)]
+        if inner and all(e.is_dir() or e.name == MANIFEST_NAME for e in inner):
+            root, entries = entries[0], inner  # a zipped (or nested) folder: read inside it
+    if (root / MANIFEST_NAME).is_file():
+        return _read_manifest(root / MANIFEST_NAME, root, classnames, on_disk=on_disk)
+    folders = sorted((e for e in entries if e.is_dir()), key=lambda e: e.name)
+    if not folders:
+        raise DatasetError(f"{where} has no class sub-folders (nor a {MANIFEST_NAME})")
+    by_class = {_classname(f.name): f for f in folders}
+    rows = [(name, str(path) if on_disk else _read_member(path, name), classname)
+            for classname, folder in by_class.items() for path, name in _walk(folder, folder.name)]
+    # every class folder is a class, even an empty one (which is then refused)
+    return from_labelled(rows, classnames if classnames is not None else sorted(by_class))
+
+
+def _walk(folder, prefix: str):
+    """(path, name below the root) of every image file under ``folder``, sorted by name."""
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not _visible(entry):
+            continue
+        name = f"{prefix}/{entry.name}"
+        if entry.is_dir():
+            yield from _walk(entry, name)
+        elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+            yield entry, name
+
+
+def _read_member(path: zipfile.Path, name: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError,
+            ValueError) as e:  # bad CRC, corrupt stream, encrypted, unknown compression
+        raise DatasetError(f"{name}: cannot be read from the archive ({e})") from e
+
+
+def _read_manifest(manifest, root, classnames, *, on_disk: bool) -> FewShotDataset:
+    """``path,label`` rows; paths relative to ``root`` (a zip member or a file on disk)."""
+    problems, rows, members = [], [], {}
+    text = manifest.read_text(encoding="utf-8", errors="replace") if not on_disk \
+        else Path(manifest).read_text(encoding="utf-8")
+    for lineno, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if lineno == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
+            continue
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            problems.append(f"{MANIFEST_NAME} line {lineno}: expected 'path,label', got {row}")
+            continue
+        name, label = row[0].strip(), row[1].strip()
+        if on_disk:
+            path = Path(name) if Path(name).is_absolute() else Path(root) / name
+            rows.append((name, str(path), label))
+            continue
+        member = root / name
+        if name.startswith("/") or ".." in Path(name).parts or not member.is_file():
+            problems.append(f"{MANIFEST_NAME} line {lineno}: {name!r} is not in the archive")
+            continue
+        if member.at not in members:  # rows naming one member share one copy
+            try:
+                members[member.at] = _read_member(member, name)
+            except DatasetError as e:
+                problems += e.problems
+                continue
+        rows.append((name, members[member.at], label))
+    if problems:
+        raise DatasetError(problems)
+    return from_labelled(rows, classnames)
 
 
 def _classname(folder: str) -> str:
     return folder.replace("_", " ")
 
 
-def _check_nonempty(dataset: FewShotDataset, where: str) -> None:
-    empty = [c for c, n in dataset.counts().items() if n == 0]
-    if empty:
-        raise DatasetError(f"classes without images in {where}: {empty}")
-
-
 def find_unreadable(samples: Sequence[Sample]) -> list[str]:
     """Every sample whose image cannot be decoded, as 'name: reason'."""
-    bad = []
-    for s in samples:
-        if isinstance(s.source, Image.Image):
-            continue  # already decoded
-        try:
-            fp = io.BytesIO(s.source) if isinstance(s.source, bytes) else s.source
-            with Image.open(fp) as im:
-                im.load()
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            bad.append(f"{s.name()}: {e}")
-    return bad
+    return [p for s in samples if not isinstance(s.source, Image.Image)
+            and (p := image_problem(s))]
 
 
 def check_readable(dataset: FewShotDataset) -> None:
@@ -172,7 +267,7 @@ def sample_few_shot(dataset: FewShotDataset, shots: int, seed: int = 0) -> FewSh
     picked = []
     for items in _by_class(dataset.samples).values():
         picked += rng.sample(items, min(shots, len(items)))
-    return dataset.subset(sorted(picked, key=lambda s: (s.label, s.name())))
+    return dataset.subset(sorted(picked, key=lambda s: (s.label, s.name)))
 
 
 def split_train_val(

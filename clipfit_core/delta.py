@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load as load_bytes
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from safetensors.torch import save as save_bytes
 
 from .models import BaseModel
@@ -95,7 +95,8 @@ class Delta:
         """Write exactly the two delta files into ``directory`` (created if needed)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file(self._cpu_tensors(), directory / WEIGHTS_NAME, metadata=_FILE_METADATA)
+        # one serializer: a saved delta is byte-identical to the one a service stores
+        (directory / WEIGHTS_NAME).write_bytes(self.to_bytes())
         (directory / CONFIG_NAME).write_text(
             json.dumps(self.config_dict(), indent=2, sort_keys=True) + "\n")
         return directory

@@ -32,7 +32,3 @@ def harmonic_mean(base: float, new: float) -> float:
     """HM = 2BN / (B + N), the paper's base-to-new summary (0 when both are 0)."""
     return 2 * base * new / (base + new) if base + new > 0 else 0.0
 
-
-def base_new_report(base_accuracy: float, new_accuracy: float) -> dict[str, float]:
-    return {"base": base_accuracy, "new": new_accuracy,
-            "hm": harmonic_mean(base_accuracy, new_accuracy)}

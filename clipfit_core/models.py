@@ -16,12 +16,10 @@ Architectures are open_clip model configs; ``clipfit-tiny`` ships beside this mo
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import open_clip
@@ -50,9 +48,6 @@ _INTERPOLATION = {
     "nearest": T.InterpolationMode.NEAREST,
 }
 
-log = logging.getLogger(__name__)
-
-
 class WeightsUnavailableError(RuntimeError):
     """The weights a model spec names are neither on disk nor downloadable."""
 
@@ -75,7 +70,6 @@ class BaseModel:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:

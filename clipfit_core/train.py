@@ -15,12 +15,13 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .classify import class_features_from_tokens, logits_for, resolve_templates, tokenize_prompts
+from .classify import class_features_from_tokens, logits_for, tokenize_prompts
+from .config import TrainConfig
 from .data import FewShotDataset, ImageDataset, open_image
 from .delta import Delta, DeltaConfig, extract_delta, restore
 from .evaluate import accuracy
@@ -30,52 +31,6 @@ from .params import mark_trainable
 
 class TrainingCancelled(RuntimeError):
     """Raised when ``should_cancel`` asked to stop; the base model is restored first."""
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = field(default=10, metadata={"help": "passes over the few-shot set"})
-    lr: float = field(default=0.002, metadata={"help": "peak SGD learning rate"})
-    batch_size: int = 32
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = field(default=1, metadata={"help": "epochs at constant warmup_lr"})
-    warmup_lr: float = 1e-5
-    lambda_kd: float = field(default=8.0, metadata={"help": "weight of the text distillation"})
-    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
-    seed: int = 0
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    train_text: bool = field(default=True, metadata={"help": "train the text FFN biases"})
-    train_image: bool = field(default=True, metadata={"help": "train the image LayerNorms"})
-    amp: str = field(default="auto", metadata={"help": "auto | bf16 | fp16 | none"})
-    num_workers: int = field(default=-1, metadata={"help": "-1: 0 on CPU, up to 8 on GPU"})
-
-    def __post_init__(self):
-        problems = []
-        if self.epochs < 1:
-            problems.append(f"epochs must be >= 1, got {self.epochs}")
-        if not self.lr > 0:
-            problems.append(f"lr must be > 0, got {self.lr}")
-        if self.batch_size < 1:
-            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.lambda_kd < 0:
-            problems.append(f"lambda must be >= 0, got {self.lambda_kd}")
-        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            problems.append(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
-        if not (self.train_text or self.train_image):
-            problems.append("train_text and train_image are both off: nothing to train")
-        if self.amp not in ("auto", "bf16", "fp16", "none"):
-            problems.append(f"amp must be auto, bf16, fp16 or none, got {self.amp!r}")
-        if problems:
-            raise ValueError("; ".join(problems))
-        self.templates = resolve_templates(self.templates)
-        self.crop_scale = tuple(self.crop_scale)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["lambda"] = d.pop("lambda_kd")
-        d["crop_scale"] = list(self.crop_scale)
-        return d
 
 
 @dataclass

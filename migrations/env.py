@@ -1,4 +1,5 @@
-"""Alembic environment: the URL comes from clipfit's settings unless the caller set one."""
+"""Alembic environment: the URL comes from clipfit's settings unless the caller set one
+(``registry.migrate.upgrade(url)`` always does; the ``alembic`` command line reads them)."""
 
 from logging.config import fileConfig
 
@@ -6,7 +7,7 @@ from alembic import context
 
 from registry.db import make_engine
 from registry.models import Base
-from registry.settings import get_settings
+from registry.settings import Settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -16,7 +17,7 @@ target_metadata = Base.metadata
 
 
 def database_url() -> str:
-    return config.get_main_option("sqlalchemy.url") or get_settings().sqlalchemy_url
+    return config.get_main_option("sqlalchemy.url") or Settings().sqlalchemy_url
 
 
 def run_migrations_offline() -> None:

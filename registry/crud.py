@@ -111,14 +111,16 @@ def count_jobs_by_status(session: Session) -> dict[str, int]:
     return {status.value: 0 for status in JobStatus} | dict(rows.all())
 
 
-def training_images(session: Session, *, job: Job) -> tuple[list[str], list[tuple[bytes, int]]]:
-    """The job's class names and its images as (bytes, label), in upload order."""
+def training_images(
+    session: Session, *, job: Job
+) -> tuple[list[str], list[tuple[bytes, int, str]]]:
+    """The job's class names and its images as (bytes, label, filename), in stored order."""
     rows = session.execute(
-        select(Blob.data, DatasetImage.label)
+        select(Blob.data, DatasetImage.label, DatasetImage.filename)
         .join(DatasetImage, DatasetImage.blob_sha256 == Blob.sha256)
         .where(DatasetImage.dataset_id == job.dataset_id)
         .order_by(DatasetImage.position))
-    return list(job.dataset.classnames), [(data, label) for data, label in rows]
+    return list(job.dataset.classnames), [tuple(row) for row in rows]
 
 
 def add_event(session: Session, *, job_id: str, kind: str, payload: dict[str, Any]) -> JobEvent:

@@ -1,4 +1,4 @@
-"""Engine and session factory for the configured database."""
+"""Engines and sessions for a database URL (the caller passes the URL; nothing global)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
-
-from .settings import get_settings
 
 
 def make_engine(url: str) -> Engine:
@@ -33,16 +31,17 @@ def make_engine(url: str) -> Engine:
 
 
 @lru_cache
-def get_engine() -> Engine:
-    return make_engine(get_settings().sqlalchemy_url)
+def get_engine(url: str) -> Engine:
+    """One engine (one connection pool) per URL in this process, made on first use."""
+    return make_engine(url)
 
 
-def session_factory(engine: Engine | None = None) -> sessionmaker[Session]:
-    return sessionmaker(engine or get_engine(), expire_on_commit=False)
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
 
 
 @contextmanager
-def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+def session_scope(engine: Engine) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error."""
     with session_factory(engine)() as session, session.begin():
         yield session

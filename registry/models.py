@@ -86,6 +86,10 @@ class Job(Base):
     dataset: Mapped[Dataset] = relationship()
     adapter: Mapped[Adapter | None] = relationship(back_populates="job")
 
+    @property
+    def adapter_id(self) -> str | None:
+        return self.adapter.id if self.adapter is not None else None
+
 
 class JobEvent(Base):
     __tablename__ = "job_events"

@@ -1,8 +1,10 @@
-"""One settings class, read once, used by the api, the worker and the migrations."""
+"""One settings class, used by the api, the worker and the migrations.
+
+Programs read it once (``Settings()``: environment variables and ``.env``) and pass the
+object on; nothing below the front door reads the environment itself."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
@@ -50,7 +52,3 @@ class Settings(BaseSettings):
     def allowed_base_models(self) -> list[str]:
         return [m.strip() for m in self.base_models.split(",") if m.strip()]
 
-
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()

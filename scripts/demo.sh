@@ -13,8 +13,8 @@ DATA=${CLIPFIT_DEMO_DIR:-data/demo}
 PORT=${CLIPFIT_DEMO_PORT:-8765}
 rm -rf "$DATA"
 mkdir -p "$DATA"
-python bench/domains.py export blur "$DATA/train" --split train --per-class 16 >/dev/null
-python bench/domains.py export blur "$DATA/test" --split test --per-class 50 >/dev/null
+python -m bench.domains export blur "$DATA/train" --split train --per-class 16 >/dev/null
+python -m bench.domains export blur "$DATA/test" --split test --per-class 50 >/dev/null
 
 echo "== clipfit serve on http://127.0.0.1:$PORT (data in $DATA/service, log $DATA/serve.log)"
 CLIPFIT_BASE_MODELS=${CLIPFIT_BASE_MODELS:-clipfit-mini,clipfit-tiny} \

@@ -6,7 +6,10 @@ against the project (the clipfit argument parser, Alembic's, the settings, the r
 
 from __future__ import annotations
 
+import ast
 import configparser
+import functools
+import importlib
 import importlib.util
 import json
 import posixpath
@@ -18,6 +21,9 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from docker.utils.build import PatternMatcher, exclude_paths
+from dockerfile_parse import DockerfileParser
+from setuptools import find_packages
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -96,10 +102,10 @@ def services(compose) -> dict:
 
 @pytest.fixture(scope="module")
 def parser():
-    from api.cli import extend
-    from clipfit_core.cli import build_parser
+    """The full ``clipfit`` argument parser (the console script's)."""
+    from clipfit.cli import build_parser
 
-    return build_parser(extend)
+    return build_parser()
 
 
 def built_here(service: dict) -> bool:
@@ -292,7 +298,7 @@ def test_commands_run_project_code(services, parser):
     assert worker.command == "worker", worker
 
 
-def test_worker_healthcheck_names_the_celery_app(services):
+def test_worker_healthcheck_names_the_celery_app(services, monkeypatch, tmp_path):
     check = services["worker"].get("healthcheck") or {}
     if check.get("disable") or not check.get("test"):
         return
@@ -300,8 +306,16 @@ def test_worker_healthcheck_names_the_celery_app(services):
     assert argv[0] == "celery", argv
     module = argv[argv.index("-A") + 1]
     assert importlib.util.find_spec(module) is not None, f"no module {module}"
-    assert re.search(r"^app\s*=", (ROOT / (module.replace(".", "/") + ".py")).read_text(),
-                     re.MULTILINE), f"{module} defines no `app`"
+    tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
+    assert any(isinstance(node, ast.Assign)
+               and any(isinstance(t, ast.Name) and t.id == "app" for t in node.targets)
+               for node in tree.body), f"{module} defines no module-level `app`"
+    # What `celery -A` does: import the module (configured from the environment) and take `app`.
+    from celery import Celery
+
+    monkeypatch.setenv("CLIPFIT_DATA_DIR", str(tmp_path))
+    app = getattr(importlib.import_module(module), "app", None)
+    assert isinstance(app, Celery), f"{module}.app is {app!r}, not a Celery app"
 
 
 def test_volumes_are_declared_and_used(compose, services):
@@ -364,23 +378,10 @@ def test_cpu_override_removes_the_gpu_only(compose):
 # --- Dockerfile and .dockerignore -----------------------------------------------------------
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
-    """``(INSTRUCTION, arguments)`` with continuation lines joined and comments dropped."""
-    out, pending = [], ""
-    for line in DOCKERFILE.read_text().splitlines():
-        stripped = line.strip()
-        if not pending and (not stripped or stripped.startswith("#")):
-            continue
-        if pending and stripped.startswith("#"):
-            continue
-        if stripped.endswith("\\"):
-            pending += stripped[:-1] + " "
-            continue
-        full = (pending + stripped).strip()
-        pending = ""
-        if full:
-            word, _, rest = full.partition(" ")
-            out.append((word.upper(), rest.strip()))
-    return out
+    """``(INSTRUCTION, arguments)``, comments left out (dockerfile-parse joins continuations)."""
+    return [(item["instruction"], item["value"])
+            for item in DockerfileParser(path=str(DOCKERFILE)).structure
+            if item["instruction"] != "COMMENT"]
 
 
 def copies() -> list[tuple[list[str], str, str]]:
@@ -417,51 +418,22 @@ def image_paths() -> dict[str, str]:
 
 
 def dockerignore_patterns() -> list[str]:
+    """The patterns of .dockerignore, read as docker-py's ``APIClient.build`` reads them."""
     lines = DOCKERIGNORE.read_text().splitlines() if DOCKERIGNORE.exists() else []
     return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
 
 
-def _pattern_regex(pattern: str) -> re.Pattern:
-    out, i = "", 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out, i = out + "(?:.*/)?", i + 3
-        elif pattern.startswith("**", i):
-            out, i = out + ".*", i + 2
-        elif pattern[i] == "*":
-            out, i = out + "[^/]*", i + 1
-        elif pattern[i] == "?":
-            out, i = out + "[^/]", i + 1
-        else:
-            out, i = out + re.escape(pattern[i]), i + 1
-    return re.compile(out)
-
-
-def ignored(rel: str, patterns: list[str]) -> bool:
-    """Docker's .dockerignore rule: the last matching pattern (on the path or a parent) wins."""
-    parts = Path(rel).parts
-    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
-    result = False
-    for pattern in patterns:
-        negate = pattern.startswith("!")
-        regex = _pattern_regex(posixpath.normpath(pattern.lstrip("!").strip("/")))
-        if any(regex.fullmatch(p) for p in prefixes):
-            result = not negate
-    return result
-
-
-def test_dockerignore_matcher():
-    patterns = ["**/__pycache__", ".venv", "tests", "!tests/keep.py", "*.egg-info"]
-    assert ignored("api/routes/__pycache__/x.pyc", patterns)
-    assert ignored(".venv/lib/python3.11/site.py", patterns)
-    assert ignored("tests/test_x.py", patterns) and not ignored("tests/keep.py", patterns)
-    assert ignored("clipfit.egg-info/PKG-INFO", patterns)
-    assert not ignored("api/app.py", patterns) and not ignored("clipfit_core/x.json", patterns)
+@functools.cache
+def build_context() -> frozenset[str]:
+    """The paths (files and directories, relative to the root) sent as the build context:
+    docker-py's implementation of the Docker CLI's .dockerignore rules."""
+    return frozenset(exclude_paths(str(ROOT), dockerignore_patterns()))
 
 
 def test_dockerfile_copies_existing_unignored_paths():
-    patterns = dockerignore_patterns()
-    assert ".venv" in patterns or ".venv/" in patterns, ".venv would be sent as build context"
+    matcher = PatternMatcher(dockerignore_patterns())
+    assert matcher.matches(".venv"), ".venv would be sent as build context"
+    context = build_context()
     found = copies()
     assert found, "the Dockerfile copies nothing"
     for sources, _, _ in found:
@@ -470,19 +442,22 @@ def test_dockerfile_copies_existing_unignored_paths():
             assert matches, f"COPY {src}: not in the repository"
             for match in matches:
                 rel = match.relative_to(ROOT).as_posix()
-                assert not ignored(rel, patterns), f"COPY {src}: excluded by .dockerignore"
+                assert rel in context, f"COPY {src}: excluded by .dockerignore"
                 files = [match] if match.is_file() else [
                     f for f in match.rglob("*") if f.is_file()
                     and f.suffix in {".py", ".json", ".mako", ".ini", ".toml", ".md"}]
                 for f in files:
                     frel = f.relative_to(ROOT).as_posix()
-                    assert not ignored(frel, patterns), f"{frel}: excluded by .dockerignore"
+                    assert frel in context, f"{frel}: excluded by .dockerignore"
 
 
 def test_dockerfile_copies_what_the_install_and_migrations_need():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    packages = [p.rstrip("*").rstrip(".") for p in
-                project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    find = project["tool"]["setuptools"]["packages"]["find"]
+    # The top-level packages the install finds (setuptools expands the include/exclude globs).
+    packages = sorted({p.split(".")[0] for p in find_packages(
+        str(ROOT), include=find.get("include", ("*",)), exclude=find.get("exclude", ()))})
+    assert packages, "the install finds no package"
     where = image_paths()
     needed = ["pyproject.toml", project["project"]["readme"], "alembic.ini", "migrations",
               *packages]

@@ -4,54 +4,67 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
-from clipfit_core.data import FewShotDataset, Sample, sample_few_shot, split_train_val
+from celery import Task
+from sqlalchemy import Engine
+
+from clipfit_core.config import TrainConfig, prepare_training_set
+from clipfit_core.data import FewShotDataset, Sample
 from clipfit_core.models import BaseModel, create_base_model, resolve_device
-from clipfit_core.train import TrainConfig, TrainingCancelled, train_clipfit
+from clipfit_core.train import TrainingCancelled, train_clipfit
 from registry import crud
-from registry.db import session_scope
+from registry.db import get_engine, session_scope
 from registry.models import JobStatus
-from registry.settings import get_settings
-
-from .celery_app import TRAIN_TASK, app
+from registry.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-@lru_cache(maxsize=4)
-def get_base_model(spec: str) -> BaseModel:
-    """Loaded once per worker process; training changes it in place (and restores it), so
-    it is never shared with the API's inference engine, even in the embedded service."""
-    settings = get_settings()
-    return create_base_model(spec, device=resolve_device(settings.device),
-                             cache_dir=settings.weights_dir)
+class TrainTask(Task):
+    """The task's per-process resources: the database engine and the base models (each
+    loaded once; training changes a model in place and restores it, so a worker's copy is
+    never shared with an API's inference engine, even in the embedded service)."""
+
+    settings: Settings  # set by worker.celery_app.create_worker_app
+
+    @cached_property
+    def engine(self) -> Engine:
+        return get_engine(self.settings.sqlalchemy_url)
+
+    @cached_property
+    def base_model(self):
+        @lru_cache(maxsize=4)
+        def load(spec: str) -> BaseModel:
+            return create_base_model(spec, device=resolve_device(self.settings.device),
+                                     cache_dir=self.settings.weights_dir)
+        return load
 
 
-@app.task(name=TRAIN_TASK, bind=True)
-def train_job(self, job_id: str) -> str:
+def train_job(self: TrainTask, job_id: str) -> str:
     """Idempotent: a redelivered job whose adapter exists, or a finished job, does nothing."""
-    with session_scope() as s:
+    with session_scope(self.engine) as s:
         if crud.get_adapter_for_job(s, job_id=job_id) is not None:
             return "exists"
         job = crud.mark_running(s, job_id=job_id)
         if job is None:
             return "finished"
         classnames, images = crud.training_images(s, job=job)
-        spec, templates, hp, name = job.base_model, job.templates, job.hyperparameters, job.name
+        spec, name = job.base_model, job.name
+        config = TrainConfig.from_dict(job.hyperparameters, templates=job.templates)
     try:
-        adapter_metrics, delta = _train(job_id, spec, templates, hp, classnames, images)
+        adapter_metrics, delta = _train(self, job_id, spec, config, classnames, images)
     except TrainingCancelled:
-        with session_scope() as s:
+        with session_scope(self.engine) as s:
             crud.finish_job(s, job=crud.get_job(s, job_id=job_id), status=JobStatus.cancelled)
         return "cancelled"
     except Exception as e:  # the job failed; the worker lives on
         log.exception("job %s failed", job_id)
-        with session_scope() as s:
+        with session_scope(self.engine) as s:
             crud.finish_job(s, job=crud.get_job(s, job_id=job_id), status=JobStatus.failed,
                             error=f"{type(e).__name__}: {e}")
         return "failed"
-    with session_scope() as s:
+    with session_scope(self.engine) as s:
         job = crud.get_job(s, job_id=job_id)
         if crud.get_adapter_for_job(s, job_id=job_id) is not None:
             return "exists"
@@ -60,39 +73,31 @@ def train_job(self, job_id: str) -> str:
     return "succeeded"
 
 
-def _train(job_id, spec, templates, hp, classnames, images):
-    settings = get_settings()
-    base = get_base_model(spec)
-    dataset = FewShotDataset(classnames, [Sample(data, label) for data, label in images])
-    val = None
-    if hp.get("val_fraction", 0) > 0:
-        dataset, val = split_train_val(dataset, hp["val_fraction"], seed=hp.get("seed", 0))
-        val = val if len(val) else None
-    if hp.get("shots"):
-        dataset = sample_few_shot(dataset, hp["shots"], seed=hp.get("seed", 0))
-    config = TrainConfig(epochs=hp.get("epochs", 10), lr=hp.get("lr", 0.002),
-                         batch_size=hp.get("batch_size", 32), lambda_kd=hp.get("lambda", 8.0),
-                         seed=hp.get("seed", 0), templates=templates,
-                         crop_scale=(hp.get("crop_min", 0.08), 1.0))
+def _train(task: TrainTask, job_id: str, spec: str, config: TrainConfig, classnames, images):
+    base = task.base_model(spec)
+    dataset = FewShotDataset(classnames, [Sample(data, label, name)
+                                          for data, label, name in images])
+    dataset, val = prepare_training_set(dataset, config)
+    interval = task.settings.progress_interval_seconds
     state = {"last": 0.0, "checked": 0.0, "cancel": False}
 
     def on_progress(p):
         now = time.monotonic()
-        if now - state["last"] < settings.progress_interval_seconds and p.step < p.total_steps:
+        if now - state["last"] < interval and p.step < p.total_steps:
             return
         state["last"] = now
         progress = {"epoch": p.epoch, "epochs": p.epochs, "step": p.step,
                     "total_steps": p.total_steps, "loss": round(p.loss, 5), "lr": p.lr,
                     "images_per_sec": round(p.images_per_sec, 2),
                     "eta_seconds": round(p.eta_seconds, 1)}
-        with session_scope() as s:
+        with session_scope(task.engine) as s:
             state["cancel"] = crud.record_progress(s, job_id=job_id, progress=progress)
 
     def should_cancel() -> bool:
         now = time.monotonic()
         if not state["cancel"] and now - max(state["last"], state["checked"]) >= 1.0:
             state["checked"] = now  # a cancel request reaches the loop within about 1 s
-            with session_scope() as s:
+            with session_scope(task.engine) as s:
                 state["cancel"] = crud.get_job(s, job_id=job_id).cancel_requested
         return state["cancel"]
 

@@ -12,8 +12,7 @@ from fastapi import APIRouter, Query, Response
 from clipfit_core.delta import CONFIG_NAME, WEIGHTS_NAME
 from registry import crud
 
-from ..deps import SessionDep, not_found, page_next, page_start
-from ..inference import get_engine
+from ..deps import InferenceDep, SessionDep, not_found, page_next, page_start
 from ..schemas import AdapterPublic, AdaptersPublic
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
@@ -24,7 +23,7 @@ def list_adapters(session: SessionDep, limit: Annotated[int, Query(ge=1, le=200)
                   cursor: str | None = None):
     before = page_start(cursor)
     rows = crud.list_adapters(session, limit=limit, before=before)
-    return AdaptersPublic(data=[AdapterPublic.of(a) for a in rows],
+    return AdaptersPublic(data=rows,
                           next_cursor=page_next(rows, limit))
 
 
@@ -33,7 +32,7 @@ def get_adapter(adapter_id: str, session: SessionDep):
     adapter = crud.get_adapter(session, adapter_id=adapter_id)
     if adapter is None:
         raise not_found("adapter", adapter_id)
-    return AdapterPublic.of(adapter)
+    return adapter
 
 
 @router.get("/{adapter_id}/download", response_class=Response,
@@ -51,9 +50,9 @@ def download_adapter(adapter_id: str, session: SessionDep):
 
 
 @router.delete("/{adapter_id}", status_code=204)
-def delete_adapter(adapter_id: str, session: SessionDep):
+def delete_adapter(adapter_id: str, session: SessionDep, inference: InferenceDep):
     if not crud.delete_adapter(session, adapter_id=adapter_id):
         raise not_found("adapter", adapter_id)
     session.commit()
-    get_engine().forget(adapter_id)
+    inference.forget(adapter_id)
     return Response(status_code=204)

@@ -8,9 +8,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 from sqlalchemy import text
 
 from registry import crud
-from registry.db import session_factory
 
-from ..inference import get_engine
+from ..deps import InferenceDep, QueueDep, SessionDep
 from ..metrics import REGISTRY
 
 router = APIRouter(tags=["health"])
@@ -21,37 +20,16 @@ def healthz():
     return {"status": "ok"}
 
 
-def _queue_depth() -> int | None:
-    """Messages waiting in the broker's default queue (None when the broker is unreachable).
-    A queue nobody has declared yet (no worker has started) holds no messages."""
-    from worker.celery_app import app
-
-    try:
-        with app.connection_for_write() as conn:
-            channel = conn.default_channel
-            try:
-                return channel.queue_declare(queue=app.conf.task_default_queue,
-                                             passive=True).message_count
-            except conn.channel_errors:
-                return 0
-    except Exception:  # noqa: BLE001 (unknown is an answer)
-        return None
-
-
 @router.get("/readyz")
-def readyz():
+def readyz(session: SessionDep, queue: QueueDep):
     checks = {}
     try:
-        with session_factory()() as s:
-            s.execute(text("SELECT 1"))
+        session.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as e:  # noqa: BLE001 (reported as unreachable)
         checks["database"] = f"unreachable: {type(e).__name__}"
-    from worker.celery_app import app
-
     try:
-        with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
+        queue.ping()
         checks["broker"] = "ok"
     except Exception as e:  # noqa: BLE001 (reported as unreachable)
         checks["broker"] = f"unreachable: {type(e).__name__}"
@@ -61,17 +39,15 @@ def readyz():
 
 
 @router.get("/metrics")
-def metrics():
+def metrics(session: SessionDep, queue: QueueDep, engine: InferenceDep):
     scrape = CollectorRegistry()
     jobs = Gauge("clipfit_jobs", "jobs by state", ["status"], registry=scrape)
-    with session_factory()() as s:
-        for status, n in crud.count_jobs_by_status(s).items():
-            jobs.labels(status).set(n)
-    depth = _queue_depth()
+    for status, n in crud.count_jobs_by_status(session).items():
+        jobs.labels(status).set(n)
+    depth = queue.depth()
     if depth is not None:
         Gauge("clipfit_queue_depth", "messages waiting in the broker",
               registry=scrape).set(depth)
-    engine = get_engine()
     cache = Gauge("clipfit_cache_events", "inference cache hits and misses", ["cache", "kind"],
                   registry=scrape)
     text_hits, text_misses = engine.text_cache_stats()

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Header, HTTPException, Query, UploadFile
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Form, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from clipfit_core.classify import resolve_templates
+from clipfit_core.config import TrainConfig
 from registry import crud
-from registry.db import session_factory
 from registry.models import FINISHED, JobStatus
 
-from ..deps import SessionDep, SettingsDep, not_found, page_next, page_start
-from ..schemas import EventPublic, EventsPublic, JobPublic, JobsPublic
+from ..deps import QueueDep, SessionDep, SettingsDep, not_found, page_next, page_start
+from ..schemas import EventPublic, EventsPublic, JobCreateForm, JobPublic, JobsPublic
 from ..uploads import UploadError, from_files, from_zip
 
 log = logging.getLogger(__name__)
@@ -26,73 +25,48 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 STATUSES = tuple(s.value for s in JobStatus)
 
 
-def enqueue(job_id: str) -> None:
-    from worker.tasks import train_job
-
-    train_job.delay(job_id)
-
-
 @router.post("", status_code=202, response_model=JobPublic,
              summary="Submit a few-shot training set; answers 202 with the queued job")
 async def create_job(
-    session: SessionDep, settings: SettingsDep,
-    images: Annotated[list[UploadFile] | None, File(description="training images")] = None,
-    labels: Annotated[list[str] | None, Form(description="one class name per image")] = None,
-    dataset: Annotated[UploadFile | None, File(description="zip: CLASS/FILE or manifest.csv")]
-    = None,
-    classes: Annotated[str | None, Form(description="comma-separated class order")] = None,
-    base_model: Annotated[str | None, Form()] = None,
-    template: Annotated[str, Form(description="template name or a string with {}")] = "default",
-    epochs: Annotated[int, Form(ge=1)] = 10,
-    lr: Annotated[float, Form(gt=0)] = 0.002,
-    batch_size: Annotated[int, Form(ge=1, le=1024)] = 32,
-    shots: Annotated[int, Form(ge=0)] = 16,
-    lambda_: Annotated[float, Form(alias="lambda", ge=0)] = 8.0,
-    seed: Annotated[int, Form()] = 0,
-    val_fraction: Annotated[float, Form(ge=0, lt=1, description="held out for best-epoch "
-                                        "selection and the zero-shot vs tuned metrics")] = 0.2,
-    crop_min: Annotated[float, Form(gt=0, le=1, description="smallest random-crop scale "
-                                    "(the paper: 0.08; raise it for tiny images)")] = 0.08,
-    name: Annotated[str | None, Form(max_length=200)] = None,
+    session: SessionDep, settings: SettingsDep, queue: QueueDep,
+    form: Annotated[JobCreateForm, Form()],
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ):
     if idempotency_key and (job := crud.get_job_by_idempotency_key(
             session, key=idempotency_key)) is not None:
-        return JobPublic.of(job)
+        return job
     problems = []
     allowed = settings.allowed_base_models
-    base_model = base_model or allowed[0]
+    base_model = form.base_model or allowed[0]
     if base_model not in allowed:
         problems.append(f"base_model {base_model!r} is not allowed; allowed: {allowed}")
-    if epochs > settings.max_epochs:
-        problems.append(f"epochs {epochs} exceeds the limit {settings.max_epochs}")
+    if form.epochs > settings.max_epochs:
+        problems.append(f"epochs {form.epochs} exceeds the limit {settings.max_epochs}")
+    config = None
     try:
-        templates = resolve_templates(template)
+        config = form.train_config()
     except ValueError as e:
         problems.append(str(e))
-        templates = []
-    class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-    if dataset is not None and images:
+    class_list = [c.strip() for c in form.classes.split(",") if c.strip()] \
+        if form.classes else None
+    if form.dataset is not None and form.images:
         problems.append("send either 'images' + 'labels' or one 'dataset' zip, not both")
-    zipped = await dataset.read() if dataset is not None else None
-    files = [(f.filename or f"image-{i}", await f.read()) for i, f in enumerate(images or [])]
-    hyperparameters = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "shots": shots,
-                       "lambda": lambda_, "seed": seed, "val_fraction": val_fraction,
-                       "crop_min": crop_min}
+    zipped = await form.dataset.read() if form.dataset is not None else None
+    files = [(f.filename or f"image-{i}", await f.read()) for i, f in enumerate(form.images or [])]
     # decoding every image and writing the rows are blocking work: off the event loop
     job, created = await run_in_threadpool(
-        _validate_and_store, session, settings, problems, zipped, files, labels or [],
-        class_list, base_model=base_model, templates=templates,
-        hyperparameters=hyperparameters, name=name, idempotency_key=idempotency_key)
+        _validate_and_store, session, settings, problems, zipped, files, form.labels or [],
+        class_list, config, base_model=base_model, name=form.name,
+        idempotency_key=idempotency_key)
     if created:
         try:
-            enqueue(job.id)  # only after the commit: a worker always finds the job
+            queue.enqueue(job.id)  # only after the commit: a worker always finds the job
         except Exception as e:
             log.exception("could not enqueue job %s; removing it", job.id)
             await run_in_threadpool(_undo, session, job.id)
             raise HTTPException(503, detail=f"the job queue is unreachable ({type(e).__name__});"
                                 " nothing was stored, try again later") from e
-    return JobPublic.of(job)
+    return job
 
 
 def _undo(session, job_id: str) -> None:
@@ -102,7 +76,7 @@ def _undo(session, job_id: str) -> None:
 
 
 def _validate_and_store(session, settings, problems, zipped, files, labels, class_list,
-                        **job_fields):
+                        config: TrainConfig | None, **job_fields):
     """(job, True) once stored and committed; (job, False) for an idempotent repeat."""
     try:
         if zipped is not None:
@@ -111,11 +85,14 @@ def _validate_and_store(session, settings, problems, zipped, files, labels, clas
             training = from_files(files, labels, class_list, settings)
     except UploadError as e:
         problems = problems + e.problems
-    if problems:
+    if problems or config is None:
         raise HTTPException(422, detail={"message": "invalid training job", "problems": problems})
     key = job_fields["idempotency_key"]
+    hyperparameters = config.to_dict()
+    templates = hyperparameters.pop("templates")  # a column of its own
     try:
         job = crud.create_job(session, classnames=training.classnames, images=training.images,
+                              templates=templates, hyperparameters=hyperparameters,
                               **job_fields)
         session.commit()
     except IntegrityError:  # the same idempotency key, raced in by a concurrent request
@@ -134,8 +111,7 @@ def list_jobs(session: SessionDep, status: Annotated[str | None, Query()] = None
         raise HTTPException(422, detail=f"status must be one of {STATUSES}, got {status!r}")
     before = page_start(cursor)
     jobs = crud.list_jobs(session, status=status, limit=limit, before=before)
-    return JobsPublic(data=[JobPublic.of(j) for j in jobs],
-                      next_cursor=page_next(jobs, limit))
+    return JobsPublic(data=jobs, next_cursor=page_next(jobs, limit))
 
 
 @router.get("/{job_id}", response_model=JobPublic)
@@ -143,35 +119,44 @@ def get_job(job_id: str, session: SessionDep):
     job = crud.get_job(session, job_id=job_id)
     if job is None:
         raise not_found("job", job_id)
-    return JobPublic.of(job)
+    return job
 
 
 @router.get("/{job_id}/events", response_model=EventsPublic,
             summary="Job events; ?stream=true streams them live as Server-Sent Events")
-async def job_events(job_id: str, session: SessionDep, cursor: int = 0,
-                     limit: Annotated[int, Query(ge=1, le=1000)] = 100, stream: bool = False):
+async def job_events(request: Request, job_id: str, session: SessionDep, cursor: int = 0,
+                     limit: Annotated[int, Query(ge=1, le=1000)] = 100, stream: bool = False,
+                     last_event_id: Annotated[int | None, Header()] = None):
+    """Events after ``cursor`` (an event id). Streamed, each SSE message carries the event's
+    id, so a reconnecting client (``Last-Event-ID``) resumes where it stopped; the stream
+    ends after the job's final event."""
     if crud.get_job(session, job_id=job_id) is None:
         raise not_found("job", job_id)
     if not stream:
         events = crud.list_events(session, job_id=job_id, after_id=cursor, limit=limit)
         nxt = str(events[-1].id) if len(events) == limit else None
-        return EventsPublic(data=[EventPublic.of(e) for e in events], next_cursor=nxt)
+        return EventsPublic(data=events, next_cursor=nxt)
+    sessions = request.app.state.sessions
+    session.close()  # the stream outlives this request's session
 
-    async def sse():
-        after = cursor
+    def poll(after: int):
+        with sessions() as s:
+            events = crud.list_events(s, job_id=job_id, after_id=after, limit=limit)
+            return [EventPublic.model_validate(e) for e in events], \
+                crud.get_job(s, job_id=job_id).status
+
+    async def messages():
+        after = max(cursor, last_event_id or 0)
         while True:
-            with session_factory()() as s:
-                events = crud.list_events(s, job_id=job_id, after_id=after, limit=limit)
-                status = crud.get_job(s, job_id=job_id).status
+            events, status = await run_in_threadpool(poll, after)
             for e in events:
                 after = e.id
-                yield f"id: {e.id}\nevent: {e.kind}\ndata: " \
-                      f"{json.dumps(EventPublic.of(e).model_dump(mode='json'))}\n\n"
+                yield ServerSentEvent(data=e.model_dump_json(), event=e.kind, id=str(e.id))
             if status in FINISHED and not events:
                 return
             await asyncio.sleep(0.5)
 
-    return StreamingResponse(sse(), media_type="text/event-stream")
+    return EventSourceResponse(messages(), ping=15)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic,
@@ -185,4 +170,4 @@ def cancel_job(job_id: str, session: SessionDep):
             "detail": f"job {job_id} already finished with status {job.status!r}"})
     job = crud.request_cancel(session, job_id=job_id)
     session.commit()
-    return JobPublic.of(job)
+    return job

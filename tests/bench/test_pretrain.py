@@ -135,11 +135,13 @@ def test_pretraining_writes_a_checkpoint_the_base_model_code_loads(fake_fmnist, 
 def test_cli_pretrain_mini_names_the_install_command(tmp_path, capsys):
     from clipfit_core.cli import main
 
-    code = main(["pretrain-mini", "--data", str(tmp_path), "--cache-dir", str(tmp_path)])
+    code = main(["pretrain-mini", "--data", str(tmp_path), "--cache-dir", str(tmp_path)],
+                weights_dir=tmp_path)
     assert code == 2
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
     from clipfit_core.synthetic import write_dataset
 
     data = write_dataset(tmp_path / "data", per_class=1)
-    code = main(["eval", str(data), "--model", "clipfit-mini", "--cache-dir", str(tmp_path)])
+    code = main(["eval", str(data), "--model", "clipfit-mini", "--cache-dir", str(tmp_path)],
+                weights_dir=tmp_path)
     assert code == 2 and "clipfit pretrain-mini" in capsys.readouterr().err

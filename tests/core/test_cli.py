@@ -3,12 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from clipfit_core.cli import main
+from clipfit_core import cli
 from clipfit_core.delta import CONFIG_NAME, WEIGHTS_NAME
 
 
 def run(capsys, *argv):
-    code = main([str(a) for a in argv])
+    code = cli.main([str(a) for a in argv], weights_dir=Path("unused-weights-dir"))
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -90,6 +90,6 @@ def test_zero_shot_classify_and_user_errors(capsys, tmp_path, colour_test):
 
 
 def test_module_entry_point_reports_version():
-    out = subprocess.run([sys.executable, "-m", "clipfit_core.cli", "--version"],
+    out = subprocess.run([sys.executable, "-m", "clipfit", "--version"],
                          capture_output=True, text=True, check=False)
     assert out.returncode == 0 and out.stdout.startswith("clipfit ")

@@ -7,7 +7,7 @@ from clipfit_core.data import (
     sample_few_shot,
     split_train_val,
 )
-from clipfit_core.evaluate import accuracy, base_new_report, harmonic_mean, per_class_accuracy
+from clipfit_core.evaluate import accuracy, harmonic_mean, per_class_accuracy
 from clipfit_core.synthetic import write_dataset
 
 
@@ -29,7 +29,8 @@ def test_manifest_dataset(tmp_path):
                              for i in range(3)]
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     data = load_dataset(tmp_path / "m.csv")
-    assert data.classnames == ["red", "blue"] and len(data) == 6
+    assert data.classnames == ["blue", "red"] and len(data) == 6  # sorted, as folders
+    assert load_dataset(tmp_path / "m.csv", ["red", "blue"]).classnames == ["red", "blue"]
     check_readable(data)
     (tmp_path / "bad.csv").write_text("imgs/red/0000.png\n")
     with pytest.raises(DatasetError, match="line 1"):
@@ -67,4 +68,72 @@ def test_metrics():
         {"a": 0.5, "b": 1.0, "c": None}
     assert harmonic_mean(0.8, 0.6) == pytest.approx(2 * 0.48 / 1.4)
     assert harmonic_mean(0, 0) == 0
-    assert base_new_report(0.8, 0.6)["hm"] == pytest.approx(0.6857142857)
+
+
+def _zip(root, prefix="", manifest=None) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for path in sorted(root.rglob("*.png")):
+            z.write(path, prefix + path.relative_to(root).as_posix())
+        if manifest is not None:
+            z.writestr(prefix + "manifest.csv", manifest)
+    return buf.getvalue()
+
+
+def _content(dataset):
+    """(classes, [(label, name, image bytes)]) whatever the sources are."""
+    from pathlib import Path
+
+    def raw(source):
+        return Path(source).read_bytes() if isinstance(source, str) else source
+
+    return dataset.classnames, [(s.label, s.name, raw(s.source)) for s in dataset.samples]
+
+
+def test_one_reader_for_folder_zip_and_labelled_uploads(colour_train, tmp_path):
+    import io
+    import random
+    import zipfile
+
+    from clipfit_core.data import from_labelled, read_zip
+
+    folder = load_dataset(colour_train)
+    (tmp_path / "set.zip").write_bytes(_zip(colour_train))
+    zipped = load_dataset(tmp_path / "set.zip")
+    nested = read_zip(zipfile.ZipFile(io.BytesIO(_zip(colour_train, prefix="colours/"))))
+    rows = [(f"{p.parent.name}/{p.name}", p.read_bytes(), p.parent.name)
+            for p in colour_train.rglob("*.png")]
+    random.Random(0).shuffle(rows)  # arrival order does not matter
+    uploaded = from_labelled(rows)
+    assert _content(folder) == _content(zipped) == _content(nested) == _content(uploaded)
+    assert isinstance(zipped.samples[0].source, bytes)
+
+
+def test_manifest_in_a_zip_reads_each_member_once(colour_train):
+    import io
+    import zipfile
+
+    from clipfit_core.data import read_zip
+
+    rows = "path,label\n" + "".join(f"red/{i:04d}.png,red\n" for i in range(3)) + \
+        "red/0000.png,blue\n" * 50 + "blue/0000.png,blue\n"
+    data = read_zip(zipfile.ZipFile(io.BytesIO(_zip(colour_train, "x/", manifest=rows))))
+    assert data.classnames == ["blue", "red"] and data.counts() == {"blue": 51, "red": 3}
+    copies = {id(s.source) for s in data.samples if s.name == "red/0000.png"}
+    assert len(copies) == 1  # one member named 51 times: one copy in memory
+    with pytest.raises(DatasetError, match="'red/missing.png' is not in the archive"):
+        read_zip(zipfile.ZipFile(io.BytesIO(_zip(colour_train, manifest="red/missing.png,red\n"))))
+
+
+def test_problems_are_collected_not_first_only(colour_train):
+    from clipfit_core.data import from_labelled
+
+    with pytest.raises(DatasetError) as e:
+        from_labelled([("a.png", b"x", "red"), ("b.png", b"y", "blue")],
+                      ["red", "green", "red"])
+    assert e.value.problems == ["classes: duplicate names in ['red', 'green', 'red']",
+                                "labels not among the classes: ['blue']",
+                                "classes without images: ['green']"]

@@ -24,7 +24,7 @@ def test_job_with_dataset_and_deduplicated_images(session):
     assert count(session, Blob) == blobs_before + 2  # img-a stored once
     classnames, images = crud.training_images(session, job=job)
     assert classnames == ["cat", "dog"]
-    assert images == [(b"img-a", 0), (b"img-b", 1), (b"img-a", 1)]
+    assert images == [(b"img-a", 0, "a.png"), (b"img-b", 1, "b.png"), (b"img-a", 1, "c.png")]
     assert [e.kind for e in crud.list_events(session, job_id=job.id)] == ["queued"]
 
 

@@ -40,37 +40,36 @@ def service_env(new_postgres_database, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def api(service_env):
+def service_settings(service_env):
+    """The same settings as an object, as the front door hands them to the API."""
+    from registry.settings import Settings
+
+    return Settings(**{k[len("CLIPFIT_"):].lower(): v for k, v in service_env.items()})
+
+
+@pytest.fixture(scope="session")
+def api(service_settings):
     """A TestClient on the app, configured for PostgreSQL + Redis, schema from Alembic."""
     from fastapi.testclient import TestClient
 
+    from api.app import create_app
+    from registry.db import get_engine
+    from registry.migrate import upgrade
+
     client = redis.Redis(port=6379, db=REDIS_DB)
     client.flushdb()
-    saved = {k: os.environ.get(k) for k in service_env}
-    os.environ.update(service_env)
-    from registry import db
-    from registry.migrate import upgrade
-    from registry.settings import get_settings
-
-    get_settings.cache_clear()
-    db.get_engine.cache_clear()
-    upgrade()
-    from worker import celery_app
-
-    celery_app.configure(celery_app.app, get_settings())
-    from api.app import create_app
-
-    with TestClient(create_app()) as test_client:
+    upgrade(service_settings.sqlalchemy_url)
+    with TestClient(create_app(service_settings)) as test_client:
         yield test_client
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    get_settings.cache_clear()
-    db.get_engine().dispose()
-    db.get_engine.cache_clear()
+    get_engine(service_settings.sqlalchemy_url).dispose()
     client.flushdb()
+
+
+@pytest.fixture
+def db_session(api):
+    """A session on the API's database."""
+    with api.app.state.sessions() as session:
+        yield session
 
 
 def stop_process_group(proc: subprocess.Popen, grace: float = 30) -> None:
@@ -91,7 +90,7 @@ class Worker:
         self.log = log
         self.handle = open(log, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "worker", "--concurrency", "1",
+            [sys.executable, "-m", "clipfit", "worker", "--concurrency", "1",
              "--hostname", f"test{time.monotonic_ns()}@%h"],
             env=os.environ | env | extra_env, stdout=self.handle, stderr=subprocess.STDOUT,
             start_new_session=True)

@@ -35,7 +35,7 @@ class Server:
         self.log = log
         self.handle = open(log, "a")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "serve", "--data-dir", str(data_dir),
+            [sys.executable, "-m", "clipfit", "serve", "--data-dir", str(data_dir),
              "--port", str(port)], env=env, cwd=data_dir.parent, stdout=self.handle,
             stderr=subprocess.STDOUT, start_new_session=True)
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)

@@ -17,10 +17,8 @@ TRAIN = {"base_model": "clipfit-tiny", "epochs": "40", "lr": "0.1", "batch_size"
          "val_fraction": "0.25", "seed": "1"}
 
 
-def count(model) -> int:
-    from registry.db import session_factory
-
-    with session_factory()() as s:
+def count(api, model) -> int:
+    with api.app.state.sessions() as s:
         return s.scalar(select(func.count()).select_from(model))
 
 
@@ -115,13 +113,13 @@ def test_cancel_a_queued_job_without_a_worker(api, colour_set):
 
 def test_idempotency_key_returns_the_same_job(api, colour_set):
     files, labels = image_files(colour_set)
-    before = count(Job)
+    before = count(api, Job)
     headers = {"Idempotency-Key": "colours-once"}
     a = api.post("/v1/jobs", files=files, data={**TRAIN, "labels": labels}, headers=headers)
     b = api.post("/v1/jobs", files=files, data={**TRAIN, "labels": labels}, headers=headers)
     assert a.status_code == b.status_code == 202
     assert a.json()["id"] == b.json()["id"]
-    assert count(Job) == before + 1
+    assert count(api, Job) == before + 1
     api.post(f"/v1/jobs/{a.json()['id']}/cancel")  # no worker needed for it
 
 
@@ -132,21 +130,19 @@ def test_zip_upload(api, colour_set):
     job_id = r.json()["id"]
     api.post(f"/v1/jobs/{job_id}/cancel")
     from registry import crud
-    from registry.db import session_factory
-
-    with session_factory()() as s:
+    with api.app.state.sessions() as s:
         classnames, images = crud.training_images(s, job=crud.get_job(s, job_id=job_id))
     assert classnames == ["red", "green", "blue", "yellow"] and len(images) == 64
-    assert [label for _, label in images].count(classnames.index("blue")) == 16
+    assert [label for _, label, _ in images].count(classnames.index("blue")) == 16
 
 
 def test_validation_failures_store_nothing(api, colour_set):
     files, labels = image_files(colour_set)
     tables = (Job, JobEvent, Adapter)
-    before = [count(t) for t in tables]
+    before = [count(api, t) for t in tables]
     from registry.models import Blob, Dataset
 
-    blobs, datasets = count(Blob), count(Dataset)
+    blobs, datasets = count(api, Blob), count(api, Dataset)
     broken = [*files[:8], ("images", ("broken.png", b"not an image", "image/png"))]
     cases = [
         # one bad image among good ones, a label for a class with no images in the list
@@ -170,8 +166,8 @@ def test_validation_failures_store_nothing(api, colour_set):
         text = json.dumps(r.json())
         for fragment in expected:
             assert fragment in text, (fragment, text)
-    assert [count(t) for t in tables] == before
-    assert (count(Blob), count(Dataset)) == (blobs, datasets)
+    assert [count(api, t) for t in tables] == before
+    assert (count(api, Blob), count(api, Dataset)) == (blobs, datasets)
 
 
 def test_zip_with_unsafe_paths_is_refused(api, colour_set):
@@ -212,40 +208,35 @@ def test_a_job_survives_its_worker_being_killed(api, start_worker, colour_set):
     events = [e["kind"] for e in api.get(f"/v1/jobs/{job_id}/events",
                                          params={"limit": 1000}).json()["data"]]
     assert events.count("running") == 2 and events.count("succeeded") == 1
-    from registry.db import session_factory
-
-    with session_factory()() as s:
+    with api.app.state.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Adapter)
                         .where(Adapter.job_id == job_id)) == 1
 
 
 def test_request_size_limit(api, colour_set, monkeypatch):
-    from registry.settings import get_settings
-
-    monkeypatch.setattr(get_settings(), "max_request_bytes", 2000)
-    before = count(Job)
+    monkeypatch.setattr(api.app.state.settings, "max_request_bytes", 2000)
+    before = count(api, Job)
     r = api.post("/v1/jobs", files={"dataset": ("d.zip", zip_folder(colour_set))}, data=TRAIN)
     assert r.status_code == 413 and "exceeds the limit of 2000 bytes" in r.json()["detail"]
-    assert count(Job) == before
+    assert count(api, Job) == before
 
 
 def test_a_job_that_cannot_be_enqueued_is_undone(api, colour_set, monkeypatch):
     from kombu.exceptions import OperationalError
 
-    from api.routes import jobs
     from registry.models import Blob, Dataset
 
     def broker_down(job_id):
         raise OperationalError("Error 111 connecting to redis:6379. Connection refused.")
 
-    monkeypatch.setattr(jobs, "enqueue", broker_down)
+    monkeypatch.setattr(api.app.state.queue, "enqueue", broker_down)
     files, labels = image_files(colour_set)
-    before = [count(t) for t in (Job, JobEvent, Dataset, Blob)]
+    before = [count(api, t) for t in (Job, JobEvent, Dataset, Blob)]
     # one new image, so that a blob would be left behind if the undo forgot it
     new = ("images", ("new.png", _png(), "image/png"))
     r = api.post("/v1/jobs", files=[*files, new], data={**TRAIN, "labels": [*labels, "red"]})
     assert r.status_code == 503 and "nothing was stored" in r.json()["detail"]
-    assert [count(t) for t in (Job, JobEvent, Dataset, Blob)] == before
+    assert [count(api, t) for t in (Job, JobEvent, Dataset, Blob)] == before
 
 
 def _png() -> bytes:
@@ -260,7 +251,7 @@ def test_classify_refuses_bad_requests_with_reasons(api, colour_set):
     red = (colour_set / "red" / "0000.png").read_bytes()
     cases = [
         ({"data": {"base_model": "clipfit-tiny", "classes": "a,b", "top_k": "many"},
-          "files": [("images", ("r.png", red, "image/png"))]}, "top_k must be an integer"),
+          "files": [("images", ("r.png", red, "image/png"))]}, "top_k: Input should be a valid integer"),
         ({"data": {"base_model": "clipfit-tiny", "classes": "a,b"},
           "files": [("images", ("x.png", b"junk", "image/png"))]}, "x.png: not a readable"),
         ({"data": {"base_model": "clipfit-tiny"},

@@ -1,0 +1,70 @@
+"""The ``clipfit`` command: the library's commands (params, train, eval, classify, info,
+pretrain-mini) plus the service's ``serve`` and ``worker``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from clipfit_core import cli as core_cli
+from registry.settings import Settings
+
+
+def _settings(args) -> Settings:
+    """The environment's settings, with ``--data-dir`` taking precedence."""
+    overrides = {"data_dir": args.data_dir} if getattr(args, "data_dir", None) else {}
+    return Settings(**overrides)
+
+
+def cmd_serve(args) -> int:
+    from .serve import ServeOptions, serve
+
+    return serve(_settings(args), ServeOptions(
+        host=args.host, port=args.port, worker=not args.no_worker, migrate=not args.no_migrate,
+        log_level=args.log_level, access_log=args.access_log))
+
+
+def cmd_worker(args) -> int:
+    from .serve import run_worker
+
+    return run_worker(_settings(args), concurrency=args.concurrency, pool=args.pool,
+                      hostname=args.hostname, log_level=args.log_level)
+
+
+def add_service_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the REST API; with no configuration, with an "
+                       "in-process worker on a SQLite file in the data directory")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--data-dir", help="default $CLIPFIT_DATA_DIR or ./data")
+    p.add_argument("--no-worker", action="store_true",
+                   help="API only (standalone workers run 'clipfit worker')")
+    p.add_argument("--no-migrate", action="store_true",
+                   help="do not run 'alembic upgrade head' at start")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run a standalone Celery worker on the configured broker "
+                       "($CLIPFIT_BROKER_URL, $CLIPFIT_DATABASE_URL)")
+    p.add_argument("--concurrency", type=int, default=1, help="jobs at once (one per GPU)")
+    p.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    p.add_argument("--hostname", help="Celery node name, e.g. gpu1@%%h")
+    p.add_argument("--data-dir", help="default $CLIPFIT_DATA_DIR or ./data")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=cmd_worker)
+
+
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The whole ``clipfit`` parser; the weights directory default comes from ``settings``
+    (``CLIPFIT_WEIGHTS_DIR``, else ``~/.cache/clipfit/weights``)."""
+    settings = settings or Settings()
+    return core_cli.build_parser(settings.weights_dir, extend=add_service_commands)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return core_cli.main(argv, weights_dir=Settings().weights_dir, extend=add_service_commands)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Process wiring: ``clipfit serve`` (the API, with an in-process worker by default) and
+``clipfit worker``. Each part gets the settings object; nothing here writes the environment."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry.settings import Settings
+
+# every package of the project logs under its own name; --log-level applies to all of them
+LOGGERS = ("clipfit", "clipfit_core", "api", "worker", "registry", "uvicorn")
+
+
+@dataclass
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    worker: bool = True
+    migrate: bool = True
+    log_level: str = "info"
+    access_log: bool = False
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s", force=True)
+    for name in LOGGERS:
+        logging.getLogger(name).setLevel(level.upper())
+
+
+def lock_data_dir(data_dir: Path):
+    """One embedded service per data directory (it owns the jobs found running there)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / "serve.lock", "w")  # noqa: SIM115 (held for the process lifetime)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+        handle.close()
+        raise RuntimeError(f"another 'clipfit serve' is using {data_dir}; stop it or pass "
+                           "another --data-dir") from e
+    return handle
+
+
+def serve(settings: Settings, options: ServeOptions) -> int:
+    configure_logging(options.log_level)
+    import uvicorn
+
+    from api.app import create_app
+    from registry.db import get_engine
+    from registry.migrate import upgrade
+
+    embedded = not settings.broker_url and options.worker
+    worker, lock = None, None
+    if embedded:  # this process owns the data directory's jobs: one such server at a time
+        try:
+            lock = lock_data_dir(settings.data_dir)  # held until serving ends
+        except RuntimeError as e:
+            print(f"clipfit: error: {e}", file=sys.stderr)
+            return 2
+    if options.migrate:
+        upgrade(settings.sqlalchemy_url)
+    if options.worker:
+        from worker.celery_app import create_worker_app
+        from worker.embedded import EmbeddedWorker, requeue_unfinished
+
+        worker_app = create_worker_app(settings)
+        worker = EmbeddedWorker(worker_app)
+        worker.start()
+        if embedded:
+            requeue_unfinished(worker_app, get_engine(settings.sqlalchemy_url))
+    app = create_app(settings)
+    db = settings.sqlalchemy_url.split("://", 1)[0]
+    broker = settings.celery_broker_url.split("://", 1)[0]
+    print(f"clipfit: serving http://{options.host}:{options.port} (docs at /docs); database "
+          f"{db}, broker {broker}, worker {'in process' if worker else 'none'}, data dir "
+          f"{settings.data_dir}, base models {', '.join(settings.allowed_base_models)}",
+          flush=True)
+    try:
+        uvicorn.run(app, host=options.host, port=options.port,
+                    log_level=options.log_level.lower(), access_log=options.access_log)
+    finally:
+        if worker is not None:
+            worker.stop()
+        if lock is not None:
+            lock.close()
+    return 0
+
+
+def run_worker(settings: Settings, *, concurrency: int, pool: str, hostname: str | None,
+               log_level: str) -> int:
+    from worker.celery_app import create_worker_app
+
+    argv = ["worker", f"--loglevel={log_level}", f"--concurrency={concurrency}",
+            f"--pool={pool}"]
+    if hostname:
+        argv += ["--hostname", hostname]
+    create_worker_app(settings).worker_main(argv)
+    return 0

@@ -1,0 +1,152 @@
+"""The training spec: every ClipFit hyperparameter once, with its default, bounds and help.
+
+The command line's ``clipfit train`` flags, the API's job form, the worker and the delta's
+``hyperparameters`` all derive from :class:`TrainConfig`; nothing else states a default.
+Fields marked ``exposed`` are what users set (CLI flags, API form fields); the others are
+the paper's fixed recipe. ``runtime`` fields (mixed precision, loader workers) change how a
+run executes, not what it learns, and are not saved with the delta.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .classify import resolve_templates
+from .data import FewShotDataset, sample_few_shot, split_train_val
+
+
+def hp(default: Any, help: str, *, exposed: bool = False, runtime: bool = False,
+       public: str | None = None, input: str | None = None, choices: tuple | None = None,
+       **bounds: float):
+    """A spec field: ``bounds`` are pydantic-style ``ge``, ``gt``, ``le``, ``lt``;
+    ``public`` is the name in saved configs, the API and the CLI when it differs from the
+    field's; ``input`` the name of the API form field and CLI flag when that differs too."""
+    meta = {"help": help, "exposed": exposed, "runtime": runtime, "bounds": bounds}
+    if public:
+        meta["public"] = public
+    if input:
+        meta["input"] = input
+    if choices:
+        meta["choices"] = choices
+    return field(default=default, metadata=meta)
+
+
+_CHECKS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
+           "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
+
+
+@dataclass
+class TrainConfig:
+    """A ClipFit training run (CLIPFIT_METHOD.md): the paper's recipe by default."""
+
+    epochs: int = hp(10, "passes over the few-shot training set", exposed=True, ge=1, le=10_000)
+    lr: float = hp(0.002, "peak SGD learning rate (the paper: 0.002)", exposed=True,
+                   gt=0, le=10)
+    batch_size: int = hp(32, "images per step", exposed=True, ge=1, le=1024)
+    shots: int = hp(16, "training images per class, drawn after the validation split "
+                    "(0: all)", exposed=True, ge=0, le=100_000)
+    val_fraction: float = hp(0.2, "fraction of each class held out for best-epoch selection "
+                             "and the zero-shot vs tuned accuracy (0: none)", exposed=True,
+                             ge=0, lt=1)
+    lambda_kd: float = hp(8.0, "weight of the text-feature distillation term (the paper: 8)",
+                          exposed=True, public="lambda", ge=0, le=1000)
+    seed: int = hp(0, "seed of the split, the shots, the shuffling and the augmentation",
+                   exposed=True, ge=0, le=2**32 - 1)
+    crop_min: float = hp(0.08, "smallest area fraction of the random resized crop (the paper: "
+                         "0.08; raise it for tiny images)", exposed=True, gt=0, le=1)
+    templates: str | list[str] = hp(  # noqa: RUF009 (a name, resolved to a list below)
+        "default", "prompt template: a name (imagenet, oxford_pets, ...), an ensemble "
+        "(imagenet80, imagenet7), or a string with one {}", exposed=True, input="template")
+    momentum: float = hp(0.9, "SGD momentum", ge=0, lt=1)
+    weight_decay: float = hp(5e-4, "SGD weight decay", ge=0, le=1)
+    warmup_epochs: int = hp(1, "epochs at the constant warm-up rate", ge=0, le=10_000)
+    warmup_lr: float = hp(1e-5, "the constant warm-up rate", gt=0, le=10)
+    train_text: bool = hp(True, "train the text FFN output biases")
+    train_image: bool = hp(True, "train the image LayerNorms")
+    amp: str = hp("auto", "mixed precision on GPU (ignored on CPU)", runtime=True,
+                  choices=("auto", "bf16", "fp16", "none"))
+    num_workers: int = hp(-1, "data loader worker processes (-1: 0 on CPU, up to 8 on GPU)",
+                          runtime=True, input="workers", ge=-1, le=64)
+
+    def __post_init__(self):
+        problems = []
+        for f in dataclasses.fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            name = input_name(f)
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"{name} must be a finite number, got {value}")
+                continue
+            for kind, bound in meta["bounds"].items():
+                check, symbol = _CHECKS[kind]
+                if not check(value, bound):
+                    problems.append(f"{name} must be {symbol} {bound}, got {value}")
+            if "choices" in meta and value not in meta["choices"]:
+                problems.append(f"{name} must be one of {', '.join(meta['choices'])}, "
+                                f"got {value!r}")
+        if not (self.train_text or self.train_image):
+            problems.append("train_text and train_image are both off: nothing to train")
+        try:
+            self.templates = resolve_templates(self.templates)
+        except ValueError as e:
+            problems.append(str(e))
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def crop_scale(self) -> tuple[float, float]:
+        return (self.crop_min, 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The hyperparameters under their public names (runtime options left out), as
+        stored with a job and in a delta's config."""
+        return {public_name(f): _plain(getattr(self, f.name))
+                for f in dataclasses.fields(self) if not f.metadata["runtime"]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys (say, from a newer version) are dropped,
+        missing ones take their defaults."""
+        by_public = {public_name(f): f.name for f in dataclasses.fields(cls)}
+        known = {by_public[k]: v for k, v in data.items() if k in by_public}
+        return cls(**(known | overrides))
+
+    @classmethod
+    def exposed_fields(cls) -> list[dataclasses.Field]:
+        """The fields users set (API form fields and CLI flags), in declaration order."""
+        return [f for f in dataclasses.fields(cls) if f.metadata["exposed"]]
+
+    @classmethod
+    def runtime_fields(cls) -> list[dataclasses.Field]:
+        """How a run executes (CLI flags only; a service's workers decide these)."""
+        return [f for f in dataclasses.fields(cls) if f.metadata["runtime"]]
+
+
+def public_name(f: dataclasses.Field) -> str:
+    """The field's name in saved configs (``lambda`` for ``lambda_kd``)."""
+    return f.metadata.get("public", f.name)
+
+
+def input_name(f: dataclasses.Field) -> str:
+    """The API form field and CLI flag (``--`` and dashes) of an exposed field."""
+    return f.metadata.get("input", public_name(f))
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def prepare_training_set(
+    dataset: FewShotDataset, config: TrainConfig
+) -> tuple[FewShotDataset, FewShotDataset | None]:
+    """(training set, validation set or None): split first, so the held-out images never
+    depend on ``shots``, then draw up to ``shots`` training images per class."""
+    train, val = dataset, None
+    if config.val_fraction > 0:
+        train, val = split_train_val(dataset, config.val_fraction, seed=config.seed)
+        val = val if len(val) else None
+    if config.shots > 0:
+        train = sample_few_shot(train, config.shots, seed=config.seed)
+    return train, val

@@ -1,0 +1,62 @@
+"""The training spec: one default per hyperparameter, bounds that name every bad value,
+a lossless round trip through the saved form, and split-then-sample."""
+
+import dataclasses
+import math
+
+import pytest
+
+from clipfit_core.config import TrainConfig, input_name, prepare_training_set, public_name
+from clipfit_core.data import load_dataset
+
+
+def test_defaults_are_the_papers_recipe():
+    c = TrainConfig()
+    assert (c.lr, c.batch_size, c.lambda_kd, c.momentum, c.weight_decay) == \
+        (0.002, 32, 8.0, 0.9, 5e-4)
+    assert (c.warmup_epochs, c.warmup_lr, c.crop_scale) == (1, 1e-5, (0.08, 1.0))
+    assert c.templates == ["a photo of a {}."]
+
+
+def test_round_trip_under_public_names_without_runtime_options():
+    c = TrainConfig(epochs=3, lambda_kd=2.5, templates="imagenet7", amp="none", num_workers=2)
+    saved = c.to_dict()
+    assert saved["lambda"] == 2.5 and "lambda_kd" not in saved
+    assert "amp" not in saved and "num_workers" not in saved  # how, not what: not saved
+    assert len(saved["templates"]) == 7
+    again = TrainConfig.from_dict(saved | {"from_a_newer_version": 1})
+    assert again.to_dict() == saved
+    assert TrainConfig.from_dict({}) == TrainConfig()  # missing keys take the defaults
+
+
+def test_every_bad_value_is_named_at_once():
+    with pytest.raises(ValueError) as e:
+        TrainConfig(epochs=0, lr=math.inf, lambda_kd=-1, val_fraction=1.0, seed=-3,
+                    crop_min=0, templates="no placeholder", amp="fp8")
+    message = str(e.value)
+    for fragment in ("epochs must be >= 1", "lr must be a finite number", "lambda must be >= 0",
+                     "val_fraction must be < 1", "seed must be >= 0", "crop_min must be > 0",
+                     "'no placeholder'", "amp must be one of"):
+        assert fragment in message, (fragment, message)
+    with pytest.raises(ValueError, match="nothing to train"):
+        TrainConfig(train_text=False, train_image=False)
+
+
+def test_every_field_has_help_and_names_are_unique():
+    fields = dataclasses.fields(TrainConfig)
+    assert all(f.metadata["help"] for f in fields)
+    assert len({public_name(f) for f in fields}) == len(fields)
+    assert len({input_name(f) for f in fields}) == len(fields)
+
+
+def test_prepare_splits_then_samples(colour_train):
+    data = load_dataset(colour_train)  # 16 per class
+    train, val = prepare_training_set(data, TrainConfig(val_fraction=0.25, shots=5, seed=2))
+    assert val.counts() == dict.fromkeys(data.classnames, 4)
+    assert train.counts() == dict.fromkeys(data.classnames, 5)
+    assert not {s.source for s in train.samples} & {s.source for s in val.samples}
+    # the held-out images do not depend on shots
+    _, val_all = prepare_training_set(data, TrainConfig(val_fraction=0.25, shots=0, seed=2))
+    assert val_all.samples == val.samples
+    everything, none = prepare_training_set(data, TrainConfig(val_fraction=0, shots=0))
+    assert none is None and everything.samples == data.samples

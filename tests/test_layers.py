@@ -1,0 +1,70 @@
+"""The house rules, read from the source: which package may import which, no cycles, and
+no environment reads below the front door."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("clipfit_core", "registry", "api", "worker", "clipfit")
+# what each package may import from the project (besides itself)
+ALLOWED = {
+    "clipfit_core": set(),
+    "registry": set(),
+    "api": {"clipfit_core", "registry"},
+    "worker": {"clipfit_core", "registry"},
+    "clipfit": {"clipfit_core", "registry", "api", "worker"},
+}
+FORBIDDEN_THIRD_PARTY = {
+    "clipfit_core": {"fastapi", "starlette", "sqlalchemy", "celery", "kombu", "pydantic",
+                     "pydantic_settings", "alembic", "redis"},
+    "registry": {"fastapi", "starlette", "celery", "kombu", "torch", "open_clip"},
+}
+
+
+def imports(path: Path) -> set[str]:
+    """Top-level names of every module ``path`` imports (function-local imports too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def package_imports(package: str) -> set[str]:
+    return set().union(*(imports(p) for p in (ROOT / package).rglob("*.py")))
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_dependencies_point_down(package):
+    project = package_imports(package) & set(PACKAGES) - {package}
+    assert project <= ALLOWED[package], \
+        f"{package} imports {sorted(project - ALLOWED[package])}"
+    bad = package_imports(package) & FORBIDDEN_THIRD_PARTY.get(package, set())
+    assert not bad, f"{package} imports {sorted(bad)}"
+
+
+def test_no_cycles_between_packages():
+    graph = {p: package_imports(p) & set(PACKAGES) - {p} for p in PACKAGES}
+
+    def reaches(start, goal, seen=()):
+        return any(n == goal or (n not in seen and reaches(n, goal, (*seen, n)))
+                   for n in graph[start])
+
+    assert not [p for p in PACKAGES if reaches(p, p)]
+
+
+@pytest.mark.parametrize("package", ["clipfit_core", "api", "worker", "registry"])
+def test_no_environment_reads_below_the_front_door(package):
+    offenders = []
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv") and \
+                    isinstance(node.value, ast.Name) and node.value.id == "os":
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not offenders, offenders
