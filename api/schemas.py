@@ -52,6 +52,9 @@ JobCreateForm = create_model(
     **{f.name: _form_field(f) for f in TrainConfig.exposed_fields()})
 
 
+_DEFAULT_HYPERPARAMETERS = {k: v for k, v in TrainConfig().to_dict().items() if k != "templates"}
+
+
 class JobPublic(BaseModel):
     id: str
     name: str | None
@@ -71,8 +74,7 @@ class JobPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [{
         "id": "3fc4e2c00c7b42dd9066b0cdadbfc31c", "name": "pets v1", "status": "running",
         "base_model": "ViT-B-16:openai", "templates": ["a photo of a {}, a type of pet."],
-        "hyperparameters": {"epochs": 10, "lr": 0.002, "batch_size": 32, "shots": 16,
-                            "lambda": 8.0, "seed": 0, "val_fraction": 0.2, "crop_min": 0.08},
+        "hyperparameters": _DEFAULT_HYPERPARAMETERS,
         "attempts": 1, "cancel_requested": False,
         "progress": {"epoch": 3, "epochs": 10, "step": 12, "total_steps": 40, "loss": 0.8123,
                      "lr": 0.0018, "images_per_sec": 95.2, "eta_seconds": 9.4},

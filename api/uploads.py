@@ -55,11 +55,13 @@ def from_files(files: list[tuple[str, bytes]], labels: list[str],
         problems.append(f"{len(files)} images, the limit is {settings.max_images}")
     if problems:
         raise UploadError(problems)
+    rows = [(name, data, label.strip()) for (name, data), label in zip(files, labels)]
     try:
-        dataset = from_labelled([(name, data, label.strip())
-                                 for (name, data), label in zip(files, labels)], classes)
-    except DatasetError as e:
-        raise UploadError(e.problems) from e
+        dataset = from_labelled(rows, classes)
+    except DatasetError as e:  # report the unreadable images in the same answer
+        unreadable = [p for name, data, _ in rows
+                      if (p := try_decode(data, name, max_pixels=settings.max_image_pixels)[1])]
+        raise UploadError(e.problems + unreadable) from e
     return _checked(dataset, settings)
 
 

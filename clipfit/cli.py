@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pydantic import ValidationError
+
 from clipfit_core import cli as core_cli
 from registry.settings import Settings
 
@@ -63,7 +65,14 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return core_cli.main(argv, weights_dir=Settings().weights_dir, extend=add_service_commands)
+    try:
+        settings = Settings()
+    except ValidationError as e:  # a bad CLIPFIT_* variable or .env line: say which
+        problems = "; ".join(f"CLIPFIT_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}"
+                             for err in e.errors())
+        print(f"clipfit: error: invalid configuration: {problems}", file=sys.stderr)
+        return 2
+    return core_cli.main(argv, weights_dir=settings.weights_dir, extend=add_service_commands)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ labelled uploads):
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import random
 import zipfile
@@ -135,7 +136,7 @@ def from_labelled(rows: Iterable[tuple[str, ImageSource, str]],
     if unknown:
         problems.append(f"labels not among the classes: {unknown}")
     samples = sorted((Sample(source, index[label], name) for name, source, label in rows
-                      if label in index), key=lambda s: (s.label, s.name))
+                      if label in index), key=_order)
     dataset = FewShotDataset(names, samples)
     empty = [c for c, n in dataset.counts().items() if n == 0]
     if empty:
@@ -145,12 +146,24 @@ def from_labelled(rows: Iterable[tuple[str, ImageSource, str]],
     return dataset
 
 
+def _order(sample: Sample) -> tuple:
+    """Class, then name; two uploads of one name are told apart by their content, so the
+    order never depends on how they arrived."""
+    content = hashlib.sha256(sample.source).hexdigest() \
+        if isinstance(sample.source, (bytes, bytearray)) else ""
+    return sample.label, sample.name, content
+
+
 def load_dataset(location: str | Path, classnames: Sequence[str] | None = None) -> FewShotDataset:
     """A dataset on disk: a folder (per-class sub-folders or a ``manifest.csv``), a ``.csv``
     manifest, or a ``.zip`` of either. Folder images stay paths (decoded when used)."""
     location = Path(location)
     if location.is_file() and location.suffix.lower() == ".zip":
-        with zipfile.ZipFile(location) as archive:
+        try:
+            archive = zipfile.ZipFile(location)
+        except zipfile.BadZipFile as e:
+            raise DatasetError(f"{str(location)!r} is not a zip archive ({e})") from e
+        with archive:
             return read_zip(archive, classnames)
     if location.is_file():
         return _read_manifest(location, location.parent, classnames, on_disk=True)
@@ -169,21 +182,38 @@ def _visible(entry) -> bool:
     return not entry.name.startswith(".") and entry.name != "__MACOSX"
 
 
+def _is_image(entry) -> bool:
+    return Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _relevant(folder) -> list:
+    """What the reader looks at in a folder: sub-folders, images and a manifest."""
+    return [e for e in folder.iterdir() if _visible(e) and
+            (e.is_dir() or _is_image(e) or e.name == MANIFEST_NAME)]
+
+
 def _read_tree(root, classnames, *, on_disk: bool, where: str) -> FewShotDataset:
     """``root`` is a ``pathlib.Path`` or a ``zipfile.Path``: both walk the same way."""
-    entries = [e for e in root.iterdir() if _visible(e)]
-    if len(entries) == 1 and entries[0].is_dir() and not (root / MANIFEST_NAME).is_file():
-        inner = [e for e in entries[0].iterdir() if _visible(e)]
-        if inner and all(e.is_dir() or e.name == MANIFEST_NAME for e in inner):
+    entries = _relevant(root)
+    if len(entries) == 1 and entries[0].is_dir():
+        inner = _relevant(entries[0])
+        if any(e.name == MANIFEST_NAME for e in inner) or \
+                (inner and all(e.is_dir() for e in inner)):
             root, entries = entries[0], inner  # a zipped (or nested) folder: read inside it
     if (root / MANIFEST_NAME).is_file():
         return _read_manifest(root / MANIFEST_NAME, root, classnames, on_disk=on_disk)
     folders = sorted((e for e in entries if e.is_dir()), key=lambda e: e.name)
     if not folders:
         raise DatasetError(f"{where} has no class sub-folders (nor a {MANIFEST_NAME})")
-    by_class = {_classname(f.name): f for f in folders}
+    stray = sorted(e.name for e in entries if not e.is_dir())
+    if stray:
+        raise DatasetError(f"images outside any class folder in {where}: {stray[:10]}")
+    by_class: dict[str, list] = defaultdict(list)  # 'a_b' and 'a b' are one class
+    for folder in folders:
+        by_class[_classname(folder.name)].append(folder)
     rows = [(name, str(path) if on_disk else _read_member(path, name), classname)
-            for classname, folder in by_class.items() for path, name in _walk(folder, folder.name)]
+            for classname, group in by_class.items() for folder in group
+            for path, name in _walk(folder, folder.name)]
     # every class folder is a class, even an empty one (which is then refused)
     return from_labelled(rows, classnames if classnames is not None else sorted(by_class))
 
@@ -196,7 +226,7 @@ def _walk(folder, prefix: str):
         name = f"{prefix}/{entry.name}"
         if entry.is_dir():
             yield from _walk(entry, name)
-        elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+        elif _is_image(entry):
             yield entry, name
 
 
@@ -211,8 +241,8 @@ def _read_member(path: zipfile.Path, name: str) -> bytes:
 def _read_manifest(manifest, root, classnames, *, on_disk: bool) -> FewShotDataset:
     """``path,label`` rows; paths relative to ``root`` (a zip member or a file on disk)."""
     problems, rows, members = [], [], {}
-    text = manifest.read_text(encoding="utf-8", errors="replace") if not on_disk \
-        else Path(manifest).read_text(encoding="utf-8")
+    text = Path(manifest).read_text(encoding="utf-8") if on_disk \
+        else _read_member(manifest, MANIFEST_NAME).decode("utf-8", errors="replace")
     for lineno, row in enumerate(csv.reader(io.StringIO(text)), start=1):
         if not row or all(not c.strip() for c in row):
             continue
@@ -267,7 +297,7 @@ def sample_few_shot(dataset: FewShotDataset, shots: int, seed: int = 0) -> FewSh
     picked = []
     for items in _by_class(dataset.samples).values():
         picked += rng.sample(items, min(shots, len(items)))
-    return dataset.subset(sorted(picked, key=lambda s: (s.label, s.name)))
+    return dataset.subset(sorted(picked, key=_order))
 
 
 def split_train_val(

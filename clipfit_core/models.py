@@ -99,8 +99,9 @@ class BaseModel:
         std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
         return pixels.sub_(mean).div_(std)
 
-    def train_transform(self, scale: tuple[float, float] = (0.08, 1.0)) -> Callable:
-        """The paper's augmentation: random resized crop (bicubic) + horizontal flip."""
+    def train_transform(self, scale: tuple[float, float]) -> Callable:
+        """The paper's augmentation: random resized crop of area ``scale`` (bicubic) +
+        horizontal flip."""
         return T.Compose([
             T.RandomResizedCrop(
                 self.image_size, scale=scale, interpolation=_INTERPOLATION[self.interpolation]

@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = Field(
         0, description="broker redelivery delay for unacknowledged jobs; 0: job timeout + 1 h")
     progress_interval_seconds: float = 2.0
-    delta_cache_size: int = 64
+    delta_cache_size: int = Field(64, ge=1, description="deltas kept in memory per API process")
 
     @property
     def celery_broker_url(self) -> str:

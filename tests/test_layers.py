@@ -68,3 +68,15 @@ def test_no_environment_reads_below_the_front_door(package):
                     isinstance(node.value, ast.Name) and node.value.id == "os":
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not offenders, offenders
+
+
+def test_the_celery_control_app_does_not_load_the_training_stack(tmp_path):
+    """The worker's healthcheck imports worker.main every minute inside a training container."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import sys, worker.main; print('torch' in sys.modules, 'open_clip' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=ROOT, env=os.environ | {"CLIPFIT_DATA_DIR": str(tmp_path)})
+    assert out.stdout.split() == ["False", "False"]

@@ -8,14 +8,24 @@ from celery import Celery
 from registry.queue import TRAIN_TASK, celery_config
 from registry.settings import Settings
 
-from .tasks import TrainTask, train_job
-
 
 def create_worker_app(settings: Settings) -> Celery:
     """A Celery app that runs ``clipfit.train_job`` with ``settings`` (database, device,
     weights); standalone workers and the embedded one are built the same way."""
+    from .tasks import TrainTask, train_job  # the training stack: only where tasks run
+
+    app = create_control_app(settings)
+    # shared=False: registered on this app only, so each app's task has its own settings
+    app.task(name=TRAIN_TASK, bind=True, base=TrainTask, settings=settings,
+             shared=False)(train_job)
+    app.set_current()  # the pools look tasks up on the (thread's) current app
+    return app
+
+
+def create_control_app(settings: Settings) -> Celery:
+    """A Celery app on the broker without tasks: enough to send, inspect and ping
+    (``celery -A worker.main inspect ping``) without importing torch."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # the SQLite broker's home
     app = Celery("clipfit", set_as_current=False)
     app.conf.update(celery_config(settings))
-    app.task(name=TRAIN_TASK, bind=True, base=TrainTask, settings=settings)(train_job)
     return app

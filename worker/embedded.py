@@ -33,8 +33,12 @@ class EmbeddedWorker:
         self.controller = Controller(
             app=app, pool="solo", concurrency=1, hostname=hostname, loglevel="WARNING",
             without_heartbeat=True, without_mingle=True, without_gossip=True)
-        self.thread = threading.Thread(target=self.controller.start, name="clipfit-worker",
+        self.thread = threading.Thread(target=self._run, args=(app,), name="clipfit-worker",
                                        daemon=True)
+
+    def _run(self, app: Celery) -> None:
+        app.set_current()  # Celery's current app is per thread; the pool looks tasks up there
+        self.controller.start()
 
     def start(self, timeout: float = 30.0) -> None:
         self.thread.start()

@@ -51,8 +51,9 @@ def train_job(self: TrainTask, job_id: str) -> str:
             return "finished"
         classnames, images = crud.training_images(s, job=job)
         spec, name = job.base_model, job.name
-        config = TrainConfig.from_dict(job.hyperparameters, templates=job.templates)
-    try:
+        hyperparameters, templates = job.hyperparameters, job.templates
+    try:  # a stored spec this version refuses fails the job (with the reason), like any error
+        config = TrainConfig.from_dict(hyperparameters, templates=templates)
         adapter_metrics, delta = _train(self, job_id, spec, config, classnames, images)
     except TrainingCancelled:
         with session_scope(self.engine) as s:

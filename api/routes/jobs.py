@@ -29,7 +29,7 @@ STATUSES = tuple(s.value for s in JobStatus)
              summary="Submit a few-shot training set; answers 202 with the queued job")
 async def create_job(
     session: SessionDep, settings: SettingsDep, queue: QueueDep,
-    form: Annotated[JobCreateForm, Form()],
+    form: Annotated[JobCreateForm, Form(media_type="multipart/form-data")],
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ):
     if idempotency_key and (job := crud.get_job_by_idempotency_key(

@@ -137,3 +137,60 @@ def test_problems_are_collected_not_first_only(colour_train):
     assert e.value.problems == ["classes: duplicate names in ['red', 'green', 'red']",
                                 "labels not among the classes: ['blue']",
                                 "classes without images: ['green']"]
+
+
+def _zip_of(entries: dict[str, bytes]):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    return zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+
+
+def test_zip_layouts_read_by_the_folder_rules():
+    from clipfit_core.data import read_zip
+
+    png = b"\x89PNG-not-decoded-here"
+    # a zipped folder holding a manifest beside flat images
+    data = read_zip(_zip_of({"set/manifest.csv": b"a.png,cat\nb.png,dog\n", "set/a.png": png,
+                             "set/b.png": png + b"2"}))
+    assert data.classnames == ["cat", "dog"] and [s.name for s in data.samples] == \
+        ["a.png", "b.png"]
+    # a zipped folder with a README beside its class folders; 'a_b' and 'a b' are one class
+    data = read_zip(_zip_of({"set/README.txt": b"hi", "set/a_b/1.png": png,
+                             "set/a b/2.png": png + b"2", "set/dog/x/3.png": png}))
+    assert data.counts() == {"a b": 2, "dog": 1}
+    with pytest.raises(DatasetError, match=r"images outside any class folder.*stray.png"):
+        read_zip(_zip_of({"stray.png": png, "cat/1.png": png, "dog/1.png": png}))
+
+
+def test_unreadable_archives_are_dataset_errors(tmp_path):
+    import io
+    import zipfile
+
+    from clipfit_core.data import read_zip
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("manifest.csv", "a.png,cat\n")
+        z.writestr("a.png", b"x")
+    raw = bytearray(buf.getvalue())
+    raw[raw.index(b"a.png,cat")] ^= 1  # the manifest's stored bytes no longer match its CRC
+    with pytest.raises(DatasetError, match="manifest.csv: cannot be read from the archive"):
+        read_zip(zipfile.ZipFile(io.BytesIO(bytes(raw))))
+    (tmp_path / "junk.zip").write_bytes(b"PK not really")
+    with pytest.raises(DatasetError, match="is not a zip archive"):
+        load_dataset(tmp_path / "junk.zip")
+
+
+def test_same_named_uploads_are_ordered_by_content():
+    from clipfit_core.data import from_labelled
+
+    rows = [("image.png", bytes([i]) * 10, "cat") for i in range(5)] + \
+        [("image.png", b"d", "dog")]
+    a = from_labelled(rows)
+    b = from_labelled(list(reversed(rows)))
+    assert [s.source for s in a.samples] == [s.source for s in b.samples]

@@ -2,6 +2,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from clipfit_core.config import TrainConfig
 from clipfit_core.models import (
     UnknownModelError,
     WeightsUnavailableError,
@@ -75,5 +76,5 @@ def test_transforms_match_model_size(tiny, colour_train):
     from clipfit_core.data import open_image
 
     image = open_image(next(colour_train.glob("red/*.png")))
-    for transform in (tiny.eval_transform(), tiny.train_transform()):
+    for transform in (tiny.eval_transform(), tiny.train_transform(TrainConfig().crop_scale)):
         assert tuple(transform(image).shape) == (3, 32, 32)

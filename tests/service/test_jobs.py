@@ -290,3 +290,19 @@ def test_lists_page_with_cursors(api, colour_set):
     assert more["data"][0]["id"] > events["data"][0]["id"]
     assert api.get("/v1/jobs", params={"cursor": "garbage"}).status_code == 422
     assert api.get("/v1/jobs", params={"status": "sleeping"}).status_code == 422
+
+
+def test_a_stored_spec_this_version_refuses_fails_the_job(api, start_worker, db_session):
+    """A job stored by an older version with a value the spec now refuses fails with the
+    reason; it is not left queued (its message acknowledged) forever."""
+    from registry import crud
+
+    job = crud.create_job(db_session, classnames=["a", "b"],
+                          images=[(_png(), 0, "a.png"), (_png(), 1, "b.png")],
+                          base_model="clipfit-tiny", templates=["a photo of a {}."],
+                          hyperparameters={"epochs": 1, "seed": -1})
+    db_session.commit()
+    api.app.state.queue.enqueue(job.id)
+    start_worker()
+    done = wait_for(api, job.id, lambda j: j["status"] in FINISHED, timeout=120)
+    assert done["status"] == "failed" and "seed must be >= 0" in done["error"], done
