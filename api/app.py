@@ -10,6 +10,7 @@ from registry.db import get_engine, session_factory
 from registry.settings import Settings
 
 from .inference import InferenceEngine
+from .limits import BodyLimitMiddleware
 from .metrics import MetricsMiddleware
 from .queue import JobQueue
 from .routes import adapters, classify, health, jobs
@@ -27,14 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.inference = InferenceEngine(settings)
     app.add_middleware(MetricsMiddleware)
 
-    @app.middleware("http")
-    async def limit_request_size(request: Request, call_next):
-        length, limit = request.headers.get("content-length", ""), settings.max_request_bytes
-        if length.isdigit() and int(length) > limit:
-            return JSONResponse(status_code=413, content={"detail": (
-                f"request body of {length} bytes exceeds the limit of {limit} bytes "
-                "(CLIPFIT_MAX_REQUEST_BYTES)")})
-        return await call_next(request)
+    app.add_middleware(BodyLimitMiddleware, settings=settings)  # outermost: before parsing
 
     for module in (jobs, adapters, classify, health):
         app.include_router(module.router)

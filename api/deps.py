@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 
+from clipfit_core.prompts import shorten
 from registry.settings import Settings
 
 from .inference import InferenceEngine
@@ -40,7 +41,7 @@ InferenceDep = Annotated[InferenceEngine, Depends(get_inference)]
 
 
 def not_found(what: str, ident: str) -> HTTPException:
-    return HTTPException(404, detail=f"{what} {ident!r} not found")
+    return HTTPException(404, detail=f"{what} {shorten(ident)} not found")
 
 
 def page_start(cursor: str | None):
@@ -48,7 +49,7 @@ def page_start(cursor: str | None):
     try:
         return decode_cursor(cursor) if cursor else None
     except ValueError as e:
-        raise HTTPException(422, detail=f"invalid cursor {cursor!r}") from e
+        raise HTTPException(422, detail=f"invalid cursor {shorten(cursor)}") from e
 
 
 def page_next(rows: list, limit: int) -> str | None:

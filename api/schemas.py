@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import UploadFile
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, create_model
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from clipfit_core.config import TrainConfig, input_name
 
@@ -24,6 +24,17 @@ class JobFormBase(BaseModel):
     base_model: str | None = Field(None, description="one of the allowed base models "
                                    "(default: the first)")
     name: str | None = Field(None, max_length=200)
+
+    LISTS: ClassVar[tuple[str, ...]] = ("images", "labels")
+
+    @classmethod
+    def field_keys(cls) -> list[str]:
+        """The form's keys as sent (aliases such as ``lambda`` and ``template``)."""
+        return [f.alias or name for name, f in cls.model_fields.items()]
+
+    def class_list(self) -> list[str] | None:
+        """``classes`` split at commas (each name trimmed), or None when not given."""
+        return [c.strip() for c in self.classes.split(",")] if self.classes else None
 
     def train_config(self) -> TrainConfig:
         """The training spec (raises ValueError naming every bad value)."""
@@ -154,8 +165,8 @@ class ClassifyForm(ClassifyOptions):
     classes: str | None = Field(None, description="comma-separated class names")
 
     def class_list(self) -> list[str] | None:
-        return [c.strip() for c in self.classes.split(",") if c.strip()] \
-            if self.classes else None
+        """``classes`` split at commas (each name trimmed), or None when not given."""
+        return [c.strip() for c in self.classes.split(",")] if self.classes else None
 
 
 class Label(BaseModel):
@@ -177,6 +188,12 @@ class ClassifyPublic(BaseModel):
         "model": "ViT-B-16:openai", "adapter_id": "0bc3808806804f52b55dcd6310eed587",
         "predictions": [{"label": "sneaker", "top_k": [{"label": "sneaker", "prob": 0.91},
                                                        {"label": "sandal", "prob": 0.06}]}]}]}}
+
+
+def validation_problems(error: ValidationError) -> list[str]:
+    """'field: message' per error; never the input value (it may be large or hostile)."""
+    return [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+            for e in error.errors(include_input=False, include_url=False)]
 
 
 def encode_cursor(created_at: datetime, ident: str) -> str:

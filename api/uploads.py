@@ -4,7 +4,10 @@ reaches it and turns every problem into one list for a single 422."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import posixpath
+import unicodedata
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -15,25 +18,49 @@ from clipfit_core.data import (
     DatasetError,
     FewShotDataset,
     from_labelled,
-    image_problem,
     read_zip,
     try_decode,
 )
+from clipfit_core.prompts import classname_problems, shorten
 from registry.settings import Settings
+
+MAX_PROBLEMS = 50  # listed in one answer; the rest are counted
+MAX_FILENAME_CHARS = 200
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst")
+READABLE_COMPRESSION = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2,
+                        zipfile.ZIP_LZMA}
 
 
 class UploadError(ValueError):
     """Every problem found, so the client can fix them all at once."""
 
     def __init__(self, problems: list[str]):
+        problems = capped(problems)
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+def capped(problems: list[str]) -> list[str]:
+    """At most MAX_PROBLEMS problems, then how many more there were."""
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    return [*problems[:MAX_PROBLEMS], f"... and {len(problems) - MAX_PROBLEMS} more problems"]
 
 
 @dataclass
 class TrainingSet:
     classnames: list[str]
     images: list[tuple[bytes, int, str]] = field(default_factory=list)  # (bytes, label, name)
+
+
+def clean_filename(name: str | None, fallback: str) -> str:
+    """A file name safe to store and show: a relative POSIX path without '.', '..' or
+    control characters, at most MAX_FILENAME_CHARS characters."""
+    text = "".join(c for c in (name or "") if unicodedata.category(c)[0] != "C")
+    parts = [p for p in posixpath.normpath(text.replace("\\", "/")).split("/")
+             if p not in ("", ".", "..")]
+    cleaned = "/".join(parts)[-MAX_FILENAME_CHARS:]
+    return cleaned or fallback
 
 
 def decode_image(data: bytes, name: str, settings: Settings) -> tuple[Image.Image | None,
@@ -55,7 +82,8 @@ def from_files(files: list[tuple[str, bytes]], labels: list[str],
         problems.append(f"{len(files)} images, the limit is {settings.max_images}")
     if problems:
         raise UploadError(problems)
-    rows = [(name, data, label.strip()) for (name, data), label in zip(files, labels)]
+    rows = [(clean_filename(name, f"images[{i}]"), data, label.strip())
+            for i, ((name, data), label) in enumerate(zip(files, labels))]
     try:
         dataset = from_labelled(rows, classes)
     except DatasetError as e:  # report the unreadable images in the same answer
@@ -65,45 +93,75 @@ def from_files(files: list[tuple[str, bytes]], labels: list[str],
     return _checked(dataset, settings)
 
 
-def from_zip(data: bytes, classes: list[str] | None, settings: Settings) -> TrainingSet:
-    """A zip of one folder per class (at any depth below it, optionally under one top
-    folder) or a ``manifest.csv`` of ``path,label`` rows: the archive's size, member count
-    and paths are checked before anything in it is read."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as e:
-        raise UploadError([f"dataset: not a zip archive ({e})"]) from e
-    members = [m for m in archive.infolist() if not m.is_dir()]
+def archive_problems(archive: zipfile.ZipFile, settings: Settings) -> list[str]:
+    """What makes an archive unsafe or unreadable, from its directory alone (nothing is
+    decompressed): entries (all of them, folders and __MACOSX too), uncompressed size, paths,
+    nested archives, encryption, compression methods."""
+    entries = archive.infolist()
     problems = []
-    if len(members) > settings.max_archive_members:
-        problems.append(f"dataset: {len(members)} files, the limit is "
+    if len(entries) > settings.max_archive_members:
+        problems.append(f"dataset: {len(entries)} entries, the limit is "
                         f"{settings.max_archive_members}")
-    total = sum(m.file_size for m in members)
+    total = sum(m.file_size for m in entries)
     if total > settings.max_request_bytes:
         problems.append(f"dataset: {total} bytes uncompressed, the limit is "
                         f"{settings.max_request_bytes}")
-    unsafe = [m.filename for m in members
-              if m.filename.startswith("/") or ".." in PurePosixPath(m.filename).parts]
-    if unsafe:
-        problems.append(f"dataset: unsafe paths {unsafe[:5]}")
+    if problems:
+        return problems
+
+    def named(what: str, members: list[str]) -> None:
+        if members:
+            problems.append(f"dataset: {what}: " + ", ".join(shorten(m) for m in members[:5])
+                            + (f" and {len(members) - 5} more" if len(members) > 5 else ""))
+
+    files = [m for m in entries if not m.is_dir()]
+    named("unsafe paths", [m.filename for m in entries if m.filename.startswith(("/", "\\"))
+                           or ".." in PurePosixPath(m.filename.replace("\\", "/")).parts])
+    named("archives inside the archive (unpack them first)",
+          [m.filename for m in files if m.filename.lower().endswith(ARCHIVE_SUFFIXES)
+           and "__MACOSX" not in m.filename])
+    named("encrypted members", [m.filename for m in files if m.flag_bits & 0x1])
+    named("members compressed with an unsupported method",
+          [m.filename for m in files if m.compress_type not in READABLE_COMPRESSION])
+    return problems
+
+
+def from_zip(data: bytes, classes: list[str] | None, settings: Settings) -> TrainingSet:
+    """A zip of one folder per class (at any depth below it, optionally under one top
+    folder) or a ``manifest.csv`` of ``path,label`` rows: the archive's entries, size, paths
+    and methods are checked before anything in it is read."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
+        raise UploadError([f"dataset: not a zip archive ({type(e).__name__})"]) from e
+    problems = archive_problems(archive, settings)
     if problems:
         raise UploadError(problems)
     try:
-        dataset = read_zip(archive, classes)
+        dataset = read_zip(archive, classes, max_rows=settings.max_images)
     except DatasetError as e:
         raise UploadError(e.problems) from e
     return _checked(dataset, settings)
 
 
 def _checked(dataset: FewShotDataset, settings: Settings) -> TrainingSet:
-    """The service's own limits on a parsed dataset; every image decoded once."""
+    """The service's own limits on a parsed dataset; each distinct image decoded once."""
     if len(dataset) > settings.max_images:  # before decoding any of them
         raise UploadError([f"{len(dataset)} images, the limit is {settings.max_images}"])
     problems = []
     if len(dataset.classnames) < 2:
-        problems.append(f"need at least 2 classes, got {dataset.classnames}")
-    problems += [p for s in dataset.samples
-                 if (p := image_problem(s, max_pixels=settings.max_image_pixels))]
+        problems.append(f"need at least 2 classes, got {len(dataset.classnames)}")
+    problems += classname_problems(dataset.classnames, max_count=settings.max_classes)
+    seen: set[bytes] = set()
+    for sample in dataset.samples:
+        digest = hashlib.sha256(sample.source).digest()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        _, problem = try_decode(sample.source, sample.name,
+                                max_pixels=settings.max_image_pixels)
+        if problem:
+            problems.append(problem)
     if problems:
         raise UploadError(problems)
     return TrainingSet(dataset.classnames,

@@ -199,7 +199,7 @@ def train_adapter(client: httpx.Client, model: str, items: list[tuple[bytes, str
     files = [("images", (f"{i:04d}.png", data, "image/png")) for i, (data, _) in enumerate(items)]
     form = {"labels": [label for _, label in items], "base_model": model,
             "classes": ",".join(CLASSES), "epochs": str(epochs), "lr": "0.1",
-            "val_fraction": "0.25", "crop_min": "0.5", "batch_size": "32", "shots": "0"}
+            "val_fraction": "0.25", "crop_min": "0.5", "batch_size": "32", "shots": "10000"}
     start = time.perf_counter()
     r = client.post("/v1/jobs", files=files, data=form)
     if r.status_code != 202:

@@ -10,53 +10,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from cachetools import LRUCache
-from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 from PIL import Image
 
 from .data import open_image
 from .models import BaseModel
-
-# The paper's hand-written template per dataset (CoOp's CUSTOM_TEMPLATES).
-DATASET_TEMPLATES: dict[str, str] = {
-    "default": "a photo of a {}.",
-    "imagenet": "a photo of a {}.",
-    "caltech101": "a photo of a {}.",
-    "stanford_cars": "a photo of a {}.",
-    "sun397": "a photo of a {}.",
-    "oxford_pets": "a photo of a {}, a type of pet.",
-    "flowers102": "a photo of a {}, a type of flower.",
-    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
-    "dtd": "a photo of a {}, a type of texture.",
-    "eurosat": "a centered satellite photo of {}.",
-    "food101": "a photo of {}, a type of food.",
-    "ucf101": "a photo of a person doing {}.",
-}
-# Ensembles: every template's feature is averaged per class (CLIP's prompt ensembling).
-TEMPLATE_ENSEMBLES: dict[str, list[str]] = {
-    "imagenet80": [t("{}") for t in OPENAI_IMAGENET_TEMPLATES],
-    "imagenet7": [t("{}") for t in SIMPLE_IMAGENET_TEMPLATES],
-}
-
-
-def resolve_templates(spec: str | Sequence[str] | None) -> list[str]:
-    """A template name, an ensemble name, a string with ``{}``, or a list of those."""
-    if spec is None:
-        return [DATASET_TEMPLATES["default"]]
-    if not isinstance(spec, str):
-        resolved = [t for item in spec for t in resolve_templates(item)]
-        if not resolved:
-            raise ValueError("empty template list")
-        return list(dict.fromkeys(resolved))
-    if spec in DATASET_TEMPLATES:
-        return [DATASET_TEMPLATES[spec]]
-    if spec in TEMPLATE_ENSEMBLES:
-        return list(TEMPLATE_ENSEMBLES[spec])
-    if spec.count("{}") == 1:
-        return [spec]
-    raise ValueError(
-        f"template {spec!r} is neither a known name ({', '.join(DATASET_TEMPLATES)}, "
-        f"{', '.join(TEMPLATE_ENSEMBLES)}) nor a string with exactly one '{{}}'"
-    )
+from .prompts import resolve_templates
 
 
 def encode_text(

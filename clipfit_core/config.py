@@ -46,11 +46,11 @@ class TrainConfig:
     lr: float = hp(0.002, "peak SGD learning rate (the paper: 0.002)", exposed=True,
                    gt=0, le=10)
     batch_size: int = hp(32, "images per step", exposed=True, ge=1, le=1024)
-    shots: int = hp(16, "training images per class, drawn after the validation split "
-                    "(0: all)", exposed=True, ge=0, le=100_000)
+    shots: int = hp(16, "training images per class (at most), drawn after the validation "
+                    "split", exposed=True, ge=1, le=10_000)
     val_fraction: float = hp(0.2, "fraction of each class held out for best-epoch selection "
                              "and the zero-shot vs tuned accuracy (0: none)", exposed=True,
-                             ge=0, lt=1)
+                             ge=0, le=0.5)
     lambda_kd: float = hp(8.0, "weight of the text-feature distillation term (the paper: 8)",
                           exposed=True, public="lambda", ge=0, le=1000)
     seed: int = hp(0, "seed of the split, the shots, the shuffling and the augmentation",
@@ -147,6 +147,5 @@ def prepare_training_set(
     if config.val_fraction > 0:
         train, val = split_train_val(dataset, config.val_fraction, seed=config.seed)
         val = val if len(val) else None
-    if config.shots > 0:
-        train = sample_few_shot(train, config.shots, seed=config.seed)
+    train = sample_few_shot(train, config.shots, seed=config.seed)
     return train, val

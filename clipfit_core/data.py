@@ -23,7 +23,9 @@ import csv
 import hashlib
 import io
 import random
+import re
 import zipfile
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from .prompts import classname_problems, shorten
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 MANIFEST_NAME = "manifest.csv"
@@ -112,8 +116,19 @@ def try_decode(source: ImageSource, name: str, *, max_pixels: int | None = None
         return decode_image(source, max_pixels=max_pixels), None
     except ImageTooLargeError as e:
         return None, f"{name}: {e}"
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-        return None, f"{name}: not a readable image ({e})"
+    except UnidentifiedImageError:
+        return None, f"{name}: not a readable image (unknown image format)"
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        return None, f"{name}: not a readable image ({_plain_reason(e)})"
+
+
+def _plain_reason(error: Exception) -> str:
+    """An exception's message without object reprs, at most 120 characters."""
+    text = _REPR.sub("the image", str(error)) or type(error).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
 def image_problem(sample: Sample, *, max_pixels: int | None = None) -> str | None:
@@ -128,19 +143,20 @@ def from_labelled(rows: Iterable[tuple[str, ImageSource, str]],
     (labels not among the classes, duplicate class names, classes without images)."""
     rows = list(rows)
     names = list(classnames) if classnames is not None else sorted({lb for _, _, lb in rows})
-    problems = []
-    if len(set(names)) != len(names):
-        problems.append(f"classes: duplicate names in {names}")
+    problems = classname_problems(names)
     index = {c: i for i, c in enumerate(names)}
     unknown = sorted({label for _, _, label in rows if label not in index})
     if unknown:
-        problems.append(f"labels not among the classes: {unknown}")
+        problems.append("labels not among the classes: " +
+                        ", ".join(shorten(u) for u in unknown[:10]) +
+                        (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
     samples = sorted((Sample(source, index[label], name) for name, source, label in rows
                       if label in index), key=_order)
     dataset = FewShotDataset(names, samples)
     empty = [c for c, n in dataset.counts().items() if n == 0]
     if empty:
-        problems.append(f"classes without images: {empty}")
+        problems.append("classes without images: " + ", ".join(shorten(c) for c in empty[:10])
+                        + (f" and {len(empty) - 10} more" if len(empty) > 10 else ""))
     if problems:
         raise DatasetError(problems)
     return dataset
@@ -172,10 +188,14 @@ def load_dataset(location: str | Path, classnames: Sequence[str] | None = None) 
     return _read_tree(location, classnames, on_disk=True, where=str(location))
 
 
-def read_zip(archive: zipfile.ZipFile, classnames: Sequence[str] | None = None) -> FewShotDataset:
+def read_zip(archive: zipfile.ZipFile, classnames: Sequence[str] | None = None, *,
+             max_rows: int | None = None) -> FewShotDataset:
     """A dataset from a zip archive, by the same rules as a folder; every image is read once
-    into memory (bytes). Members must be checked for size and safe paths by the caller."""
-    return _read_tree(zipfile.Path(archive), classnames, on_disk=False, where="the archive")
+    into memory (bytes), however many manifest rows name it. ``max_rows`` caps a manifest
+    before any image is read. Members must be checked for size, safe paths, encryption and
+    compression by the caller."""
+    return _read_tree(zipfile.Path(archive), classnames, on_disk=False, where="the archive",
+                      max_rows=max_rows)
 
 
 def _visible(entry) -> bool:
@@ -192,7 +212,8 @@ def _relevant(folder) -> list:
             (e.is_dir() or _is_image(e) or e.name == MANIFEST_NAME)]
 
 
-def _read_tree(root, classnames, *, on_disk: bool, where: str) -> FewShotDataset:
+def _read_tree(root, classnames, *, on_disk: bool, where: str,
+               max_rows: int | None = None) -> FewShotDataset:
     """``root`` is a ``pathlib.Path`` or a ``zipfile.Path``: both walk the same way."""
     entries = _relevant(root)
     if len(entries) == 1 and entries[0].is_dir():
@@ -201,7 +222,8 @@ def _read_tree(root, classnames, *, on_disk: bool, where: str) -> FewShotDataset
                 (inner and all(e.is_dir() for e in inner)):
             root, entries = entries[0], inner  # a zipped (or nested) folder: read inside it
     if (root / MANIFEST_NAME).is_file():
-        return _read_manifest(root / MANIFEST_NAME, root, classnames, on_disk=on_disk)
+        return _read_manifest(root / MANIFEST_NAME, root, classnames, on_disk=on_disk,
+                              max_rows=max_rows)
     folders = sorted((e for e in entries if e.is_dir()), key=lambda e: e.name)
     if not folders:
         raise DatasetError(f"{where} has no class sub-folders (nor a {MANIFEST_NAME})")
@@ -234,22 +256,28 @@ def _read_member(path: zipfile.Path, name: str) -> bytes:
     try:
         return path.read_bytes()
     except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError,
-            ValueError) as e:  # bad CRC, corrupt stream, encrypted, unknown compression
-        raise DatasetError(f"{name}: cannot be read from the archive ({e})") from e
+            ValueError, zlib.error) as e:  # bad CRC, corrupt stream, encrypted, unknown method
+        raise DatasetError(f"{shorten(name)}: cannot be read from the archive "
+                           f"({_plain_reason(e)})") from e
 
 
-def _read_manifest(manifest, root, classnames, *, on_disk: bool) -> FewShotDataset:
+def _read_manifest(manifest, root, classnames, *, on_disk: bool,
+                   max_rows: int | None = None) -> FewShotDataset:
     """``path,label`` rows; paths relative to ``root`` (a zip member or a file on disk)."""
     problems, rows, members = [], [], {}
     text = Path(manifest).read_text(encoding="utf-8") if on_disk \
         else _read_member(manifest, MANIFEST_NAME).decode("utf-8", errors="replace")
+    lines = [row for row in csv.reader(io.StringIO(text)) if any(c.strip() for c in row)]
+    if max_rows is not None and len(lines) > max_rows + 1:  # + 1: a header row
+        raise DatasetError(f"{MANIFEST_NAME} has {len(lines)} rows, the limit is {max_rows}")
     for lineno, row in enumerate(csv.reader(io.StringIO(text)), start=1):
         if not row or all(not c.strip() for c in row):
             continue
         if lineno == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
             continue
         if len(row) != 2 or not row[0].strip() or not row[1].strip():
-            problems.append(f"{MANIFEST_NAME} line {lineno}: expected 'path,label', got {row}")
+            problems.append(f"{MANIFEST_NAME} line {lineno}: expected 'path,label', got "
+                            f"{shorten(','.join(row))}")
             continue
         name, label = row[0].strip(), row[1].strip()
         if on_disk:
@@ -258,7 +286,7 @@ def _read_manifest(manifest, root, classnames, *, on_disk: bool) -> FewShotDatas
             continue
         member = root / name
         if name.startswith("/") or ".." in Path(name).parts or not member.is_file():
-            problems.append(f"{MANIFEST_NAME} line {lineno}: {name!r} is not in the archive")
+            problems.append(f"{MANIFEST_NAME} line {lineno}: {shorten(name)} is not in the archive")
             continue
         if member.at not in members:  # rows naming one member share one copy
             try:

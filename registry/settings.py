@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     max_request_bytes: int = 200 * 1024 * 1024
     max_images: int = 5000
+    max_classes: int = Field(1000, ge=2, description="classes per job or request")
     max_image_pixels: int = 40_000_000
     max_archive_members: int = 10_000
     max_epochs: int = 200

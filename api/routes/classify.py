@@ -9,13 +9,14 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from clipfit_core.classify import resolve_templates
 from clipfit_core.models import WeightsUnavailableError
+from clipfit_core.prompts import classname_problems, resolve_templates, shorten
 from registry import crud
 
-from ..deps import InferenceDep, SessionDep, SettingsDep
-from ..schemas import ClassifyForm, ClassifyJSON, ClassifyPublic
-from ..uploads import decode_image
+from ..deps import InferenceDep, SessionDep, SettingsDep, not_found
+from ..limits import http_error_in
+from ..schemas import ClassifyForm, ClassifyJSON, ClassifyPublic, validation_problems
+from ..uploads import capped, clean_filename, decode_image
 
 router = APIRouter(prefix="/v1", tags=["classify"])
 _FORM_LISTS = ("images",)
@@ -23,21 +24,19 @@ _FORM_LISTS = ("images",)
 
 def _invalid(problems: list[str]) -> HTTPException:
     return HTTPException(422, detail={"message": "invalid classification request",
-                                      "problems": problems})
+                                      "problems": capped(problems)})
 
 
-def _validation_problems(e: ValidationError) -> list[str]:
-    return [f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-            for err in e.errors()]
-
-
-async def _read_request(request: Request) -> tuple[ClassifyJSON | ClassifyForm,
+async def _read_request(request: Request, settings) -> tuple[ClassifyJSON | ClassifyForm,
                                                    list[tuple[str, bytes]], list[str]]:
     """(options, images as (name, bytes), problems) from either content type."""
     problems: list[str] = []
     try:
         if request.headers.get("content-type", "").startswith("application/json"):
             body = ClassifyJSON.model_validate_json(await request.body())
+            if len(body.images) > settings.max_images:  # before decoding any of them
+                count = len(body.images)
+                raise _invalid([f"{count} images, the limit is {settings.max_images}"])
             images = []
             for i, text in enumerate(body.images):
                 try:
@@ -45,15 +44,21 @@ async def _read_request(request: Request) -> tuple[ClassifyJSON | ClassifyForm,
                 except (binascii.Error, ValueError):
                     problems.append(f"images[{i}]: not valid base64")
             return body, images, problems
-        form = await request.form()
+        try:
+            form = await request.form(max_files=settings.max_images, max_fields=20)
+        except Exception as e:  # malformed multipart, too many parts
+            if (http_error := http_error_in(e)) is not None:
+                raise http_error from e
+            raise _invalid([f"body: not a readable multipart form ({type(e).__name__})"]) from e
         fields = {key: form.getlist(key) if key in _FORM_LISTS else form.get(key)
                   for key in ClassifyForm.model_fields}
         fields["images"] = [f for f in fields["images"] if hasattr(f, "read")]
         # an empty form field means "not given", as in an HTML form
         body = ClassifyForm.model_validate({k: v for k, v in fields.items() if v not in ("", None)})
     except ValidationError as e:
-        raise _invalid(_validation_problems(e)) from e
-    images = [(f.filename or f"images[{i}]", await f.read()) for i, f in enumerate(body.images)]
+        raise _invalid(validation_problems(e)) from e
+    images = [(clean_filename(f.filename, f"images[{i}]"), await f.read())
+              for i, f in enumerate(body.images)]
     return body, images, problems
 
 
@@ -65,8 +70,10 @@ async def classify(request: Request, session: SessionDep, settings: SettingsDep,
                    engine: InferenceDep):
     """Images as multipart files or JSON base64; ``adapter_id``, or ``base_model`` plus
     ``classes`` for zero-shot; answers the top-k labels with probabilities per image."""
-    body, images, problems = await _read_request(request)
+    body, images, problems = await _read_request(request, settings)
     requested = body.classes if isinstance(body, ClassifyJSON) else body.class_list()
+    if requested is not None:
+        problems += classname_problems(requested, max_count=settings.max_classes)
     if not images:
         problems.append("no images: send 'images' files (multipart) or base64 strings (JSON)")
     if len(images) > settings.max_images:
@@ -75,7 +82,7 @@ async def classify(request: Request, session: SessionDep, settings: SettingsDep,
     if body.adapter_id:
         adapter = crud.get_adapter(session, adapter_id=body.adapter_id)
         if adapter is None:
-            raise HTTPException(404, detail=f"adapter {body.adapter_id!r} not found")
+            raise not_found("adapter", body.adapter_id)
         spec, classnames, templates = adapter.base_model, adapter.classnames, adapter.templates
         if requested:
             classnames = requested  # the paper's new-class use: tuned model, other classes
@@ -84,7 +91,7 @@ async def classify(request: Request, session: SessionDep, settings: SettingsDep,
         if not spec or not classnames:
             problems.append("give adapter_id, or base_model and classes for zero-shot")
         elif spec not in settings.allowed_base_models:
-            problems.append(f"base_model {spec!r} is not allowed; allowed: "
+            problems.append(f"base_model {shorten(spec)} is not allowed; allowed: "
                             f"{settings.allowed_base_models}")
     if body.template:
         try:

@@ -6,19 +6,29 @@ import asyncio
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from clipfit_core.config import TrainConfig
+from clipfit_core.prompts import classname_problems, shorten
 from registry import crud
 from registry.models import FINISHED, JobStatus
 
 from ..deps import QueueDep, SessionDep, SettingsDep, not_found, page_next, page_start
-from ..schemas import EventPublic, EventsPublic, JobCreateForm, JobPublic, JobsPublic
-from ..uploads import UploadError, from_files, from_zip
+from ..limits import http_error_in
+from ..schemas import (
+    EventPublic,
+    EventsPublic,
+    JobCreateForm,
+    JobPublic,
+    JobsPublic,
+    validation_problems,
+)
+from ..uploads import UploadError, capped, from_files, from_zip
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -26,20 +36,21 @@ STATUSES = tuple(s.value for s in JobStatus)
 
 
 @router.post("", status_code=202, response_model=JobPublic,
-             summary="Submit a few-shot training set; answers 202 with the queued job")
+             summary="Submit a few-shot training set; answers 202 with the queued job",
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "multipart/form-data": {"schema": JobCreateForm.model_json_schema()}}}})
 async def create_job(
-    session: SessionDep, settings: SettingsDep, queue: QueueDep,
-    form: Annotated[JobCreateForm, Form(media_type="multipart/form-data")],
+    request: Request, session: SessionDep, settings: SettingsDep, queue: QueueDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ):
     if idempotency_key and (job := crud.get_job_by_idempotency_key(
             session, key=idempotency_key)) is not None:
         return job
-    problems = []
+    form, problems = await read_job_form(request, settings)
     allowed = settings.allowed_base_models
-    base_model = form.base_model or allowed[0]
+    base_model = allowed[0] if form.base_model is None else form.base_model
     if base_model not in allowed:
-        problems.append(f"base_model {base_model!r} is not allowed; allowed: {allowed}")
+        problems.append(f"base_model {shorten(base_model)} is not allowed; allowed: {allowed}")
     if form.epochs > settings.max_epochs:
         problems.append(f"epochs {form.epochs} exceeds the limit {settings.max_epochs}")
     config = None
@@ -47,12 +58,13 @@ async def create_job(
         config = form.train_config()
     except ValueError as e:
         problems.append(str(e))
-    class_list = [c.strip() for c in form.classes.split(",") if c.strip()] \
-        if form.classes else None
+    class_list = form.class_list()
+    if class_list is not None:
+        problems += classname_problems(class_list, max_count=settings.max_classes)
     if form.dataset is not None and form.images:
         problems.append("send either 'images' + 'labels' or one 'dataset' zip, not both")
     zipped = await form.dataset.read() if form.dataset is not None else None
-    files = [(f.filename or f"image-{i}", await f.read()) for i, f in enumerate(form.images or [])]
+    files = [(f.filename, await f.read()) for f in form.images or []]
     # decoding every image and writing the rows are blocking work: off the event loop
     job, created = await run_in_threadpool(
         _validate_and_store, session, settings, problems, zipped, files, form.labels or [],
@@ -67,6 +79,38 @@ async def create_job(
             raise HTTPException(503, detail=f"the job queue is unreachable ({type(e).__name__});"
                                 " nothing was stored, try again later") from e
     return job
+
+
+async def read_job_form(request: Request, settings) -> tuple[JobCreateForm, list[str]]:
+    """The multipart form, parsed with limits that fit the image limit (one file and one
+    label per image), then validated into the job form model."""
+    try:
+        form = await request.form(max_files=settings.max_images + 1,
+                                  max_fields=settings.max_images + 50)
+    except Exception as e:  # malformed multipart, too many parts: the client's to fix
+        if (http_error := http_error_in(e)) is not None:
+            raise http_error from e
+        raise invalid_job([f"body: not a readable multipart form ({type(e).__name__})"]) from e
+    fields: dict = {}
+    for key in JobCreateForm.field_keys():
+        values = form.getlist(key)
+        if key in JobCreateForm.LISTS:
+            fields[key] = values
+        elif values:
+            fields[key] = values[0]
+    problems = []
+    if fields.get("base_model", None) == "":
+        problems.append("base_model is empty: leave it out for the default, or name one")
+    fields = {k: v for k, v in fields.items() if v != "" or k == "base_model"}
+    try:
+        return JobCreateForm.model_validate(fields), problems
+    except ValidationError as e:
+        raise invalid_job(problems + validation_problems(e)) from e
+
+
+def invalid_job(problems: list[str]) -> HTTPException:
+    return HTTPException(422, detail={"message": "invalid training job",
+                                      "problems": capped(problems)})
 
 
 def _undo(session, job_id: str) -> None:
@@ -86,7 +130,7 @@ def _validate_and_store(session, settings, problems, zipped, files, labels, clas
     except UploadError as e:
         problems = problems + e.problems
     if problems or config is None:
-        raise HTTPException(422, detail={"message": "invalid training job", "problems": problems})
+        raise invalid_job(problems)
     key = job_fields["idempotency_key"]
     hyperparameters = config.to_dict()
     templates = hyperparameters.pop("templates")  # a column of its own
@@ -124,9 +168,10 @@ def get_job(job_id: str, session: SessionDep):
 
 @router.get("/{job_id}/events", response_model=EventsPublic,
             summary="Job events; ?stream=true streams them live as Server-Sent Events")
-async def job_events(request: Request, job_id: str, session: SessionDep, cursor: int = 0,
+async def job_events(request: Request, job_id: str, session: SessionDep,
+                     cursor: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
                      limit: Annotated[int, Query(ge=1, le=1000)] = 100, stream: bool = False,
-                     last_event_id: Annotated[int | None, Header()] = None):
+                     last_event_id: Annotated[int | None, Header(ge=0, le=2**63 - 1)] = None):
     """Events after ``cursor`` (an event id). Streamed, each SSE message carries the event's
     id, so a reconnecting client (``Last-Event-ID``) resumes where it stopped; the stream
     ends after the job's final event."""

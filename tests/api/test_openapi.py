@@ -8,7 +8,8 @@ def test_request_bodies_declare_their_content_types(tmp_path):
     schema = create_app(Settings(data_dir=tmp_path)).openapi()
     jobs = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
     assert list(jobs) == ["multipart/form-data"]  # files: a urlencoded body cannot carry them
-    form = schema["components"]["schemas"]["JobCreateForm"]["properties"]
+    form = jobs["multipart/form-data"]["schema"]["properties"]
+    assert form["lambda"]["default"] == 8.0 and form["val_fraction"]["maximum"] == 0.5
     assert form["dataset"]["anyOf"][0]["contentMediaType"] == "application/octet-stream"
     classify = schema["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
     assert set(classify) == {"application/json", "multipart/form-data"}

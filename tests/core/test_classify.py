@@ -2,16 +2,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipfit_core.classify import (
-    DATASET_TEMPLATES,
-    Classifier,
-    class_text_features,
-    encode_text,
-    resolve_templates,
-)
+from clipfit_core.classify import Classifier, class_text_features, encode_text
 from clipfit_core.data import open_image
 from clipfit_core.delta import Delta, DeltaConfig, applied, extract_delta
 from clipfit_core.models import create_base_model
+from clipfit_core.prompts import DATASET_TEMPLATES, resolve_templates
 
 CLASSES = ["red", "green", "blue", "yellow"]
 
@@ -80,8 +75,28 @@ def test_template_names_ensembles_and_errors():
     assert resolve_templates("a drawing of {}") == ["a drawing of {}"]
     assert len(resolve_templates("imagenet80")) == 80
     assert resolve_templates(None) == ["a photo of a {}."]
-    with pytest.raises(ValueError, match="known name"):
+    with pytest.raises(ValueError, match="template name"):
         resolve_templates("oxford_pet")
+    assert resolve_templates("{{literal}} braces and a {}") == ["{{literal}} braces and a {}"]
+
+
+@pytest.mark.parametrize("template", [
+    "{{}}", "{{}}{0:x>20000000}", "{} {x}", "{:{}}", "{0}", "{!r}", "{:>9}", "{.real}",
+    "{[0]}", "{} and {}", "{", "}", "no placeholder", "a {} " + "x" * 400,
+])
+def test_templates_that_could_run_code_or_blow_up_are_refused(template):
+    with pytest.raises(ValueError, match="template"):
+        resolve_templates(template)
+
+
+def test_class_names_are_checked_together():
+    from clipfit_core.prompts import classname_problems
+
+    assert classname_problems(["cat", "dog"]) == []
+    problems = classname_problems(["", " cat", "x" * 101, "a\x00b", "dog", "dog"], max_count=5)
+    assert problems[0] == "6 classes, the limit is 5"
+    assert [p.split(" ")[-1] for p in problems[1:5]] == ["empty", "spaces", "100", "characters"]
+    assert problems[5] == "duplicate class names: 'dog'"
 
 
 def test_top_k_is_capped_and_batches_agree(tiny, colour_test):

@@ -31,11 +31,11 @@ def test_round_trip_under_public_names_without_runtime_options():
 
 def test_every_bad_value_is_named_at_once():
     with pytest.raises(ValueError) as e:
-        TrainConfig(epochs=0, lr=math.inf, lambda_kd=-1, val_fraction=1.0, seed=-3,
-                    crop_min=0, templates="no placeholder", amp="fp8")
+        TrainConfig(epochs=0, lr=math.inf, lambda_kd=-1, val_fraction=0.99, seed=-3,
+                    crop_min=0, shots=0, templates="no placeholder", amp="fp8")
     message = str(e.value)
     for fragment in ("epochs must be >= 1", "lr must be a finite number", "lambda must be >= 0",
-                     "val_fraction must be < 1", "seed must be >= 0", "crop_min must be > 0",
+                     "val_fraction must be <= 0.5", "shots must be >= 1", "seed must be >= 0", "crop_min must be > 0",
                      "'no placeholder'", "amp must be one of"):
         assert fragment in message, (fragment, message)
     with pytest.raises(ValueError, match="nothing to train"):
@@ -56,7 +56,7 @@ def test_prepare_splits_then_samples(colour_train):
     assert train.counts() == dict.fromkeys(data.classnames, 5)
     assert not {s.source for s in train.samples} & {s.source for s in val.samples}
     # the held-out images do not depend on shots
-    _, val_all = prepare_training_set(data, TrainConfig(val_fraction=0.25, shots=0, seed=2))
+    _, val_all = prepare_training_set(data, TrainConfig(val_fraction=0.25, shots=99, seed=2))
     assert val_all.samples == val.samples
-    everything, none = prepare_training_set(data, TrainConfig(val_fraction=0, shots=0))
+    everything, none = prepare_training_set(data, TrainConfig(val_fraction=0, shots=10_000))
     assert none is None and everything.samples == data.samples

@@ -134,9 +134,9 @@ def test_problems_are_collected_not_first_only(colour_train):
     with pytest.raises(DatasetError) as e:
         from_labelled([("a.png", b"x", "red"), ("b.png", b"y", "blue")],
                       ["red", "green", "red"])
-    assert e.value.problems == ["classes: duplicate names in ['red', 'green', 'red']",
-                                "labels not among the classes: ['blue']",
-                                "classes without images: ['green']"]
+    assert e.value.problems == ["duplicate class names: 'red'",
+                                "labels not among the classes: 'blue'",
+                                "classes without images: 'green'"]
 
 
 def _zip_of(entries: dict[str, bytes]):
@@ -179,7 +179,7 @@ def test_unreadable_archives_are_dataset_errors(tmp_path):
         z.writestr("a.png", b"x")
     raw = bytearray(buf.getvalue())
     raw[raw.index(b"a.png,cat")] ^= 1  # the manifest's stored bytes no longer match its CRC
-    with pytest.raises(DatasetError, match="manifest.csv: cannot be read from the archive"):
+    with pytest.raises(DatasetError, match="'manifest.csv': cannot be read from the archive"):
         read_zip(zipfile.ZipFile(io.BytesIO(bytes(raw))))
     (tmp_path / "junk.zip").write_bytes(b"PK not really")
     with pytest.raises(DatasetError, match="is not a zip archive"):

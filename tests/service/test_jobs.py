@@ -155,8 +155,8 @@ def test_validation_failures_store_nothing(api, colour_set):
           "template"]),
         ({"data": {**TRAIN, "classes": "red,green,purple"},
           "files": {"dataset": ("d.zip", zip_folder(colour_set))}},
-         ["labels not among the classes: ['blue', 'yellow']",
-          "classes without images: ['purple']"]),
+         ["labels not among the classes: 'blue', 'yellow'",
+          "classes without images: 'purple'"]),
         ({"data": TRAIN, "files": {"dataset": ("d.zip", b"PK-not-a-zip")}}, ["not a zip"]),
         ({"data": {**TRAIN, "lr": "-1"}, "files": files}, ["lr"]),
     ]
