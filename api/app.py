@@ -2,26 +2,41 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 
 from registry.db import get_engine, session_factory
 from registry.settings import Settings
 
+from .auth import unless_open
 from .inference import InferenceEngine
 from .limits import BodyLimitMiddleware
 from .metrics import MetricsMiddleware
 from .queue import JobQueue
-from .routes import adapters, classify, health, jobs
+from .routes import adapters, admin, classify, health, jobs
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API for ``settings`` (default: read from the environment): its database, job
     queue and inference engine live on ``app.state`` and reach routes through ``api.deps``."""
     settings = settings or Settings()
+    docs = settings.open_docs  # else served below, behind a key
     app = FastAPI(title="clipfit", version="0.1.0",
-                  description="Few-shot CLIP fine-tuning with ClipFit, served as tiny deltas.")
+                  description="Few-shot CLIP fine-tuning with ClipFit, served as tiny deltas.",
+                  docs_url="/docs" if docs else None, redoc_url=None,
+                  openapi_url="/openapi.json" if docs else None)
+    if not docs:
+        guard = [Depends(unless_open("open_docs", "read"))]
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=guard)
+        def openapi_behind_a_key():
+            return JSONResponse(app.openapi())
+
+        @app.get("/docs", include_in_schema=False, dependencies=guard)
+        def docs_behind_a_key():
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="clipfit")
     app.state.settings = settings
     app.state.sessions = session_factory(get_engine(settings.sqlalchemy_url))
     app.state.queue = JobQueue(settings)
@@ -30,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimitMiddleware, settings=settings)  # outermost: before parsing
 
-    for module in (jobs, adapters, classify, health):
+    for module in (jobs, adapters, classify, admin, health):
         app.include_router(module.router)
 
     @app.exception_handler(RequestValidationError)

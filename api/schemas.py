@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from fastapi import UploadFile
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -188,6 +188,46 @@ class ClassifyPublic(BaseModel):
         "model": "ViT-B-16:openai", "adapter_id": "0bc3808806804f52b55dcd6310eed587",
         "predictions": [{"label": "sneaker", "top_k": [{"label": "sneaker", "prob": 0.91},
                                                        {"label": "sandal", "prob": 0.06}]}]}]}}
+
+
+Scope = Literal["admin", "train", "classify", "read"]
+
+
+class TenantPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    name: str
+    created_at: datetime
+
+
+class TenantsPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    data: list[TenantPublic]
+
+
+class KeyCreate(BaseModel):
+    tenant: str = Field(min_length=1, max_length=100, description="the tenant's name")
+    scopes: list[Scope] = Field(min_length=1, max_length=4)
+    name: str | None = Field(None, max_length=100, description="what the key is for")
+
+
+class KeyPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    tenant: str = ""
+    name: str | None
+    prefix: str = Field(description="the secret's first characters, to tell keys apart")
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class KeysPublic(BaseModel):
+    data: list[KeyPublic]
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field("", description="the secret: shown once, stored only as a hash")
 
 
 def validation_problems(error: ValidationError) -> list[str]:

@@ -45,6 +45,24 @@ def lock_data_dir(data_dir: Path):
     return handle
 
 
+def first_admin_key(settings: Settings) -> str | None:
+    """On a database with no key at all, create an admin key of the default tenant and print
+    it, once: it is never shown again (only its hash is stored)."""
+    from registry import crud
+    from registry.db import get_engine, session_scope
+    from registry.models import DEFAULT_TENANT
+
+    with session_scope(get_engine(settings.sqlalchemy_url)) as session:
+        if crud.count_keys(session):
+            return None
+        _, secret = crud.create_key(session, tenant_id=DEFAULT_TENANT, scopes=["admin"],
+                                    name="first admin key")
+    print(f"clipfit: created the first admin API key (shown only now; keep it):\n"
+          f"    {secret}\nclipfit: send it as 'Authorization: Bearer KEY'; make more with "
+          "'clipfit keys create'", flush=True)
+    return secret
+
+
 def serve(settings: Settings, options: ServeOptions) -> int:
     configure_logging(options.log_level)
     import uvicorn
@@ -63,6 +81,11 @@ def serve(settings: Settings, options: ServeOptions) -> int:
             return 2
     if options.migrate:
         upgrade(settings.sqlalchemy_url)
+    if settings.auth:
+        first_admin_key(settings)
+    else:
+        print("clipfit: WARNING: authentication is off (CLIPFIT_AUTH=false): anyone who reaches "
+              "this port is an admin", file=sys.stderr, flush=True)
     if options.worker:
         from worker.celery_app import create_worker_app
         from worker.embedded import EmbeddedWorker, requeue_unfinished

@@ -7,6 +7,7 @@ Keyword-only arguments; ``None`` when nothing is found; the caller owns the tran
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -17,14 +18,103 @@ from sqlalchemy.orm import Session, selectinload
 from .models import (
     FINISHED,
     Adapter,
+    ApiKey,
     Blob,
     Dataset,
     DatasetImage,
+    IdempotencyKey,
     Job,
     JobEvent,
     JobStatus,
+    Tenant,
     utcnow,
 )
+
+KEY_PREFIX = "cfk_"
+
+
+def _owned(query, model, tenant_id: str | None):
+    """Rows of ``tenant_id`` only (None: any tenant, for the workers and admins)."""
+    return query if tenant_id is None else query.where(model.tenant_id == tenant_id)
+
+
+# --- tenants and keys ------------------------------------------------------------------------
+
+def create_tenant(session: Session, *, name: str) -> Tenant:
+    tenant = Tenant(name=name)
+    session.add(tenant)
+    session.flush()
+    return tenant
+
+
+def get_tenant(session: Session, *, tenant_id: str) -> Tenant | None:
+    return session.get(Tenant, tenant_id)
+
+
+def get_tenant_by_name(session: Session, *, name: str) -> Tenant | None:
+    return session.scalar(select(Tenant).where(Tenant.name == name))
+
+
+def list_tenants(session: Session) -> list[Tenant]:
+    return list(session.scalars(select(Tenant).order_by(Tenant.created_at, Tenant.id)))
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_key(session: Session, *, tenant_id: str, scopes: Sequence[str],
+               name: str | None = None) -> tuple[ApiKey, str]:
+    """A new key and its secret (shown once: only the hash is stored)."""
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(tenant_id=tenant_id, scopes=list(scopes), name=name,
+                 prefix=secret[:12], key_hash=hash_key(secret))
+    session.add(key)
+    session.flush()
+    return key, secret
+
+
+def get_key_by_secret(session: Session, *, secret: str) -> ApiKey | None:
+    """The active (not revoked) key with this secret."""
+    return session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret),
+                                               ApiKey.revoked_at.is_(None)))
+
+
+def list_keys(session: Session, *, tenant_id: str | None = None) -> list[ApiKey]:
+    return list(session.scalars(_owned(select(ApiKey), ApiKey, tenant_id)
+                                .order_by(ApiKey.created_at, ApiKey.id)))
+
+
+def count_keys(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(ApiKey)) or 0
+
+
+def revoke_key(session: Session, *, key_id: str) -> ApiKey | None:
+    key = session.get(ApiKey, key_id)
+    if key is not None and key.revoked_at is None:
+        key.revoked_at = utcnow()
+    return key
+
+
+# --- idempotency -----------------------------------------------------------------------------
+
+def get_idempotency(session: Session, *, tenant_id: str, key: str,
+                    not_before: datetime) -> IdempotencyKey | None:
+    """The tenant's record of ``key``; one older than ``not_before`` has expired and is
+    removed (its job stays)."""
+    record = session.get(IdempotencyKey, (tenant_id, key))
+    if record is not None and record.created_at < not_before:
+        session.delete(record)
+        session.flush()
+        return None
+    return record
+
+
+def record_idempotency(session: Session, *, tenant_id: str, key: str, request_hash: str,
+                       job_id: str) -> None:
+    session.add(IdempotencyKey(tenant_id=tenant_id, key=key, request_hash=request_hash,
+                               job_id=job_id))
+    session.flush()
 
 
 def put_blob(session: Session, *, data: bytes) -> str:
@@ -42,20 +132,19 @@ def get_blob(session: Session, *, sha256: str) -> bytes | None:
 
 
 def create_job(
-    session: Session, *, classnames: Sequence[str],
+    session: Session, *, tenant_id: str, classnames: Sequence[str],
     images: Sequence[tuple[bytes, int, str]], base_model: str, templates: Sequence[str],
     hyperparameters: dict[str, Any], name: str | None = None,
-    idempotency_key: str | None = None,
 ) -> Job:
-    """A dataset (images as (bytes, label, filename)) and its queued job."""
-    dataset = Dataset(classnames=list(classnames))
+    """A dataset (images as (bytes, label, filename)) and its queued job, of ``tenant_id``."""
+    dataset = Dataset(tenant_id=tenant_id, classnames=list(classnames))
     session.add(dataset)
     session.flush()
     for position, (data, label, filename) in enumerate(images):
         session.add(DatasetImage(dataset_id=dataset.id, position=position, label=label,
                                  filename=filename[:512], blob_sha256=put_blob(session, data=data)))
-    job = Job(dataset_id=dataset.id, base_model=base_model, templates=list(templates),
-              hyperparameters=dict(hyperparameters), name=name, idempotency_key=idempotency_key,
+    job = Job(tenant_id=tenant_id, dataset_id=dataset.id, base_model=base_model,
+              templates=list(templates), hyperparameters=dict(hyperparameters), name=name,
               status=JobStatus.queued.value)
     session.add(job)
     session.flush()
@@ -73,6 +162,7 @@ def delete_job(session: Session, *, job_id: str) -> bool:
     digests = set(session.scalars(select(DatasetImage.blob_sha256)
                                   .where(DatasetImage.dataset_id == dataset_id)))
     session.execute(delete(JobEvent).where(JobEvent.job_id == job_id))
+    session.execute(delete(IdempotencyKey).where(IdempotencyKey.job_id == job_id))
     session.delete(job)
     session.flush()
     session.execute(delete(DatasetImage).where(DatasetImage.dataset_id == dataset_id))
@@ -84,18 +174,17 @@ def delete_job(session: Session, *, job_id: str) -> bool:
     return True
 
 
-def get_job(session: Session, *, job_id: str) -> Job | None:
-    return session.get(Job, job_id)
+def get_job(session: Session, *, job_id: str, tenant_id: str | None = None) -> Job | None:
+    """The job, if it exists and (with ``tenant_id``) belongs to that tenant."""
+    job = session.get(Job, job_id)
+    return job if job is not None and tenant_id in (None, job.tenant_id) else None
 
 
-def get_job_by_idempotency_key(session: Session, *, key: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.idempotency_key == key))
-
-
-def list_jobs(session: Session, *, status: str | None = None, limit: int = 50,
-              before: tuple[datetime, str] | None = None) -> list[Job]:
+def list_jobs(session: Session, *, tenant_id: str | None, status: str | None = None,
+              limit: int = 50, before: tuple[datetime, str] | None = None) -> list[Job]:
     """Newest first; ``before`` = (created_at, id) of the last job of the previous page."""
-    query = (select(Job).options(selectinload(Job.adapter))  # one query for the page's adapters
+    query = (_owned(select(Job), Job, tenant_id)
+             .options(selectinload(Job.adapter))  # one query for the page's adapters
              .order_by(Job.created_at.desc(), Job.id.desc()).limit(limit))
     if status is not None:
         query = query.where(Job.status == status)
@@ -191,7 +280,7 @@ def store_adapter(
     """The adapter of a job, and the job marked succeeded, in the caller's transaction."""
     digest = put_blob(session, data=weights)
     adapter = Adapter(
-        job_id=job.id, name=name or job.name, base_model=config["base_model"],
+        tenant_id=job.tenant_id, job_id=job.id, name=name or job.name, base_model=config["base_model"],
         base_fingerprint=config["base_fingerprint"], classnames=config["classnames"],
         templates=config["templates"], hyperparameters=config.get("hyperparameters", {}),
         metrics=metrics, config=config, trainable_count=config.get("trainable_count", 0),
@@ -202,17 +291,21 @@ def store_adapter(
     return adapter
 
 
-def get_adapter(session: Session, *, adapter_id: str) -> Adapter | None:
-    return session.get(Adapter, adapter_id)
+def get_adapter(session: Session, *, adapter_id: str,
+                tenant_id: str | None = None) -> Adapter | None:
+    """The adapter, if it exists and (with ``tenant_id``) belongs to that tenant."""
+    adapter = session.get(Adapter, adapter_id)
+    return adapter if adapter is not None and tenant_id in (None, adapter.tenant_id) else None
 
 
 def get_adapter_for_job(session: Session, *, job_id: str) -> Adapter | None:
     return session.scalar(select(Adapter).where(Adapter.job_id == job_id))
 
 
-def list_adapters(session: Session, *, limit: int = 50,
+def list_adapters(session: Session, *, tenant_id: str | None, limit: int = 50,
                   before: tuple[datetime, str] | None = None) -> list[Adapter]:
-    query = select(Adapter).order_by(Adapter.created_at.desc(), Adapter.id.desc()).limit(limit)
+    query = (_owned(select(Adapter), Adapter, tenant_id)
+             .order_by(Adapter.created_at.desc(), Adapter.id.desc()).limit(limit))
     if before is not None:
         created, adapter_id = before
         query = query.where((Adapter.created_at < created)
@@ -220,9 +313,9 @@ def list_adapters(session: Session, *, limit: int = 50,
     return list(session.scalars(query))
 
 
-def delete_adapter(session: Session, *, adapter_id: str) -> bool:
+def delete_adapter(session: Session, *, adapter_id: str, tenant_id: str | None = None) -> bool:
     """Remove an adapter (its weights blob too, unless another adapter shares it)."""
-    adapter = session.get(Adapter, adapter_id)
+    adapter = get_adapter(session, adapter_id=adapter_id, tenant_id=tenant_id)
     if adapter is None:
         return False
     digest = adapter.weights_sha256

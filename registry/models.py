@@ -44,9 +44,52 @@ class Blob(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+DEFAULT_TENANT = "default"  # existing rows' tenant (migration 0002); the embedded admin's
+SCOPES = ("admin", "train", "classify", "read")
+
+
+class Tenant(Base):
+    """A project or organization: it owns datasets, jobs, adapters and idempotency keys."""
+
+    __tablename__ = "tenants"
+    __table_args__ = (UniqueConstraint("name", name="uq_tenants_name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """A key is shown once; only its sha256 is kept (keys are 256 random bits: a fast hash
+    is enough), with a short prefix for people to tell keys apart."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", name="fk_api_keys_tenant"))
+    name: Mapped[str | None] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", name="fk_idempotency_tenant"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", name="fk_idempotency_job", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", name="fk_datasets_tenant"),
+                                           index=True)
     classnames: Mapped[list[str]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     images: Mapped[list[DatasetImage]] = relationship(
@@ -68,13 +111,14 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", name="fk_jobs_tenant"),
+                                           index=True)
     name: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
     base_model: Mapped[str] = mapped_column(String(500))
     templates: Mapped[list[str]]
     hyperparameters: Mapped[dict[str, Any]]
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     attempts: Mapped[int] = mapped_column(default=0)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -104,6 +148,8 @@ class Adapter(Base):
     __tablename__ = "adapters"
     __table_args__ = (UniqueConstraint("job_id"),)
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", name="fk_adapters_tenant"),
+                                           index=True)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     name: Mapped[str | None] = mapped_column(String(200))
     base_model: Mapped[str] = mapped_column(String(500))

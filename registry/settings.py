@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = Field(
         0, description="broker redelivery delay for unacknowledged jobs; 0: job timeout + 1 h")
     progress_interval_seconds: float = 2.0
+    auth: bool = Field(True, description="require API keys; off only for a trusted network "
+                       "(every caller is then the default tenant's admin)")
+    open_docs: bool = Field(True, description="/docs and /openapi.json without a key")
+    open_metrics: bool = Field(False, description="/metrics without a key")
+    idempotency_ttl_seconds: int = Field(24 * 3600, ge=1,
+                                         description="how long an Idempotency-Key is kept")
     delta_cache_size: int = Field(64, ge=1, description="deltas kept in memory per API process")
 
     @property

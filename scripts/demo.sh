@@ -16,6 +16,10 @@ mkdir -p "$DATA"
 python -m bench.domains export blur "$DATA/train" --split train --per-class 16 >/dev/null
 python -m bench.domains export blur "$DATA/test" --split test --per-class 50 >/dev/null
 
+# a key for the demo's client (the service would otherwise print a first admin key)
+CLIPFIT_API_KEY=$(clipfit keys --data-dir "$DATA/service" create --tenant demo \
+  --scope train,classify,read --name demo)
+export CLIPFIT_API_KEY
 echo "== clipfit serve on http://127.0.0.1:$PORT (data in $DATA/service, log $DATA/serve.log)"
 CLIPFIT_BASE_MODELS=${CLIPFIT_BASE_MODELS:-clipfit-mini,clipfit-tiny} \
   clipfit serve --data-dir "$DATA/service" --port "$PORT" >"$DATA/serve.log" 2>&1 &

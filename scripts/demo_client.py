@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import time
 import zipfile
@@ -95,9 +96,13 @@ def main() -> int:
     parser.add_argument("--batch-size", default="32")
     parser.add_argument("--batch", type=int, default=100, help="images per classify request")
     parser.add_argument("--wait", type=float, default=120, help="seconds to wait for /readyz")
+    parser.add_argument("--api-key", default=os.environ.get("CLIPFIT_API_KEY"),
+                        help="a key with the train, classify and read scopes "
+                             "(default: $CLIPFIT_API_KEY)")
     args = parser.parse_args()
 
-    client = httpx.Client(base_url=args.url, timeout=300)
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    client = httpx.Client(base_url=args.url, timeout=300, headers=headers)
     wait_ready(client, args.wait)
     print(f"== POST /v1/jobs: {args.train} ({len(labelled_images(args.train))} images), "
           f"base model {args.model}")

@@ -13,6 +13,7 @@ from clipfit_core.models import WeightsUnavailableError
 from clipfit_core.prompts import classname_problems, resolve_templates, shorten
 from registry import crud
 
+from ..auth import Classifier
 from ..deps import InferenceDep, SessionDep, SettingsDep, not_found
 from ..limits import http_error_in
 from ..schemas import ClassifyForm, ClassifyJSON, ClassifyPublic, validation_problems
@@ -67,7 +68,7 @@ async def _read_request(request: Request, settings) -> tuple[ClassifyJSON | Clas
         "application/json": {"schema": ClassifyJSON.model_json_schema()},
         "multipart/form-data": {"schema": ClassifyForm.model_json_schema()}}}})
 async def classify(request: Request, session: SessionDep, settings: SettingsDep,
-                   engine: InferenceDep):
+                   engine: InferenceDep, principal: Classifier):
     """Images as multipart files or JSON base64; ``adapter_id``, or ``base_model`` plus
     ``classes`` for zero-shot; answers the top-k labels with probabilities per image."""
     body, images, problems = await _read_request(request, settings)
@@ -80,7 +81,8 @@ async def classify(request: Request, session: SessionDep, settings: SettingsDep,
         problems.append(f"{len(images)} images, the limit is {settings.max_images}")
     delta, adapter = None, None
     if body.adapter_id:
-        adapter = crud.get_adapter(session, adapter_id=body.adapter_id)
+        adapter = crud.get_adapter(session, adapter_id=body.adapter_id,
+                                   tenant_id=principal.tenant_id)
         if adapter is None:
             raise not_found("adapter", body.adapter_id)
         spec, classnames, templates = adapter.base_model, adapter.classnames, adapter.templates

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from sqlalchemy import text
 
 from registry import crud
 
+from ..auth import unless_open
 from ..deps import InferenceDep, QueueDep, SessionDep
 from ..metrics import REGISTRY
 
@@ -38,7 +39,7 @@ def readyz(session: SessionDep, queue: QueueDep):
                         content={"status": "ok" if ok else "unavailable", "checks": checks})
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[Depends(unless_open("open_metrics", "read"))])
 def metrics(session: SessionDep, queue: QueueDep, engine: InferenceDep):
     scrape = CollectorRegistry()
     jobs = Gauge("clipfit_jobs", "jobs by state", ["status"], registry=scrape)

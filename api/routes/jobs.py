@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
@@ -16,8 +18,9 @@ from starlette.concurrency import run_in_threadpool
 from clipfit_core.config import TrainConfig
 from clipfit_core.prompts import classname_problems, shorten
 from registry import crud
-from registry.models import FINISHED, JobStatus
+from registry.models import FINISHED, JobStatus, utcnow
 
+from ..auth import Reader, Trainer
 from ..deps import QueueDep, SessionDep, SettingsDep, not_found, page_next, page_start
 from ..limits import http_error_in
 from ..schemas import (
@@ -41,12 +44,18 @@ STATUSES = tuple(s.value for s in JobStatus)
                  "multipart/form-data": {"schema": JobCreateForm.model_json_schema()}}}})
 async def create_job(
     request: Request, session: SessionDep, settings: SettingsDep, queue: QueueDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    principal: Trainer,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ):
-    if idempotency_key and (job := crud.get_job_by_idempotency_key(
-            session, key=idempotency_key)) is not None:
-        return job
+    """With an ``Idempotency-Key``, the same request sent again (within the key's lifetime)
+    answers the job it made; the same key with another request is refused."""
     form, problems = await read_job_form(request, settings)
+    zipped = await form.dataset.read() if form.dataset is not None else None
+    files = [(f.filename, await f.read()) for f in form.images or []]
+    digest = request_digest(form, zipped, files)
+    if idempotency_key and (job := _idempotent_job(
+            session, settings, principal.tenant_id, idempotency_key, digest)) is not None:
+        return job
     allowed = settings.allowed_base_models
     base_model = allowed[0] if form.base_model is None else form.base_model
     if base_model not in allowed:
@@ -63,13 +72,11 @@ async def create_job(
         problems += classname_problems(class_list, max_count=settings.max_classes)
     if form.dataset is not None and form.images:
         problems.append("send either 'images' + 'labels' or one 'dataset' zip, not both")
-    zipped = await form.dataset.read() if form.dataset is not None else None
-    files = [(f.filename, await f.read()) for f in form.images or []]
     # decoding every image and writing the rows are blocking work: off the event loop
     job, created = await run_in_threadpool(
         _validate_and_store, session, settings, problems, zipped, files, form.labels or [],
-        class_list, config, base_model=base_model, name=form.name,
-        idempotency_key=idempotency_key)
+        class_list, config, (idempotency_key, digest), tenant_id=principal.tenant_id,
+        base_model=base_model, name=form.name)
     if created:
         try:
             queue.enqueue(job.id)  # only after the commit: a worker always finds the job
@@ -108,6 +115,31 @@ async def read_job_form(request: Request, settings) -> tuple[JobCreateForm, list
         raise invalid_job(problems + validation_problems(e)) from e
 
 
+def request_digest(form: JobCreateForm, zipped: bytes | None,
+                   files: list[tuple[str | None, bytes]]) -> str:
+    """What a request asks for, independent of its multipart encoding (boundaries differ
+    from one send to the next): the fields, then every file's name and content."""
+    h = hashlib.sha256(form.model_dump_json(exclude={"images", "dataset"}).encode())
+    for name, data in ([("dataset", zipped)] if zipped is not None else []) + files:
+        h.update(f"\0{name}\0".encode())
+        h.update(hashlib.sha256(data).digest())
+    return h.hexdigest()
+
+
+def _idempotent_job(session, settings, tenant_id: str, key: str, digest: str):
+    """The job this key made for this request; None for a new (or expired) key; 422 when
+    the key was used for another request."""
+    not_before = utcnow() - timedelta(seconds=settings.idempotency_ttl_seconds)
+    record = crud.get_idempotency(session, tenant_id=tenant_id, key=key, not_before=not_before)
+    session.commit()  # an expired record is gone
+    if record is None:
+        return None
+    if record.request_hash != digest:
+        raise HTTPException(422, detail={"message": "invalid training job", "problems": [
+            "Idempotency-Key was already used for a different request; use a new key"]})
+    return crud.get_job(session, job_id=record.job_id)
+
+
 def invalid_job(problems: list[str]) -> HTTPException:
     return HTTPException(422, detail={"message": "invalid training job",
                                       "problems": capped(problems)})
@@ -120,7 +152,8 @@ def _undo(session, job_id: str) -> None:
 
 
 def _validate_and_store(session, settings, problems, zipped, files, labels, class_list,
-                        config: TrainConfig | None, **job_fields):
+                        config: TrainConfig | None, idempotency: tuple[str | None, str],
+                        **job_fields):
     """(job, True) once stored and committed; (job, False) for an idempotent repeat."""
     try:
         if zipped is not None:
@@ -131,17 +164,21 @@ def _validate_and_store(session, settings, problems, zipped, files, labels, clas
         problems = problems + e.problems
     if problems or config is None:
         raise invalid_job(problems)
-    key = job_fields["idempotency_key"]
     hyperparameters = config.to_dict()
     templates = hyperparameters.pop("templates")  # a column of its own
+    key, digest = idempotency
+    tenant_id = job_fields["tenant_id"]
     try:
         job = crud.create_job(session, classnames=training.classnames, images=training.images,
                               templates=templates, hyperparameters=hyperparameters,
                               **job_fields)
+        if key:
+            crud.record_idempotency(session, tenant_id=tenant_id, key=key,
+                                    request_hash=digest, job_id=job.id)
         session.commit()
     except IntegrityError:  # the same idempotency key, raced in by a concurrent request
         session.rollback()
-        job = crud.get_job_by_idempotency_key(session, key=key or "")
+        job = _idempotent_job(session, settings, tenant_id, key, digest) if key else None
         if job is None:
             raise
         return job, False
@@ -149,18 +186,20 @@ def _validate_and_store(session, settings, problems, zipped, files, labels, clas
 
 
 @router.get("", response_model=JobsPublic)
-def list_jobs(session: SessionDep, status: Annotated[str | None, Query()] = None,
+def list_jobs(session: SessionDep, principal: Reader,
+              status: Annotated[str | None, Query()] = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: str | None = None):
     if status is not None and status not in STATUSES:
         raise HTTPException(422, detail=f"status must be one of {STATUSES}, got {status!r}")
     before = page_start(cursor)
-    jobs = crud.list_jobs(session, status=status, limit=limit, before=before)
+    jobs = crud.list_jobs(session, tenant_id=principal.tenant_id, status=status, limit=limit,
+                          before=before)
     return JobsPublic(data=jobs, next_cursor=page_next(jobs, limit))
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, session: SessionDep):
-    job = crud.get_job(session, job_id=job_id)
+def get_job(job_id: str, session: SessionDep, principal: Reader):
+    job = crud.get_job(session, job_id=job_id, tenant_id=principal.tenant_id)
     if job is None:
         raise not_found("job", job_id)
     return job
@@ -168,14 +207,14 @@ def get_job(job_id: str, session: SessionDep):
 
 @router.get("/{job_id}/events", response_model=EventsPublic,
             summary="Job events; ?stream=true streams them live as Server-Sent Events")
-async def job_events(request: Request, job_id: str, session: SessionDep,
+async def job_events(request: Request, job_id: str, session: SessionDep, principal: Reader,
                      cursor: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
                      limit: Annotated[int, Query(ge=1, le=1000)] = 100, stream: bool = False,
                      last_event_id: Annotated[int | None, Header(ge=0, le=2**63 - 1)] = None):
     """Events after ``cursor`` (an event id). Streamed, each SSE message carries the event's
     id, so a reconnecting client (``Last-Event-ID``) resumes where it stopped; the stream
     ends after the job's final event."""
-    if crud.get_job(session, job_id=job_id) is None:
+    if crud.get_job(session, job_id=job_id, tenant_id=principal.tenant_id) is None:
         raise not_found("job", job_id)
     if not stream:
         events = crud.list_events(session, job_id=job_id, after_id=cursor, limit=limit)
@@ -206,8 +245,8 @@ async def job_events(request: Request, job_id: str, session: SessionDep,
 
 @router.post("/{job_id}/cancel", response_model=JobPublic,
              responses={409: {"description": "the job has already finished"}})
-def cancel_job(job_id: str, session: SessionDep):
-    job = crud.get_job(session, job_id=job_id)
+def cancel_job(job_id: str, session: SessionDep, principal: Trainer):
+    job = crud.get_job(session, job_id=job_id, tenant_id=principal.tenant_id)
     if job is None:
         raise not_found("job", job_id)
     if job.status in FINISHED:

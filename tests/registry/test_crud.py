@@ -3,14 +3,15 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from registry import crud
-from registry.models import Blob, Dataset, DatasetImage, Job, JobStatus
+from registry.models import DEFAULT_TENANT, Blob, Dataset, DatasetImage, Job, JobStatus
 
 
-def make_job(session, key=None, images=None):
+def make_job(session, images=None, tenant_id=DEFAULT_TENANT):
     images = images or [(b"img-a", 0, "a.png"), (b"img-b", 1, "b.png"), (b"img-a", 1, "c.png")]
-    return crud.create_job(session, classnames=["cat", "dog"], images=images,
-                           base_model="clipfit-tiny", templates=["a photo of a {}."],
-                           hyperparameters={"epochs": 2}, name="pets", idempotency_key=key)
+    return crud.create_job(session, tenant_id=tenant_id, classnames=["cat", "dog"],
+                           images=images, base_model="clipfit-tiny",
+                           templates=["a photo of a {}."], hyperparameters={"epochs": 2},
+                           name="pets")
 
 
 def count(session, model):
@@ -28,19 +29,46 @@ def test_job_with_dataset_and_deduplicated_images(session):
     assert [e.kind for e in crud.list_events(session, job_id=job.id)] == ["queued"]
 
 
-def test_idempotency_key_is_unique_and_found(session):
-    job = make_job(session, key="k-1")
-    assert crud.get_job_by_idempotency_key(session, key="k-1").id == job.id
-    with pytest.raises(IntegrityError):
-        make_job(session, key="k-1")
+@pytest.mark.filterwarnings("ignore:New instance .* conflicts with persistent instance")
+def test_idempotency_keys_are_per_tenant_and_expire(session):
+    from datetime import timedelta
+
+    from registry.models import utcnow
+
+    other = crud.create_tenant(session, name=f"t-{utcnow().timestamp()}")
+    job, theirs = make_job(session), make_job(session, tenant_id=other.id)
+    crud.record_idempotency(session, tenant_id=DEFAULT_TENANT, key="k-1", request_hash="h",
+                            job_id=job.id)
+    crud.record_idempotency(session, tenant_id=other.id, key="k-1", request_hash="h2",
+                            job_id=theirs.id)  # the same key in another tenant is its own
+    long_ago = utcnow() - timedelta(days=1)
+    found = crud.get_idempotency(session, tenant_id=DEFAULT_TENANT, key="k-1",
+                                 not_before=long_ago)
+    assert (found.job_id, found.request_hash) == (job.id, "h")
+    with pytest.raises(IntegrityError), session.begin_nested():
+        crud.record_idempotency(session, tenant_id=DEFAULT_TENANT, key="k-1",
+                                request_hash="h3", job_id=job.id)
+    assert crud.get_idempotency(session, tenant_id=DEFAULT_TENANT, key="k-1",
+                                not_before=utcnow() + timedelta(seconds=1)) is None  # expired
+    assert crud.get_idempotency(session, tenant_id=DEFAULT_TENANT, key="k-1",
+                                not_before=long_ago) is None  # and removed
+
+
+def test_keys_are_stored_hashed_and_can_be_revoked(session):
+    key, secret = crud.create_key(session, tenant_id=DEFAULT_TENANT, scopes=["read"])
+    assert secret.startswith("cfk_") and secret not in (key.key_hash, key.prefix)
+    assert key.prefix == secret[:12] and crud.get_key_by_secret(session, secret=secret) is key
+    assert crud.get_key_by_secret(session, secret=secret + "x") is None
+    crud.revoke_key(session, key_id=key.id)
+    assert crud.get_key_by_secret(session, secret=secret) is None
 
 
 def test_failed_transaction_stores_nothing(session):
     before = [count(session, m) for m in (Job, Dataset, DatasetImage)]
     with pytest.raises(IntegrityError), session.begin_nested():
         make_job(session, images=[(b"x", 0, "x.png"), (b"y", 5, "y.png")])
-        session.add(Job(id=None, dataset_id="missing", base_model="m", templates=[],
-                        hyperparameters={}))
+        session.add(Job(id=None, tenant_id=DEFAULT_TENANT, dataset_id="missing",
+                        base_model="m", templates=[], hyperparameters={}))
         session.flush()
     assert [count(session, m) for m in (Job, Dataset, DatasetImage)] == before
 
@@ -89,13 +117,13 @@ def test_cursor_pagination_and_status_filter(session):
     ids = {j.id for j in jobs}
     seen, before = [], None
     while True:
-        page = [j for j in crud.list_jobs(session, limit=2, before=before)]
+        page = [j for j in crud.list_jobs(session, tenant_id=None, limit=2, before=before)]
         if not page:
             break
         seen += [j.id for j in page]
         before = (page[-1].created_at, page[-1].id)
     assert ids <= set(seen) and len(seen) == len(set(seen))
-    cancelled = crud.list_jobs(session, status="cancelled", limit=100)
+    cancelled = crud.list_jobs(session, tenant_id=DEFAULT_TENANT, status="cancelled", limit=100)
     assert jobs[0].id in {j.id for j in cancelled}
     assert all(j.status == "cancelled" for j in cancelled)
     counts = crud.count_jobs_by_status(session)

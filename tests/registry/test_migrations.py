@@ -7,7 +7,8 @@ from registry.db import make_engine
 from registry.migrate import alembic_config
 from registry.models import Base
 
-TABLES = {"blobs", "datasets", "dataset_images", "jobs", "job_events", "adapters"}
+TABLES = {"blobs", "datasets", "dataset_images", "jobs", "job_events", "adapters", "tenants",
+          "api_keys", "idempotency_keys"}
 
 
 def test_upgrade_downgrade_upgrade_and_models_match(database_url, tmp_path):

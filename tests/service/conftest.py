@@ -60,9 +60,22 @@ def api(service_settings):
     client.flushdb()
     upgrade(service_settings.sqlalchemy_url)
     with TestClient(create_app(service_settings)) as test_client:
+        test_client.headers["Authorization"] = f"Bearer {new_key(test_client, ['admin'])}"
         yield test_client
     get_engine(service_settings.sqlalchemy_url).dispose()
     client.flushdb()
+
+
+def new_key(client, scopes: list[str], tenant: str = "default") -> str:
+    """A key of ``tenant`` (created when missing) with ``scopes``, straight in the database."""
+    from registry import crud
+
+    with client.app.state.sessions() as session:
+        found = crud.get_tenant_by_name(session, name=tenant)
+        tenant_id = found.id if found else crud.create_tenant(session, name=tenant).id
+        _, secret = crud.create_key(session, tenant_id=tenant_id, scopes=scopes)
+        session.commit()
+    return secret
 
 
 @pytest.fixture

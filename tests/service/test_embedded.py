@@ -47,6 +47,9 @@ class Server:
                 raise RuntimeError(f"serve exited:\n{self.log.read_text()}")
             try:
                 if self.client.get("/readyz").status_code == 200:
+                    # the first admin key, printed once by the first start on this data dir
+                    key = re.search(r"^    (cfk_\S+)$", self.log.read_text(), re.MULTILINE)
+                    self.client.headers["Authorization"] = f"Bearer {key.group(1)}"
                     return
             except httpx.TransportError:
                 pass
@@ -83,6 +86,7 @@ def test_embedded_service_end_to_end_and_crash_recovery(serve, colour_set, tmp_p
     server.wait_ready()
     assert (tmp_path / "data" / "clipfit.sqlite3").exists()
     api = server.client
+    assert httpx.get(f"http://127.0.0.1:{port}/v1/jobs").status_code == 401  # no key
 
     # a second service on the same data directory is refused, with a reason
     other = serve()
@@ -147,7 +151,8 @@ def test_embedded_service_end_to_end_and_crash_recovery(serve, colour_set, tmp_p
     out = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "demo_client.py"), "--url", str(api.base_url),
          "--train", str(colour_set), "--test", str(test_set), "--model", "clipfit-tiny",
-         "--epochs", "40", "--lr", "0.1", "--batch-size", "16", "--batch", "16"],
+         "--epochs", "40", "--lr", "0.1", "--batch-size", "16", "--batch", "16",
+         "--api-key", api.headers["Authorization"].split()[1]],
         capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "epoch  40/40" in out.stdout and "succeeded" in out.stdout

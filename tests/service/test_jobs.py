@@ -297,7 +297,7 @@ def test_a_stored_spec_this_version_refuses_fails_the_job(api, start_worker, db_
     reason; it is not left queued (its message acknowledged) forever."""
     from registry import crud
 
-    job = crud.create_job(db_session, classnames=["a", "b"],
+    job = crud.create_job(db_session, tenant_id="default", classnames=["a", "b"],
                           images=[(_png(), 0, "a.png"), (_png(), 1, "b.png")],
                           base_model="clipfit-tiny", templates=["a photo of a {}."],
                           hyperparameters={"epochs": 1, "seed": -1})
