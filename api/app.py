@@ -16,6 +16,7 @@ from .limits import BodyLimitMiddleware
 from .metrics import MetricsMiddleware
 from .queue import JobQueue
 from .routes import adapters, admin, classify, health, jobs
+from .schemas import ERROR_RESPONSES
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -26,7 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="clipfit", version="0.1.0",
                   description="Few-shot CLIP fine-tuning with ClipFit, served as tiny deltas.",
                   docs_url="/docs" if docs else None, redoc_url=None,
-                  openapi_url="/openapi.json" if docs else None)
+                  openapi_url="/openapi.json" if docs else None, responses=ERROR_RESPONSES)
     if not docs:
         guard = [Depends(unless_open("open_docs", "read"))]
 

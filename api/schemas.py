@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
-from typing import Any, ClassVar, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import UploadFile
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+)
 
 from clipfit_core.config import TrainConfig, input_name
+
+# The database keeps naive UTC; answers say so (RFC 3339: "2026-11-29T06:52:18Z").
+Timestamp = Annotated[datetime, AfterValidator(
+    lambda t: t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC))]
 
 
 class JobFormBase(BaseModel):
@@ -78,9 +90,9 @@ class JobPublic(BaseModel):
     progress: dict[str, Any] | None
     error: str | None
     adapter_id: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
 
     model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [{
         "id": "3fc4e2c00c7b42dd9066b0cdadbfc31c", "name": "pets v1", "status": "running",
@@ -104,7 +116,7 @@ class EventPublic(BaseModel):
     id: int
     kind: str
     payload: dict[str, Any]
-    created_at: datetime
+    created_at: Timestamp
 
 
 class EventsPublic(BaseModel):
@@ -127,7 +139,7 @@ class AdapterPublic(BaseModel):
     trainable_count: int
     size_bytes: int
     sha256: str = Field(validation_alias=AliasChoices("weights_sha256", "sha256"))
-    created_at: datetime
+    created_at: Timestamp
 
 
 class AdaptersPublic(BaseModel):
@@ -190,6 +202,30 @@ class ClassifyPublic(BaseModel):
                                                        {"label": "sandal", "prob": 0.06}]}]}]}}
 
 
+class Problems(BaseModel):
+    message: str
+    problems: list[str] = Field(description="every problem found, at most 50 then a count")
+
+
+class ErrorPublic(BaseModel):
+    """Every error answer: a sentence, or (422, and some others) a message with a list of
+    problems."""
+
+    detail: str | Problems
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorPublic, "description": text} for code, text in (
+        (400, "the body could not be parsed"),
+        (401, "no API key, or an unknown or revoked one"),
+        (403, "the API key lacks the scope this route needs"),
+        (404, "not found (another tenant's ids answer this too)"),
+        (409, "conflicts with the current state"),
+        (413, "the request body exceeds CLIPFIT_MAX_REQUEST_BYTES"),
+        (422, "the request is invalid: every problem is listed"),
+        (503, "a dependency (database, broker, weights) is unavailable"))}
+
+
 Scope = Literal["admin", "train", "classify", "read"]
 
 
@@ -197,7 +233,7 @@ class TenantPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str
     name: str
-    created_at: datetime
+    created_at: Timestamp
 
 
 class TenantsPublic(BaseModel):
@@ -218,8 +254,8 @@ class KeyPublic(BaseModel):
     name: str | None
     prefix: str = Field(description="the secret's first characters, to tell keys apart")
     scopes: list[str]
-    created_at: datetime
-    revoked_at: datetime | None
+    created_at: Timestamp
+    revoked_at: Timestamp | None
 
 
 class KeysPublic(BaseModel):

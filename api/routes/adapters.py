@@ -37,6 +37,8 @@ def get_adapter(adapter_id: str, session: SessionDep, principal: Reader):
 
 
 @router.get("/{adapter_id}/download", response_class=Response,
+            responses={200: {"description": "a zip of the two files",
+                             "content": {"application/zip": {}}}},
             summary="The two delta files (adapter_model.safetensors, adapter_config.json), zipped")
 def download_adapter(adapter_id: str, session: SessionDep, principal: Reader):
     adapter = crud.get_adapter(session, adapter_id=adapter_id, tenant_id=principal.tenant_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from registry import crud
@@ -21,7 +22,13 @@ def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, str]
+
+
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "a dependency is unreachable"}})
 def readyz(session: SessionDep, queue: QueueDep):
     checks = {}
     try:
@@ -39,7 +46,9 @@ def readyz(session: SessionDep, queue: QueueDep):
                         content={"status": "ok" if ok else "unavailable", "checks": checks})
 
 
-@router.get("/metrics", dependencies=[Depends(unless_open("open_metrics", "read"))])
+@router.get("/metrics", dependencies=[Depends(unless_open("open_metrics", "read"))],
+            response_class=Response, responses={200: {
+                "description": "Prometheus text format", "content": {"text/plain": {}}}})
 def metrics(session: SessionDep, queue: QueueDep, engine: InferenceDep):
     scrape = CollectorRegistry()
     jobs = Gauge("clipfit_jobs", "jobs by state", ["status"], registry=scrape)

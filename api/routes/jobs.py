@@ -206,6 +206,9 @@ def get_job(job_id: str, session: SessionDep, principal: Reader):
 
 
 @router.get("/{job_id}/events", response_model=EventsPublic,
+            responses={200: {"content": {"text/event-stream": {
+                "schema": {"type": "string", "description": "with stream=true: each "
+                           "message's data is an EventPublic"}}}}},
             summary="Job events; ?stream=true streams them live as Server-Sent Events")
 async def job_events(request: Request, job_id: str, session: SessionDep, principal: Reader,
                      cursor: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
