@@ -15,6 +15,7 @@ from .inference import InferenceEngine
 from .limits import BodyLimitMiddleware
 from .metrics import MetricsMiddleware
 from .queue import JobQueue
+from .quotas import Quotas
 from .routes import adapters, admin, classify, health, jobs
 from .schemas import ERROR_RESPONSES
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = session_factory(get_engine(settings.sqlalchemy_url))
     app.state.queue = JobQueue(settings)
     app.state.inference = InferenceEngine(settings)
+    app.state.quotas = Quotas(settings)
     app.add_middleware(MetricsMiddleware)
 
     app.add_middleware(BodyLimitMiddleware, settings=settings)  # outermost: before parsing

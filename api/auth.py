@@ -47,7 +47,9 @@ def authenticate(
         if key is None:
             raise HTTPException(401, detail="unknown or revoked API key",
                                 headers={"WWW-Authenticate": "Bearer"})
-        return Principal(key.tenant_id, frozenset(key.scopes), key.id)
+        principal = Principal(key.tenant_id, frozenset(key.scopes), key.id)
+    request.app.state.quotas.hit_request(principal.key_id)
+    return principal
 
 
 def require(scope: str) -> Callable[..., Principal]:

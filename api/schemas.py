@@ -222,6 +222,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (404, "not found (another tenant's ids answer this too)"),
         (409, "conflicts with the current state"),
         (413, "the request body exceeds CLIPFIT_MAX_REQUEST_BYTES"),
+        (429, "a rate limit or quota is exhausted (Retry-After says when to retry)"),
         (422, "the request is invalid: every problem is listed"),
         (503, "a dependency (database, broker, weights) is unavailable"))}
 

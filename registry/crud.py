@@ -195,6 +195,18 @@ def list_jobs(session: Session, *, tenant_id: str | None, status: str | None = N
     return list(session.scalars(query))
 
 
+def count_active_jobs(session: Session, *, tenant_id: str) -> int:
+    """The tenant's queued and running jobs."""
+    return session.scalar(select(func.count()).select_from(Job).where(
+        Job.tenant_id == tenant_id,
+        Job.status.in_([JobStatus.queued.value, JobStatus.running.value]))) or 0
+
+
+def count_adapters(session: Session, *, tenant_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(Adapter)
+                          .where(Adapter.tenant_id == tenant_id)) or 0
+
+
 def count_jobs_by_status(session: Session) -> dict[str, int]:
     rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
     return {status.value: 0 for status in JobStatus} | dict(rows.all())

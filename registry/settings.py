@@ -42,6 +42,14 @@ class Settings(BaseSettings):
                        "(every caller is then the default tenant's admin)")
     open_docs: bool = Field(True, description="/docs and /openapi.json without a key")
     open_metrics: bool = Field(False, description="/metrics without a key")
+    rate_limit: str = Field("50/second", description="requests per API key, in the limits "
+                            "library's notation ('50/second', '1000/minute'); empty: none")
+    upload_bytes_per_day: int = Field(20 * 1024**3, ge=0,
+                                      description="uploaded bytes per API key and day; 0: none")
+    max_active_jobs: int = Field(20, ge=0, description="queued + running jobs per tenant; "
+                                 "0: none")
+    max_adapters: int = Field(1000, ge=0, description="stored adapters per tenant (counting "
+                              "jobs that will make one); 0: none")
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=1,
                                          description="how long an Idempotency-Key is kept")
     delta_cache_size: int = Field(64, ge=1, description="deltas kept in memory per API process")

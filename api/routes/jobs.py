@@ -23,6 +23,7 @@ from registry.models import FINISHED, JobStatus, utcnow
 from ..auth import Reader, Trainer
 from ..deps import QueueDep, SessionDep, SettingsDep, not_found, page_next, page_start
 from ..limits import http_error_in
+from ..quotas import too_many
 from ..schemas import (
     EventPublic,
     EventsPublic,
@@ -56,6 +57,8 @@ async def create_job(
     if idempotency_key and (job := _idempotent_job(
             session, settings, principal.tenant_id, idempotency_key, digest)) is not None:
         return job
+    check_job_quotas(request, session, settings, principal,
+                     len(zipped or b"") + sum(len(data) for _, data in files))
     allowed = settings.allowed_base_models
     base_model = allowed[0] if form.base_model is None else form.base_model
     if base_model not in allowed:
@@ -113,6 +116,21 @@ async def read_job_form(request: Request, settings) -> tuple[JobCreateForm, list
         return JobCreateForm.model_validate(fields), problems
     except ValidationError as e:
         raise invalid_job(problems + validation_problems(e)) from e
+
+
+def check_job_quotas(request: Request, session, settings, principal, upload_bytes: int) -> None:
+    """429 when the tenant has too many jobs in flight or adapters, or the key's upload
+    quota for the day is spent (the upload counts only when the other two allow it)."""
+    tenant = principal.tenant_id
+    active = crud.count_active_jobs(session, tenant_id=tenant)
+    if settings.max_active_jobs and active >= settings.max_active_jobs:
+        raise too_many(f"{active} jobs are queued or running, the limit is "
+                       f"{settings.max_active_jobs}: wait for one to finish", 30)
+    if settings.max_adapters and active + crud.count_adapters(
+            session, tenant_id=tenant) >= settings.max_adapters:
+        raise too_many(f"the limit of {settings.max_adapters} stored adapters (with those "
+                       "being trained) is reached: delete some", 3600)
+    request.app.state.quotas.hit_upload(principal.key_id or "anonymous", upload_bytes)
 
 
 def request_digest(form: JobCreateForm, zipped: bytes | None,

@@ -39,7 +39,7 @@ def app_and_key(tmp_path_factory):
     from registry.migrate import upgrade
 
     config = Settings(data_dir=tmp_path_factory.mktemp("fuzz"), base_models="clipfit-tiny",
-                      device="cpu")
+                      device="cpu", rate_limit="")  # hundreds of requests a second here
     upgrade(config.sqlalchemy_url)
     with session_scope(get_engine(config.sqlalchemy_url)) as session:
         _, secret = crud.create_key(session, tenant_id="default", scopes=["admin"])

@@ -35,6 +35,7 @@ def service_env(new_postgres_database, tmp_path_factory):
         "CLIPFIT_BASE_MODELS": "clipfit-tiny",
         "CLIPFIT_PROGRESS_INTERVAL_SECONDS": "0.2",
         "CLIPFIT_DEVICE": "cpu",
+        "CLIPFIT_MAX_ACTIVE_JOBS": "100",  # tests leave jobs queued; quotas are tested apart
     }
     return env
 
