@@ -72,7 +72,7 @@ def serve(settings: Settings, options: ServeOptions) -> int:
     from registry.migrate import upgrade
 
     embedded = not settings.broker_url and options.worker
-    worker, lock = None, None
+    worker, lock, reconciler = None, None, None
     if embedded:  # this process owns the data directory's jobs: one such server at a time
         try:
             lock = lock_data_dir(settings.data_dir)  # held until serving ends
@@ -87,14 +87,18 @@ def serve(settings: Settings, options: ServeOptions) -> int:
         print("clipfit: WARNING: authentication is off (CLIPFIT_AUTH=false): anyone who reaches "
               "this port is an admin", file=sys.stderr, flush=True)
     if options.worker:
+        from registry.queue import TRAIN_TASK
         from worker.celery_app import create_worker_app
         from worker.embedded import EmbeddedWorker, requeue_unfinished
+        from worker.reconcile import Reconciler
 
         worker_app = create_worker_app(settings)
         worker = EmbeddedWorker(worker_app)
         worker.start()
         if embedded:
             requeue_unfinished(worker_app, get_engine(settings.sqlalchemy_url))
+        reconciler = Reconciler(settings, lambda job_id: worker_app.send_task(
+            TRAIN_TASK, args=[job_id])).start()
     app = create_app(settings)
     db = settings.sqlalchemy_url.split("://", 1)[0]
     broker = settings.celery_broker_url.split("://", 1)[0]
@@ -106,6 +110,8 @@ def serve(settings: Settings, options: ServeOptions) -> int:
         uvicorn.run(app, host=options.host, port=options.port,
                     log_level=options.log_level.lower(), access_log=options.access_log)
     finally:
+        if reconciler is not None:
+            reconciler.stop()
         if worker is not None:
             worker.stop()
         if lock is not None:
@@ -115,11 +121,19 @@ def serve(settings: Settings, options: ServeOptions) -> int:
 
 def run_worker(settings: Settings, *, concurrency: int, pool: str, hostname: str | None,
                log_level: str) -> int:
+    from registry.queue import TRAIN_TASK
     from worker.celery_app import create_worker_app
+    from worker.reconcile import Reconciler
 
     argv = ["worker", f"--loglevel={log_level}", f"--concurrency={concurrency}",
             f"--pool={pool}"]
     if hostname:
         argv += ["--hostname", hostname]
-    create_worker_app(settings).worker_main(argv)
+    app = create_worker_app(settings)
+    reconciler = Reconciler(settings, lambda job_id: app.send_task(TRAIN_TASK, args=[job_id]))
+    reconciler.start()
+    try:
+        app.worker_main(argv)
+    finally:
+        reconciler.stop()
     return 0

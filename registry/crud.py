@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -26,6 +26,7 @@ from .models import (
     Job,
     JobEvent,
     JobStatus,
+    Lease,
     Tenant,
     utcnow,
 )
@@ -145,7 +146,7 @@ def create_job(
                                  filename=filename[:512], blob_sha256=put_blob(session, data=data)))
     job = Job(tenant_id=tenant_id, dataset_id=dataset.id, base_model=base_model,
               templates=list(templates), hyperparameters=dict(hyperparameters), name=name,
-              status=JobStatus.queued.value)
+              status=JobStatus.queued.value, enqueued_at=utcnow())
     session.add(job)
     session.flush()
     add_event(session, job_id=job.id, kind="queued", payload={"images": len(images)})
@@ -238,11 +239,17 @@ def list_events(session: Session, *, job_id: str, after_id: int = 0,
     return list(session.scalars(query))
 
 
-def mark_running(session: Session, *, job_id: str) -> Job | None:
-    """Claim a queued (or redelivered running) job: attempts + 1, heartbeat now.
-    ``None`` when the job is gone or already finished."""
+def mark_running(session: Session, *, job_id: str,
+                 stale_before: datetime | None = None) -> Job | None:
+    """Claim a job: attempts + 1 (the attempt is the fencing token of every later write),
+    heartbeat now. ``None`` when the job is gone, finished, or (with ``stale_before``)
+    running with a heartbeat newer than that: a live attempt holds it and this delivery is a
+    duplicate."""
     job = session.get(Job, job_id, with_for_update=True)
     if job is None or job.status in FINISHED:
+        return None
+    if job.status == JobStatus.running.value and stale_before is not None and \
+            job.heartbeat_at is not None and job.heartbeat_at >= stale_before:
         return None
     job.status = JobStatus.running.value
     job.attempts += 1
@@ -252,10 +259,28 @@ def mark_running(session: Session, *, job_id: str) -> Job | None:
     return job
 
 
-def record_progress(session: Session, *, job_id: str, progress: dict[str, Any]) -> bool:
-    """Store progress and a heartbeat; return whether cancellation was requested."""
+def holds(job: Job | None, attempt: int | None) -> bool:
+    """Whether ``attempt`` still owns the running ``job`` (None: no fencing)."""
+    return job is not None and job.status == JobStatus.running.value and \
+        (attempt is None or job.attempts == attempt)
+
+
+def heartbeat(session: Session, *, job_id: str, attempt: int) -> bool:
+    """A live attempt's heartbeat; False when it no longer owns the job (a newer attempt
+    took over, or the job ended): the caller stops."""
     job = session.get(Job, job_id)
-    if job is None:
+    if not holds(job, attempt):
+        return False
+    job.heartbeat_at = utcnow()
+    return True
+
+
+def record_progress(session: Session, *, job_id: str, progress: dict[str, Any],
+                    attempt: int | None = None) -> bool:
+    """Store progress and a heartbeat; return whether the run should stop (cancellation
+    requested, or ``attempt`` no longer owns the job)."""
+    job = session.get(Job, job_id)
+    if not holds(job, attempt):
         return True
     job.progress = progress
     job.heartbeat_at = utcnow()
@@ -263,17 +288,61 @@ def record_progress(session: Session, *, job_id: str, progress: dict[str, Any]) 
     return job.cancel_requested
 
 
-def request_cancel(session: Session, *, job_id: str) -> Job | None:
-    """Flag a job for cooperative cancellation; a queued job is cancelled at once."""
+def finish_attempt(session: Session, *, job_id: str, attempt: int, status: JobStatus,
+                   error: str | None = None) -> bool:
+    """End the job, when ``attempt`` still owns it (a stale worker's ending is dropped)."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if not holds(job, attempt):
+        return False
+    finish_job(session, job=job, status=status, error=error)
+    return True
+
+
+def request_cancel(session: Session, *, job_id: str,
+                   stale_before: datetime | None = None) -> Job | None:
+    """Flag a job for cooperative cancellation. A queued job, or (with ``stale_before``) a
+    running one whose heartbeat is older than that (its worker is gone), is cancelled at
+    once; a live one stops within a couple of seconds."""
     job = session.get(Job, job_id, with_for_update=True)
     if job is None or job.status in FINISHED:
         return job
     job.cancel_requested = True
-    if job.status == JobStatus.queued.value:
+    stuck = job.status == JobStatus.running.value and stale_before is not None and \
+        (job.heartbeat_at is None or job.heartbeat_at < stale_before)
+    if job.status == JobStatus.queued.value or stuck:
         finish_job(session, job=job, status=JobStatus.cancelled)
     else:
         add_event(session, job_id=job.id, kind="cancel_requested", payload={})
     return job
+
+
+def acquire_lease(session: Session, *, name: str, holder: str, ttl_seconds: float) -> bool:
+    """Hold the lease ``name`` for ``ttl_seconds`` when it is free, expired or already ours."""
+    now = utcnow()
+    lease = session.get(Lease, name, with_for_update=True)
+    if lease is None:
+        session.add(Lease(name=name, holder=holder,
+                          expires_at=now + timedelta(seconds=ttl_seconds)))
+        session.flush()  # a concurrent insert fails here (IntegrityError): not ours
+        return True
+    if lease.holder != holder and lease.expires_at > now:
+        return False
+    lease.holder, lease.expires_at = holder, now + timedelta(seconds=ttl_seconds)
+    return True
+
+
+def stale_running_jobs(session: Session, *, stale_before: datetime) -> list[Job]:
+    """Running jobs whose heartbeat is older than ``stale_before``: their worker is gone."""
+    return list(session.scalars(select(Job).where(
+        Job.status == JobStatus.running.value,
+        (Job.heartbeat_at < stale_before) | Job.heartbeat_at.is_(None)).with_for_update()))
+
+
+def queued_jobs_sent_before(session: Session, *, before: datetime) -> list[Job]:
+    """Queued jobs last sent to the queue before ``before`` (or never)."""
+    return list(session.scalars(select(Job).where(
+        Job.status == JobStatus.queued.value,
+        (Job.enqueued_at < before) | Job.enqueued_at.is_(None)).order_by(Job.created_at)))
 
 
 def finish_job(session: Session, *, job: Job, status: JobStatus, error: str | None = None) -> Job:

@@ -9,15 +9,19 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 
-def make_engine(url: str) -> Engine:
-    """An engine; SQLite gets foreign keys, WAL and a busy timeout (api + worker share it)."""
+def make_engine(url: str, *, pooled: bool = True) -> Engine:
+    """An engine; SQLite gets foreign keys, WAL and a busy timeout (api + worker share it).
+    ``pooled=False`` keeps no connection open between uses (safe across a fork)."""
+    pool = {} if pooled else {"poolclass": NullPool}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               **pool)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection, _record):
@@ -27,7 +31,7 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 @lru_cache

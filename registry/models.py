@@ -124,6 +124,7 @@ class Job(Base):
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None]
     heartbeat_at: Mapped[datetime | None]
+    enqueued_at: Mapped[datetime | None]  # last sent to the queue (the reconciler resends)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -133,6 +134,15 @@ class Job(Base):
     @property
     def adapter_id(self) -> str | None:
         return self.adapter.id if self.adapter is not None else None
+
+
+class Lease(Base):
+    """A named lease: one holder at a time until it expires (the reconciler's)."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime]
 
 
 class JobEvent(Base):

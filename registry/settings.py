@@ -38,6 +38,15 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = Field(
         0, description="broker redelivery delay for unacknowledged jobs; 0: job timeout + 1 h")
     progress_interval_seconds: float = 2.0
+    heartbeat_seconds: float = Field(5.0, gt=0, description="a training worker's heartbeat")
+    stale_after_seconds: float = Field(60.0, gt=0, description="a running job whose heartbeat "
+                                       "is older than this has lost its worker")
+    requeue_after_seconds: float = Field(60.0, gt=0, description="a queued job with no message "
+                                         "in the broker is sent again after this long")
+    max_attempts: int = Field(3, ge=1, description="deliveries of a job whose worker keeps "
+                              "dying, before it is failed")
+    reconcile_interval_seconds: float = Field(10.0, gt=0, description="how often the "
+                                              "reconciler compares the database and the queue")
     auth: bool = Field(True, description="require API keys; off only for a trusted network "
                        "(every caller is then the default tenant's admin)")
     open_docs: bool = Field(True, description="/docs and /openapi.json without a key")

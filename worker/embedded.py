@@ -14,8 +14,9 @@ from celery import Celery
 from celery.worker import WorkController
 from sqlalchemy import Engine, select
 
+from registry.crud import add_event
 from registry.db import session_scope
-from registry.models import Job, JobStatus
+from registry.models import Job, JobStatus, utcnow
 from registry.queue import TRAIN_TASK
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,21 @@ def requeue_unfinished(app: Celery, engine: Engine) -> list[str]:
     """Enqueue every queued or running job again (the database is the source of truth).
 
     Only for a process that owns all workers of its broker (the embedded service at start),
-    where a job still marked running was cut off by a crash or restart. The task is
+    where a job still marked running was certainly cut off by a crash or restart: it goes
+    back to the queue at once, without waiting for its heartbeat to go stale. The task is
     idempotent, so a job whose message also survived in the broker runs once."""
     with session_scope(engine) as s:
-        ids = list(s.scalars(select(Job.id).where(
+        jobs = list(s.scalars(select(Job).where(
             Job.status.in_([JobStatus.queued.value, JobStatus.running.value]))
             .order_by(Job.created_at)))
+        for job in jobs:
+            if job.status == JobStatus.running.value:
+                job.status = JobStatus.queued.value
+                add_event(s, job_id=job.id, kind="requeued",
+                          payload={"after_attempt": job.attempts,
+                                   "reason": "the service restarted"})
+            job.enqueued_at = utcnow()
+        ids = [job.id for job in jobs]
     for job_id in ids:
         app.send_task(TRAIN_TASK, args=[job_id])
     if ids:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from datetime import timedelta
 from functools import cached_property, lru_cache
+from typing import Self
 
 from celery import Task
 from sqlalchemy import Engine
@@ -15,7 +18,7 @@ from clipfit_core.models import BaseModel, create_base_model, resolve_device
 from clipfit_core.train import TrainingCancelled, train_clipfit
 from registry import crud
 from registry.db import get_engine, session_scope
-from registry.models import JobStatus
+from registry.models import JobStatus, utcnow
 from registry.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,39 +45,83 @@ class TrainTask(Task):
 
 
 def train_job(self: TrainTask, job_id: str) -> str:
-    """Idempotent: a redelivered job whose adapter exists, or a finished job, does nothing."""
+    """Idempotent: a finished job, one with its adapter, or one a live attempt is running
+    (a duplicate delivery) does nothing. The claim's attempt number fences every later
+    write, so a worker that lost the job (stalled past the stale threshold, then woke up)
+    cannot overwrite the attempt that replaced it."""
+    stale_before = utcnow() - timedelta(seconds=self.settings.stale_after_seconds)
     with session_scope(self.engine) as s:
         if crud.get_adapter_for_job(s, job_id=job_id) is not None:
             return "exists"
-        job = crud.mark_running(s, job_id=job_id)
+        job = crud.mark_running(s, job_id=job_id, stale_before=stale_before)
         if job is None:
-            return "finished"
+            return "finished or running elsewhere"
+        attempt = job.attempts
         classnames, images = crud.training_images(s, job=job)
         spec, name = job.base_model, job.name
         hyperparameters, templates = job.hyperparameters, job.templates
-    try:  # a stored spec this version refuses fails the job (with the reason), like any error
-        config = TrainConfig.from_dict(hyperparameters, templates=templates)
-        adapter_metrics, delta = _train(self, job_id, spec, config, classnames, images)
-    except TrainingCancelled:
-        with session_scope(self.engine) as s:
-            crud.finish_job(s, job=crud.get_job(s, job_id=job_id), status=JobStatus.cancelled)
-        return "cancelled"
-    except Exception as e:  # the job failed; the worker lives on
-        log.exception("job %s failed", job_id)
-        with session_scope(self.engine) as s:
-            crud.finish_job(s, job=crud.get_job(s, job_id=job_id), status=JobStatus.failed,
-                            error=f"{type(e).__name__}: {e}")
-        return "failed"
+    with Heartbeat(self, job_id, attempt) as beat:
+        try:  # a stored spec this version refuses fails the job (with the reason), like any error
+            config = TrainConfig.from_dict(hyperparameters, templates=templates)
+            adapter_metrics, delta = _train(self, job_id, attempt, spec, config, classnames,
+                                            images, beat)
+        except TrainingCancelled:
+            return _end(self, job_id, attempt, JobStatus.cancelled)
+        except Exception as e:  # the job failed; the worker lives on
+            log.exception("job %s failed", job_id)
+            return _end(self, job_id, attempt, JobStatus.failed, f"{type(e).__name__}: {e}")
     with session_scope(self.engine) as s:
         job = crud.get_job(s, job_id=job_id)
         if crud.get_adapter_for_job(s, job_id=job_id) is not None:
             return "exists"
+        if not crud.holds(job, attempt):
+            return "superseded"
         crud.store_adapter(s, job=job, weights=delta.to_bytes(), config=delta.config_dict(),
                            metrics=adapter_metrics, name=name)
     return "succeeded"
 
 
-def _train(task: TrainTask, job_id: str, spec: str, config: TrainConfig, classnames, images):
+def _end(task: TrainTask, job_id: str, attempt: int, status: JobStatus,
+         error: str | None = None) -> str:
+    with session_scope(task.engine) as s:
+        ended = crud.finish_attempt(s, job_id=job_id, attempt=attempt, status=status,
+                                    error=error)
+    return status.value if ended else "superseded"
+
+
+class Heartbeat:
+    """A thread that refreshes the job's heartbeat while the attempt runs (model loading and
+    evaluation included, not only training steps), and notices when the attempt no longer
+    owns the job or its cancellation was asked for."""
+
+    def __init__(self, task: TrainTask, job_id: str, attempt: int):
+        self.task, self.job_id, self.attempt = task, job_id, attempt
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}",
+                                        daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.task.settings.heartbeat_seconds):
+            try:
+                with session_scope(self.task.engine) as s:
+                    self.lost = not crud.heartbeat(s, job_id=self.job_id, attempt=self.attempt)
+            except Exception:
+                log.warning("heartbeat of job %s failed; retrying", self.job_id, exc_info=True)
+            if self.lost:
+                return
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _train(task: TrainTask, job_id: str, attempt: int, spec: str, config: TrainConfig,
+           classnames, images, beat: Heartbeat):
     base = task.base_model(spec)
     dataset = FewShotDataset(classnames, [Sample(data, label, name)
                                           for data, label, name in images])
@@ -92,15 +139,17 @@ def _train(task: TrainTask, job_id: str, spec: str, config: TrainConfig, classna
                     "images_per_sec": round(p.images_per_sec, 2),
                     "eta_seconds": round(p.eta_seconds, 1)}
         with session_scope(task.engine) as s:
-            state["cancel"] = crud.record_progress(s, job_id=job_id, progress=progress)
+            state["cancel"] = crud.record_progress(s, job_id=job_id, progress=progress,
+                                                   attempt=attempt)
 
     def should_cancel() -> bool:
         now = time.monotonic()
         if not state["cancel"] and now - max(state["last"], state["checked"]) >= 1.0:
             state["checked"] = now  # a cancel request reaches the loop within about 1 s
             with session_scope(task.engine) as s:
-                state["cancel"] = crud.get_job(s, job_id=job_id).cancel_requested
-        return state["cancel"]
+                job = crud.get_job(s, job_id=job_id)
+                state["cancel"] = job.cancel_requested or not crud.holds(job, attempt)
+        return state["cancel"] or beat.lost
 
     should_cancel()
     result = train_clipfit(base, dataset, config, val_set=val, on_progress=on_progress,

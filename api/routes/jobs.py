@@ -266,13 +266,16 @@ async def job_events(request: Request, job_id: str, session: SessionDep, princip
 
 @router.post("/{job_id}/cancel", response_model=JobPublic,
              responses={409: {"description": "the job has already finished"}})
-def cancel_job(job_id: str, session: SessionDep, principal: Trainer):
+def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep, principal: Trainer):
+    """A queued job, or a running one whose worker is gone (stale heartbeat), ends
+    cancelled at once; a live one stops within a couple of seconds."""
     job = crud.get_job(session, job_id=job_id, tenant_id=principal.tenant_id)
     if job is None:
         raise not_found("job", job_id)
     if job.status in FINISHED:
         return JSONResponse(status_code=409, content={
             "detail": f"job {job_id} already finished with status {job.status!r}"})
-    job = crud.request_cancel(session, job_id=job_id)
+    stale_before = utcnow() - timedelta(seconds=settings.stale_after_seconds)
+    job = crud.request_cancel(session, job_id=job_id, stale_before=stale_before)
     session.commit()
     return job

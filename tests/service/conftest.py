@@ -36,6 +36,9 @@ def service_env(new_postgres_database, tmp_path_factory):
         "CLIPFIT_PROGRESS_INTERVAL_SECONDS": "0.2",
         "CLIPFIT_DEVICE": "cpu",
         "CLIPFIT_MAX_ACTIVE_JOBS": "100",  # tests leave jobs queued; quotas are tested apart
+        # the reconciler's clocks, shortened from minutes to seconds
+        "CLIPFIT_HEARTBEAT_SECONDS": "0.5", "CLIPFIT_STALE_AFTER_SECONDS": "4",
+        "CLIPFIT_RECONCILE_INTERVAL_SECONDS": "1", "CLIPFIT_REQUEUE_AFTER_SECONDS": "3",
     }
     return env
 
