@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
+from cachetools import TTLCache
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as KombuOperationalError
+from sqlalchemy.exc import InterfaceError
+from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 
 from registry.db import get_engine, session_factory
 from registry.settings import Settings
@@ -18,6 +24,8 @@ from .queue import JobQueue
 from .quotas import Quotas
 from .routes import adapters, admin, classify, health, jobs
 from .schemas import ERROR_RESPONSES
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,6 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.queue = JobQueue(settings)
     app.state.inference = InferenceEngine(settings)
     app.state.quotas = Quotas(settings)
+    # keys seen recently: authentication keeps working through a database blip; a revoked
+    # key stops working within CLIPFIT_KEY_CACHE_SECONDS
+    app.state.known_keys = TTLCache(maxsize=10_000, ttl=settings.key_cache_seconds)
     app.add_middleware(MetricsMiddleware)
 
     app.add_middleware(BodyLimitMiddleware, settings=settings)  # outermost: before parsing
@@ -57,5 +68,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     for e in exc.errors()]
         return JSONResponse(status_code=422, content={
             "detail": {"message": "invalid request", "problems": problems}})
+
+    @app.exception_handler(SQLAlchemyOperationalError)
+    @app.exception_handler(InterfaceError)
+    async def database_unavailable(_request: Request, exc: Exception):
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return JSONResponse(status_code=503, headers={"Retry-After": "5"}, content={
+            "detail": "the database is unavailable; nothing was changed, retry shortly"})
+
+    @app.exception_handler(KombuOperationalError)
+    async def broker_unavailable(_request: Request, exc: Exception):
+        log.warning("job queue unavailable: %s", type(exc).__name__)
+        return JSONResponse(status_code=503, headers={"Retry-After": "5"}, content={
+            "detail": "the job queue is unavailable; retry shortly"})
 
     return app

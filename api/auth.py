@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
+from cachetools import TTLCache
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
@@ -42,12 +43,17 @@ def authenticate(
     if not secret:
         raise HTTPException(401, detail="an API key is required: Authorization: Bearer KEY",
                             headers={"WWW-Authenticate": "Bearer"})
-    with request.app.state.sessions() as session:
-        key = crud.get_key_by_secret(session, secret=secret[:200])
-        if key is None:
-            raise HTTPException(401, detail="unknown or revoked API key",
-                                headers={"WWW-Authenticate": "Bearer"})
-        principal = Principal(key.tenant_id, frozenset(key.scopes), key.id)
+    known: TTLCache = request.app.state.known_keys
+    digest = crud.hash_key(secret[:200])
+    principal = known.get(digest)
+    if principal is None:  # else: a key seen within CLIPFIT_KEY_CACHE_SECONDS
+        with request.app.state.sessions() as session:
+            key = crud.get_key_by_secret(session, secret=secret[:200])
+            if key is None:
+                raise HTTPException(401, detail="unknown or revoked API key",
+                                    headers={"WWW-Authenticate": "Bearer"})
+            principal = Principal(key.tenant_id, frozenset(key.scopes), key.id)
+        known[digest] = principal
     request.app.state.quotas.hit_request(principal.key_id)
     return principal
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 from cachetools import LRUCache
 
@@ -15,11 +16,31 @@ from registry.models import Adapter
 from registry.settings import Settings
 
 
+@dataclass(frozen=True)
+class AdapterInfo:
+    """What classification needs of an adapter row: kept with its delta, so that a cached
+    adapter keeps answering while the database is away."""
+
+    id: str
+    tenant_id: str
+    base_model: str
+    classnames: list[str]
+    templates: list[str]
+    weights_sha256: str
+    config: dict
+
+    @classmethod
+    def of(cls, row: Adapter) -> AdapterInfo:
+        return cls(row.id, row.tenant_id, row.base_model, list(row.classnames),
+                   list(row.templates), row.weights_sha256, dict(row.config))
+
+
 class InferenceEngine:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._classifiers: dict[str, Classifier] = {}
-        self._deltas: LRUCache[str, Delta] = LRUCache(maxsize=settings.delta_cache_size)
+        self._deltas: LRUCache[str, tuple[AdapterInfo, Delta]] = LRUCache(
+            maxsize=settings.delta_cache_size)
         self._lock = threading.Lock()
         self.delta_hits = 0
         self.delta_misses = 0
@@ -34,18 +55,26 @@ class InferenceEngine:
                 self._classifiers[spec] = Classifier(base, batch_size=256)
             return self._classifiers[spec]
 
-    def delta(self, session, adapter: Adapter) -> Delta:
+    def delta(self, session, adapter: AdapterInfo) -> Delta:
         with self._lock:
-            delta = self._deltas.get(adapter.id)
-            if delta is not None:
+            cached = self._deltas.get(adapter.id)
+            if cached is not None:
                 self.delta_hits += 1
-                return delta
+                return cached[1]
             self.delta_misses += 1
         weights = crud.get_blob(session, sha256=adapter.weights_sha256)
         delta = Delta.from_bytes(weights, adapter.config)
         with self._lock:
-            self._deltas[adapter.id] = delta
+            self._deltas[adapter.id] = (adapter, delta)
         return delta
+
+    def cached_adapter(self, adapter_id: str, tenant_id: str) -> AdapterInfo | None:
+        """The adapter as last loaded, when its delta is resident (and the tenant's)."""
+        with self._lock:
+            cached = self._deltas.get(adapter_id)
+        if cached is None or cached[0].tenant_id != tenant_id:
+            return None
+        return cached[0]
 
     def forget(self, adapter_id: str) -> None:
         with self._lock:

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
                                  "0: none")
     max_adapters: int = Field(1000, ge=0, description="stored adapters per tenant (counting "
                               "jobs that will make one); 0: none")
+    key_cache_seconds: float = Field(30.0, gt=0, description="an API key, once checked, is "
+                                     "trusted this long without the database (revocation "
+                                     "takes effect within it)")
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=1,
                                          description="how long an Idempotency-Key is kept")
     delta_cache_size: int = Field(64, ge=1, description="deltas kept in memory per API process")

@@ -11,6 +11,7 @@ from typing import Self
 
 from celery import Task
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from clipfit_core.config import TrainConfig, prepare_training_set
 from clipfit_core.data import FewShotDataset, Sample
@@ -22,6 +23,7 @@ from registry.models import JobStatus, utcnow
 from registry.settings import Settings
 
 log = logging.getLogger(__name__)
+DATABASE_AWAY = (OperationalError, InterfaceError)
 
 
 class TrainTask(Task):
@@ -70,23 +72,46 @@ def train_job(self: TrainTask, job_id: str) -> str:
         except Exception as e:  # the job failed; the worker lives on
             log.exception("job %s failed", job_id)
             return _end(self, job_id, attempt, JobStatus.failed, f"{type(e).__name__}: {e}")
-    with session_scope(self.engine) as s:
+    return with_retries(lambda: _store(self, job_id, attempt, delta, adapter_metrics, name),
+                        f"storing the adapter of job {job_id}")
+
+
+def _store(task: TrainTask, job_id: str, attempt: int, delta, metrics, name) -> str:
+    with session_scope(task.engine) as s:
         job = crud.get_job(s, job_id=job_id)
         if crud.get_adapter_for_job(s, job_id=job_id) is not None:
             return "exists"
         if not crud.holds(job, attempt):
             return "superseded"
         crud.store_adapter(s, job=job, weights=delta.to_bytes(), config=delta.config_dict(),
-                           metrics=adapter_metrics, name=name)
+                           metrics=metrics, name=name)
     return "succeeded"
+
+
+def with_retries(action, what: str, delays=(1, 2, 4, 8, 16)):
+    """``action()``, retried with backoff while the database is away (about 30 s). If it
+    stays away, the error propagates: the job's heartbeat then goes stale and the reconciler
+    runs it again, so a result that could not be recorded is never taken as done."""
+    for delay in (*delays, None):
+        try:
+            return action()
+        except DATABASE_AWAY:
+            if delay is None:
+                raise
+            log.warning("%s: database unavailable, retrying in %d s", what, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def _end(task: TrainTask, job_id: str, attempt: int, status: JobStatus,
          error: str | None = None) -> str:
-    with session_scope(task.engine) as s:
-        ended = crud.finish_attempt(s, job_id=job_id, attempt=attempt, status=status,
-                                    error=error)
-    return status.value if ended else "superseded"
+    def end() -> str:
+        with session_scope(task.engine) as s:
+            ended = crud.finish_attempt(s, job_id=job_id, attempt=attempt, status=status,
+                                        error=error)
+        return status.value if ended else "superseded"
+
+    return with_retries(end, f"ending job {job_id}")
 
 
 class Heartbeat:
@@ -138,17 +163,23 @@ def _train(task: TrainTask, job_id: str, attempt: int, spec: str, config: TrainC
                     "total_steps": p.total_steps, "loss": round(p.loss, 5), "lr": p.lr,
                     "images_per_sec": round(p.images_per_sec, 2),
                     "eta_seconds": round(p.eta_seconds, 1)}
-        with session_scope(task.engine) as s:
-            state["cancel"] = crud.record_progress(s, job_id=job_id, progress=progress,
-                                                   attempt=attempt)
+        try:
+            with session_scope(task.engine) as s:
+                state["cancel"] = crud.record_progress(s, job_id=job_id, progress=progress,
+                                                       attempt=attempt)
+        except DATABASE_AWAY:  # a blip: training goes on, the next write tries again
+            log.warning("job %s: progress not recorded (database unavailable)", job_id)
 
     def should_cancel() -> bool:
         now = time.monotonic()
         if not state["cancel"] and now - max(state["last"], state["checked"]) >= 1.0:
             state["checked"] = now  # a cancel request reaches the loop within about 1 s
-            with session_scope(task.engine) as s:
-                job = crud.get_job(s, job_id=job_id)
-                state["cancel"] = job.cancel_requested or not crud.holds(job, attempt)
+            try:
+                with session_scope(task.engine) as s:
+                    job = crud.get_job(s, job_id=job_id)
+                    state["cancel"] = job.cancel_requested or not crud.holds(job, attempt)
+            except DATABASE_AWAY:
+                pass  # unknown for now: asked again in a second
         return state["cancel"] or beat.lost
 
     should_cancel()

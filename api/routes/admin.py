@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, HTTPException, Response
+from fastapi import APIRouter, Body, HTTPException, Request, Response
 from sqlalchemy.exc import IntegrityError
 
 from registry import crud
@@ -55,8 +55,12 @@ def list_keys(session: SessionDep, _: Admin):
 
 
 @router.delete("/keys/{key_id}", status_code=204, response_class=Response)
-def revoke_key(key_id: str, session: SessionDep, _: Admin):
+def revoke_key(key_id: str, session: SessionDep, _: Admin, request: Request):
     if crud.revoke_key(session, key_id=key_id) is None:
         raise not_found("key", key_id)
     session.commit()
+    known = request.app.state.known_keys  # at once in this process (others: the cache's TTL)
+    for digest, principal in list(known.items()):
+        if principal.key_id == key_id:
+            known.pop(digest, None)
     return Response(status_code=204)

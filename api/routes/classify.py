@@ -7,6 +7,7 @@ import binascii
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import ValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from clipfit_core.models import WeightsUnavailableError
@@ -15,6 +16,7 @@ from registry import crud
 
 from ..auth import Classifier
 from ..deps import InferenceDep, SessionDep, SettingsDep, not_found
+from ..inference import AdapterInfo
 from ..limits import http_error_in
 from ..schemas import ClassifyForm, ClassifyJSON, ClassifyPublic, validation_problems
 from ..uploads import capped, clean_filename, decode_image
@@ -81,8 +83,14 @@ async def classify(request: Request, session: SessionDep, settings: SettingsDep,
         problems.append(f"{len(images)} images, the limit is {settings.max_images}")
     delta, adapter = None, None
     if body.adapter_id:
-        adapter = crud.get_adapter(session, adapter_id=body.adapter_id,
+        try:
+            row = crud.get_adapter(session, adapter_id=body.adapter_id,
                                    tenant_id=principal.tenant_id)
+            adapter = AdapterInfo.of(row) if row is not None else None
+        except (OperationalError, InterfaceError):  # the database is away: a resident delta
+            adapter = engine.cached_adapter(body.adapter_id, principal.tenant_id)  # answers
+            if adapter is None:
+                raise
         if adapter is None:
             raise not_found("adapter", body.adapter_id)
         spec, classnames, templates = adapter.base_model, adapter.classnames, adapter.templates

@@ -87,7 +87,8 @@ async def create_job(
             log.exception("could not enqueue job %s; removing it", job.id)
             await run_in_threadpool(_undo, session, job.id)
             raise HTTPException(503, detail=f"the job queue is unreachable ({type(e).__name__});"
-                                " nothing was stored, try again later") from e
+                                " nothing was stored, try again later",
+                                headers={"Retry-After": "5"}) from e
     return job
 
 
