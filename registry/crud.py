@@ -24,6 +24,7 @@ from .models import (
     DatasetImage,
     IdempotencyKey,
     Job,
+    JobCheckpoint,
     JobEvent,
     JobStatus,
     Lease,
@@ -345,7 +346,27 @@ def queued_jobs_sent_before(session: Session, *, before: datetime) -> list[Job]:
         (Job.enqueued_at < before) | Job.enqueued_at.is_(None)).order_by(Job.created_at)))
 
 
+def save_checkpoint(session: Session, *, job_id: str, attempt: int, epoch: int,
+                    data: bytes) -> bool:
+    """Replace the job's checkpoint, when ``attempt`` still owns the job."""
+    job = session.get(Job, job_id)
+    if not holds(job, attempt):
+        return False
+    row = session.get(JobCheckpoint, job_id)
+    if row is None:
+        session.add(JobCheckpoint(job_id=job_id, attempt=attempt, epoch=epoch, data=data))
+    else:
+        row.attempt, row.epoch, row.data, row.created_at = attempt, epoch, data, utcnow()
+    return True
+
+
+def get_checkpoint(session: Session, *, job_id: str) -> JobCheckpoint | None:
+    return session.get(JobCheckpoint, job_id)
+
+
 def finish_job(session: Session, *, job: Job, status: JobStatus, error: str | None = None) -> Job:
+    """End the job (its checkpoint is no longer needed)."""
+    session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id == job.id))
     job.status = status.value
     job.error = error
     job.finished_at = utcnow()

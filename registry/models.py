@@ -136,6 +136,18 @@ class Job(Base):
         return self.adapter.id if self.adapter is not None else None
 
 
+class JobCheckpoint(Base):
+    """A running job's last checkpoint (one per job, replaced each epoch)."""
+
+    __tablename__ = "job_checkpoints"
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", name="fk_checkpoints_job", ondelete="CASCADE"), primary_key=True)
+    attempt: Mapped[int]
+    epoch: Mapped[int]
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Lease(Base):
     """A named lease: one holder at a time until it expires (the reconciler's)."""
 

@@ -16,7 +16,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from clipfit_core.config import TrainConfig, prepare_training_set
 from clipfit_core.data import FewShotDataset, Sample
 from clipfit_core.models import BaseModel, create_base_model, resolve_device
-from clipfit_core.train import TrainingCancelled, train_clipfit
+from clipfit_core.train import Checkpoint, TrainingCancelled, train_clipfit
 from registry import crud
 from registry.db import get_engine, session_scope
 from registry.models import JobStatus, utcnow
@@ -59,6 +59,11 @@ def train_job(self: TrainTask, job_id: str) -> str:
         if job is None:
             return "finished or running elsewhere"
         attempt = job.attempts
+        saved = crud.get_checkpoint(s, job_id=job_id)
+        resume = (saved.epoch, saved.data) if saved is not None else None
+        if resume is not None:
+            crud.add_event(s, job_id=job_id, kind="resumed",
+                           payload={"attempt": attempt, "from_epoch": saved.epoch})
         classnames, images = crud.training_images(s, job=job)
         spec, name = job.base_model, job.name
         hyperparameters, templates = job.hyperparameters, job.templates
@@ -66,7 +71,7 @@ def train_job(self: TrainTask, job_id: str) -> str:
         try:  # a stored spec this version refuses fails the job (with the reason), like any error
             config = TrainConfig.from_dict(hyperparameters, templates=templates)
             adapter_metrics, delta = _train(self, job_id, attempt, spec, config, classnames,
-                                            images, beat)
+                                            images, beat, resume)
         except TrainingCancelled:
             return _end(self, job_id, attempt, JobStatus.cancelled)
         except Exception as e:  # the job failed; the worker lives on
@@ -146,7 +151,7 @@ class Heartbeat:
 
 
 def _train(task: TrainTask, job_id: str, attempt: int, spec: str, config: TrainConfig,
-           classnames, images, beat: Heartbeat):
+           classnames, images, beat: Heartbeat, resume: tuple[int, bytes] | None):
     base = task.base_model(spec)
     dataset = FewShotDataset(classnames, [Sample(data, label, name)
                                           for data, label, name in images])
@@ -182,9 +187,19 @@ def _train(task: TrainTask, job_id: str, attempt: int, spec: str, config: TrainC
                 pass  # unknown for now: asked again in a second
         return state["cancel"] or beat.lost
 
+    def on_checkpoint(checkpoint: Checkpoint) -> None:
+        try:  # the tensors, momentum and random states: a redelivery resumes from here
+            with session_scope(task.engine) as s:
+                crud.save_checkpoint(s, job_id=job_id, attempt=attempt,
+                                     epoch=checkpoint.epoch, data=checkpoint.to_bytes())
+        except DATABASE_AWAY:  # not fatal: the previous checkpoint stays
+            log.warning("job %s: checkpoint not saved (database unavailable)", job_id)
+
     should_cancel()
-    result = train_clipfit(base, dataset, config, val_set=val, on_progress=on_progress,
-                           should_cancel=should_cancel)
+    result = train_clipfit(
+        base, dataset, config, val_set=val, on_progress=on_progress,
+        should_cancel=should_cancel, on_checkpoint=on_checkpoint,
+        resume=Checkpoint.from_bytes(resume[1]) if resume is not None else None)
     # the held-out accuracies (zero-shot, best epoch) come from the training run itself
     metrics = result.delta.config.metrics
     metrics |= {"train_images": len(dataset), "seconds": round(result.seconds, 2),

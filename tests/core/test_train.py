@@ -122,3 +122,31 @@ def test_bad_config_is_refused():
         TrainConfig(epochs=0, lr=-1)
     with pytest.raises(ValueError, match="template"):
         TrainConfig(templates=["no placeholder"])
+
+
+def test_a_run_resumed_from_a_checkpoint_ends_bit_identical(tiny, colour_train):
+    from clipfit_core.train import Checkpoint
+
+    data = load_dataset(colour_train)
+    val = data.subset(data.samples[::4])
+    config = TrainConfig(epochs=4, lr=0.05, batch_size=16, seed=5)
+    straight = train_clipfit(tiny, data, config, val_set=val).delta
+
+    class Crash(Exception):
+        pass
+
+    saved = []
+
+    def crash_after_two(checkpoint):
+        saved.append(checkpoint.to_bytes())
+        if checkpoint.epoch == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_clipfit(tiny, data, config, val_set=val, on_checkpoint=crash_after_two)
+    resumed = train_clipfit(tiny, data, config, val_set=val,
+                            resume=Checkpoint.from_bytes(saved[-1])).delta
+    assert set(resumed.tensors) == set(straight.tensors)
+    for name, t in straight.tensors.items():
+        assert torch.equal(resumed.tensors[name], t), name
+    assert resumed.config.metrics == straight.config.metrics

@@ -35,3 +35,26 @@ def test_a_dead_workers_job_is_cancelled_at_once_when_stale(api, start_worker, c
     time.sleep(4.5)  # longer than CLIPFIT_STALE_AFTER_SECONDS in these tests
     r = api.post(f"/v1/jobs/{job_id}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled", r.json()
+
+
+def test_a_killed_workers_job_resumes_from_its_last_epoch(api, start_worker, colour_set):
+    files, labels = image_files(colour_set)
+    first = start_worker()
+    job_id = api.post("/v1/jobs", files=files,
+                      data={**TRAIN, "epochs": "40", "labels": labels}).json()["id"]
+    wait_for(api, job_id, lambda j: (j["progress"] or {}).get("epoch", 0) >= 5)
+    first.kill()
+    reached = api.get(f"/v1/jobs/{job_id}").json()["progress"]["step"]
+    start_worker()
+    done = wait_for(api, job_id, lambda j: j["status"] in FINISHED, timeout=180)
+    assert done["status"] == "succeeded" and done["attempts"] == 2, done
+    events = api.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
+    resumed = [e["payload"] for e in events if e["kind"] == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["from_epoch"] >= 4, resumed
+    after = [e["payload"] for e in events
+             if e["kind"] == "progress" and e["id"] > next(
+                 e["id"] for e in events if e["kind"] == "resumed")]
+    assert after[0]["epoch"] == resumed[0]["from_epoch"] + 1  # not from epoch 1
+    print(f"\nkilled after step {reached} or later (the last progress written) of "
+          f"{done['progress']['total_steps']}: the next attempt resumed after epoch "
+          f"{resumed[0]['from_epoch']} of 40 instead of starting over")
