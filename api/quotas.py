@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import lru_cache
 
 from fastapi import HTTPException
 from limits import RateLimitItemPerDay, parse
@@ -14,6 +15,12 @@ from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
 from registry.settings import Settings
+
+
+@lru_cache(maxsize=16)
+def _parse(rate: str):
+    """The limit for a rate string, parsed once (not on every request)."""
+    return parse(rate)
 
 
 def too_many(detail: str, retry_after: float) -> HTTPException:
@@ -36,7 +43,7 @@ class Quotas:
         """One request of ``key``: 429 with Retry-After over CLIPFIT_RATE_LIMIT."""
         if not self.settings.rate_limit:
             return
-        item = parse(self.settings.rate_limit)
+        item = _parse(self.settings.rate_limit)
         if not self.limiter.hit(item, "requests", key):
             raise too_many(f"rate limit of {self.settings.rate_limit} for this API key "
                            "exceeded; retry later", self._retry_after(item, "requests", key))

@@ -195,6 +195,12 @@ class Cluster:
             time.sleep(0.5)
         return None
 
+    def settle(self, job_id: str, timeout: float = 300) -> tuple[bool, str]:
+        """Wait for the job to finish, then ``outcome``; (False, 'stuck') if it does not."""
+        if self.wait(job_id, lambda j: j["status"] in FINISHED, timeout) is None:
+            return False, "stuck"
+        return self.outcome(job_id)
+
     def outcome(self, job_id: str) -> tuple[bool, str]:
         """(finished exactly once and succeeded, why not, or how it recovered)."""
         events = []
@@ -243,30 +249,26 @@ def mid_job(c: Cluster, job_id: str) -> None:
         raise RuntimeError(f"job {job_id} did not start training")
 
 
-def scenario_worker_kill(c: Cluster) -> tuple[bool, str, float]:
+def _worker_dies(c: Cluster, stop) -> tuple[bool, str, float]:
+    """A job's worker is stopped by ``stop`` mid-job; a fresh worker is started."""
     worker = c.workers[-1] if c.workers else c.start_worker()
     job_id = c.submit(epochs=300)
     mid_job(c, job_id)
-    worker.signal(signal.SIGKILL)
     t0 = time.monotonic()
+    stop(worker)
     c.workers.remove(worker)
     c.start_worker()
-    done = c.wait(job_id, lambda j: j["status"] in FINISHED, 300)
-    ok, why = c.outcome(job_id) if done else (False, "stuck")
+    ok, why = c.settle(job_id)
     return ok, why, time.monotonic() - t0
+
+
+def scenario_worker_kill(c: Cluster) -> tuple[bool, str, float]:
+    return _worker_dies(c, lambda worker: worker.signal(signal.SIGKILL))
 
 
 def scenario_worker_sigterm(c: Cluster) -> tuple[bool, str, float]:
-    worker = c.workers[-1] if c.workers else c.start_worker()
-    job_id = c.submit(epochs=300)
-    mid_job(c, job_id)
-    t0 = time.monotonic()
-    worker.stop(grace=2)  # a stop grace period far shorter than the job
-    c.workers.remove(worker)
-    c.start_worker()
-    done = c.wait(job_id, lambda j: j["status"] in FINISHED, 300)
-    ok, why = c.outcome(job_id) if done else (False, "stuck")
-    return ok, why, time.monotonic() - t0
+    # a stop grace period far shorter than the job, then SIGKILL
+    return _worker_dies(c, lambda worker: worker.stop(grace=2))
 
 
 def scenario_redis_restart(c: Cluster) -> tuple[bool, str, float]:
@@ -278,9 +280,7 @@ def scenario_redis_restart(c: Cluster) -> tuple[bool, str, float]:
     c.redis.start()  # without its data
     t0 = time.monotonic()
     c.start_worker()
-    results = [c.wait(j, lambda j: j["status"] in FINISHED, 300) for j in ids]
-    outcomes = [c.outcome(j) if r else (False, "stuck") for j, r in zip(ids, results)]
-    bad = [why for ok, why in outcomes if not ok]
+    bad = [why for ok, why in map(c.settle, ids) if not ok]
     return not bad, "; ".join(bad), time.monotonic() - t0
 
 
@@ -299,8 +299,7 @@ def scenario_postgres_restart(c: Cluster) -> tuple[bool, str, float]:
             statuses.append(0)
         time.sleep(0.25)
     c.pg.start()
-    done = c.wait(job_id, lambda j: j["status"] in FINISHED, 300)
-    ok, why = c.outcome(job_id) if done else (False, "stuck")
+    ok, why = c.settle(job_id)
     server_errors = [s for s in statuses if s >= 500 and s != 503]
     if server_errors:
         ok, why = False, f"{len(server_errors)} answers {sorted(set(server_errors))} besides 503"
@@ -316,8 +315,7 @@ def scenario_api_kill(c: Cluster) -> tuple[bool, str, float]:
     t0 = time.monotonic()
     c.start_api()
     c.wait_ready()
-    done = c.wait(job_id, lambda j: j["status"] in FINISHED, 300)
-    ok, why = c.outcome(job_id) if done else (False, "stuck")
+    ok, why = c.settle(job_id)
     return ok, why, time.monotonic() - t0
 
 
@@ -331,9 +329,7 @@ def scenario_load(c: Cluster) -> tuple[bool, str, float]:
             ids.append(c.submit(epochs=3))
         for url in ("/v1/jobs", "/v1/adapters", "/readyz"):
             statuses.append(c.client.get(url).status_code)
-    results = [c.wait(j, lambda j: j["status"] in FINISHED, 300) for j in ids]
-    bad = [why for (ok, why) in (c.outcome(j) if r else (False, "stuck")
-                                 for j, r in zip(ids, results)) if not ok]
+    bad = [why for ok, why in map(c.settle, ids) if not ok]
     errors = [s for s in statuses if s >= 500]
     if errors:
         bad.append(f"{len(errors)} 5xx")

@@ -53,12 +53,14 @@ async def create_job(
     form, problems = await read_job_form(request, settings)
     zipped = await form.dataset.read() if form.dataset is not None else None
     files = [(f.filename, await f.read()) for f in form.images or []]
-    digest = request_digest(form, zipped, files)
-    if idempotency_key and (job := _idempotent_job(
-            session, settings, principal.tenant_id, idempotency_key, digest)) is not None:
+    # hashing the upload and the database look-ups block: off the event loop
+    digest = await run_in_threadpool(request_digest, form, zipped, files)
+    if idempotency_key and (job := await run_in_threadpool(
+            _idempotent_job, session, settings, principal.tenant_id, idempotency_key,
+            digest)) is not None:
         return job
-    check_job_quotas(request, session, settings, principal,
-                     len(zipped or b"") + sum(len(data) for _, data in files))
+    await run_in_threadpool(check_job_quotas, request, session, settings, principal,
+                            len(zipped or b"") + sum(len(data) for _, data in files))
     allowed = settings.allowed_base_models
     base_model = allowed[0] if form.base_model is None else form.base_model
     if base_model not in allowed:
@@ -209,7 +211,7 @@ def list_jobs(session: SessionDep, principal: Reader,
               status: Annotated[str | None, Query()] = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: str | None = None):
     if status is not None and status not in STATUSES:
-        raise HTTPException(422, detail=f"status must be one of {STATUSES}, got {status!r}")
+        raise HTTPException(422, detail=f"status must be one of {STATUSES}, got {shorten(status)}")
     before = page_start(cursor)
     jobs = crud.list_jobs(session, tenant_id=principal.tenant_id, status=status, limit=limit,
                           before=before)
