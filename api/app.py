@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from cachetools import TTLCache
@@ -33,7 +34,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     queue and inference engine live on ``app.state`` and reach routes through ``api.deps``."""
     settings = settings or Settings()
     docs = settings.open_docs  # else served below, behind a key
-    app = FastAPI(title="clipfit", version="0.1.0",
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        app.state.inference.close()  # the inference threads finish their batch and stop
+
+    app = FastAPI(title="clipfit", version="0.1.0", lifespan=lifespan,
                   description="Few-shot CLIP fine-tuning with ClipFit, served as tiny deltas.",
                   docs_url="/docs" if docs else None, redoc_url=None,
                   openapi_url="/openapi.json" if docs else None, responses=ERROR_RESPONSES)

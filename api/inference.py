@@ -1,19 +1,28 @@
-"""The inference engine: one base model per process, deltas in an LRU, text features cached
-(by clipfit_core's Classifier), the images of a request as one batch."""
+"""The inference engine: per base model, one inference thread that merges concurrent requests
+into batches, any mix of deltas per batch (``clipfit_core.serving``); deltas' host copies in an
+LRU, text features cached per (delta, classes, templates)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import torch
 from cachetools import LRUCache
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
 
-from clipfit_core.classify import Classifier
+from clipfit_core.classify import Prediction
 from clipfit_core.delta import Delta
 from clipfit_core.models import create_base_model, resolve_device
+from clipfit_core.serving import BatchingServer, MixedAdapterModel
 from registry import crud
 from registry.models import Adapter
 from registry.settings import Settings
+
+DISCONNECT_POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -35,25 +44,58 @@ class AdapterInfo:
                    list(row.templates), row.weights_sha256, dict(row.config))
 
 
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready; its rows were dropped."""
+
+
 class InferenceEngine:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._classifiers: dict[str, Classifier] = {}
+        self._servers: dict[str, BatchingServer] = {}
+        self._loading: dict[str, threading.Lock] = {}
         self._deltas: LRUCache[str, tuple[AdapterInfo, Delta]] = LRUCache(
             maxsize=settings.delta_cache_size)
         self._lock = threading.Lock()
         self.delta_hits = 0
         self.delta_misses = 0
 
-    def classifier(self, spec: str) -> Classifier:
-        """The base model's classifier, loaded on first use: a copy of its own, never the
-        embedded worker's (training changes that one in place)."""
+    # ------------------------------------------------------------------ models
+
+    def server(self, spec: str) -> BatchingServer:
+        """The base model's batching server, loaded on first use: a model of its own, never
+        the embedded worker's (training changes that one in place). Loading one base model
+        does not hold up requests for another."""
         with self._lock:
-            if spec not in self._classifiers:
-                base = create_base_model(spec, device=resolve_device(self.settings.device),
-                                         cache_dir=self.settings.weights_dir)
-                self._classifiers[spec] = Classifier(base, batch_size=256)
-            return self._classifiers[spec]
+            server = self._servers.get(spec)
+            if server is not None:
+                return server
+            loading = self._loading.setdefault(spec, threading.Lock())
+        with loading:
+            with self._lock:
+                if spec in self._servers:
+                    return self._servers[spec]
+            s = self.settings
+            base = create_base_model(spec, device=resolve_device(s.device),
+                                     cache_dir=s.weights_dir)
+            model = MixedAdapterModel(base)
+            # the memory budget in slots; a batch's deltas (and the base) always fit
+            model.table.set_capacity(max(s.batch_max_size + 1, int(
+                s.resident_delta_mb * 2**20 // model.table.bytes_per_slot)))
+            server = BatchingServer(model, max_batch=s.batch_max_size,
+                                    max_wait_ms=s.batch_max_wait_ms,
+                                    max_queue=s.batch_queue_images,
+                                    mode="batched" if s.batching else "serial", name=spec)
+            with self._lock:
+                self._servers[spec] = server
+            return server
+
+    def close(self) -> None:
+        with self._lock:
+            servers, self._servers = list(self._servers.values()), {}
+        for server in servers:
+            server.close()
+
+    # ------------------------------------------------------------------ deltas
 
     def delta(self, session, adapter: AdapterInfo) -> Delta:
         with self._lock:
@@ -80,7 +122,59 @@ class InferenceEngine:
         with self._lock:
             self._deltas.pop(adapter_id, None)
 
+    # ------------------------------------------------------------------ classify
+
+    async def classify(self, spec: str, images: Sequence[Image.Image], classnames: list[str],
+                       templates: list[str], delta: Delta | None, top_k: int,
+                       is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+                       ) -> list[Prediction]:
+        """Top-k predictions per image. Preprocessing and text features run in the thread
+        pool; the image tower runs on the model's inference thread, batched with other
+        requests. Raises ``Overloaded`` (queue full) and ``ClientGone``."""
+        server = await run_in_threadpool(self.server, spec)
+        model = server.model
+
+        def prepare() -> tuple[torch.Tensor, torch.Tensor]:
+            return (model.base.preprocess(list(images)),
+                    model.text_features(classnames, templates, delta))
+
+        pixels, text = await run_in_threadpool(prepare)
+        ticket = server.submit(pixels, delta)
+        future = asyncio.wrap_future(ticket.future)
+        try:
+            while True:
+                done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_SECONDS)
+                if done:
+                    break
+                if is_disconnected is not None and await is_disconnected():
+                    ticket.cancel()
+                    raise ClientGone()
+        except asyncio.CancelledError:
+            ticket.cancel()
+            raise
+        feats = future.result()
+
+        def answer() -> list[Prediction]:
+            probs = model.logits(feats, text).softmax(dim=-1)
+            values, indices = probs.topk(min(top_k, len(classnames)), dim=-1)
+            return [Prediction([classnames[j] for j in idx.tolist()], val.tolist())
+                    for val, idx in zip(values, indices)]
+
+        return await run_in_threadpool(answer)
+
+    # ------------------------------------------------------------------ metrics
+
     def text_cache_stats(self) -> tuple[int, int]:
-        hits = sum(c.text_cache.hits for c in self._classifiers.values())
-        misses = sum(c.text_cache.misses for c in self._classifiers.values())
-        return hits, misses
+        with self._lock:
+            servers = list(self._servers.values())
+        return (sum(s.model.text_cache.hits for s in servers),
+                sum(s.model.text_cache.misses for s in servers))
+
+    def batch_stats(self) -> dict[str, dict[str, float]]:
+        """Per base model: batches run, rows, mixed-adapter batches, queued rows, resident
+        deltas."""
+        with self._lock:
+            servers = dict(self._servers)
+        return {spec: {"batches": s.batches, "rows": s.rows, "mixed_batches": s.mixed_batches,
+                       "queued_rows": s.queued_rows, "resident_deltas": len(s.model.table)}
+                for spec, s in servers.items()}

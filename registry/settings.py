@@ -65,6 +65,19 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=1,
                                          description="how long an Idempotency-Key is kept")
     delta_cache_size: int = Field(64, ge=1, description="deltas kept in memory per API process")
+    batching: bool = Field(True, description="merge concurrent classification requests into "
+                           "batches; false: one request at a time, its delta swapped into "
+                           "the model (the path before batching, kept for comparison)")
+    batch_max_size: int = Field(32, ge=1, le=4096, description="images per forward pass at "
+                                "most (a larger request is split)")
+    batch_max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits "
+                                     "to fill after its oldest image arrived")
+    batch_queue_images: int = Field(1024, ge=1, description="images waiting for the model at "
+                                    "most, per base model; beyond it classify answers 503 with "
+                                    "Retry-After")
+    resident_delta_mb: float = Field(64.0, gt=0, description="memory per base model for the "
+                                     "stacked LayerNorm table of resident deltas (about "
+                                     "160 KB per ViT-B delta)")
 
     @property
     def celery_broker_url(self) -> str:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
 
+from clipfit_core.delta import DeltaError
 from clipfit_core.models import WeightsUnavailableError
 from clipfit_core.prompts import classname_problems, resolve_templates, shorten
+from clipfit_core.serving import Overloaded
 from registry import crud
 
 from ..auth import Classifier
 from ..deps import InferenceDep, SessionDep, SettingsDep, not_found
-from ..inference import AdapterInfo
+from ..inference import AdapterInfo, ClientGone
 from ..limits import http_error_in
 from ..schemas import ClassifyForm, ClassifyJSON, ClassifyPublic, validation_problems
 from ..uploads import capped, clean_filename, decode_image
@@ -114,14 +117,22 @@ async def classify(request: Request, session: SessionDep, settings: SettingsDep,
     problems += [problem for _, problem in decoded if problem]
     if problems:
         raise _invalid(problems)
+    templates = resolve_templates(templates)
     try:
-        classifier = await run_in_threadpool(engine.classifier, spec)
         if adapter is not None:
             delta = await run_in_threadpool(engine.delta, session, adapter)
+        preds = await engine.classify(spec, [image for image, _ in decoded], list(classnames),
+                                      templates, delta, body.top_k, request.is_disconnected)
     except WeightsUnavailableError as e:
         raise HTTPException(503, detail=str(e)) from e
-    preds = await run_in_threadpool(
-        classifier.classify, [image for image, _ in decoded], classnames, templates,
-        delta=delta, top_k=body.top_k)
+    except Overloaded as e:
+        raise HTTPException(503, headers={"Retry-After": str(math.ceil(e.retry_after))},
+                            detail=f"the classifier is busy ({e.queued} images waiting); "
+                                   "retry shortly") from e
+    except DeltaError as e:
+        raise HTTPException(409, detail="this adapter does not fit the base model loaded "
+                                        "here (its weights changed since it was trained)") from e
+    except ClientGone:
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
     return ClassifyPublic(model=spec, adapter_id=adapter.id if adapter else None,
                           predictions=[p.to_dict() for p in preds])

@@ -65,5 +65,15 @@ def metrics(session: SessionDep, queue: QueueDep, engine: InferenceDep):
     cache.labels("delta", "miss").set(engine.delta_misses)
     cache.labels("text_features", "hit").set(text_hits)
     cache.labels("text_features", "miss").set(text_misses)
+    batching = {name: Gauge(f"clipfit_inference_{name}", help_, ["model"], registry=scrape)
+                for name, help_ in [
+                    ("batches", "forward passes run by the inference thread"),
+                    ("rows", "images classified"),
+                    ("mixed_batches", "forward passes with more than one delta"),
+                    ("queued_rows", "images waiting for the model"),
+                    ("resident_deltas", "deltas in the LayerNorm table")]}
+    for model, stats in engine.batch_stats().items():
+        for name, value in stats.items():
+            batching[name].labels(model).set(value)
     body = generate_latest(REGISTRY) + generate_latest(scrape)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
