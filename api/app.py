@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import InterfaceError
 from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from registry.db import get_engine, session_factory
 from registry.settings import Settings
@@ -82,6 +83,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.warning("database unavailable: %s", type(exc).__name__)
         return JSONResponse(status_code=503, headers={"Retry-After": "5"}, content={
             "detail": "the database is unavailable; nothing was changed, retry shortly"})
+
+    @app.exception_handler(SQLAlchemyTimeoutError)
+    async def database_busy(_request: Request, exc: Exception):
+        log.warning("database connection pool exhausted: %s", type(exc).__name__)
+        return JSONResponse(status_code=503, headers={"Retry-After": "2"}, content={
+            "detail": "the database is busy; nothing was changed, retry shortly"})
 
     @app.exception_handler(KombuOperationalError)
     async def broker_unavailable(_request: Request, exc: Exception):

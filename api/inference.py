@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
@@ -22,7 +22,8 @@ from registry import crud
 from registry.models import Adapter
 from registry.settings import Settings
 
-DISCONNECT_POLL_SECONDS = 0.1
+DISCONNECT_POLL_SECONDS = 0.25
+INLINE_LOGITS = 1 << 16  # images x classes up to which the answer is computed on the loop
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class InferenceEngine:
         self._loading: dict[str, threading.Lock] = {}
         self._deltas: LRUCache[str, tuple[AdapterInfo, Delta]] = LRUCache(
             maxsize=settings.delta_cache_size)
+        # adapter rows looked up recently: trusted as long as API keys are (a deletion through
+        # another API process takes effect within CLIPFIT_KEY_CACHE_SECONDS)
+        self._adapters: TTLCache[str, AdapterInfo] = TTLCache(
+            maxsize=10_000, ttl=settings.key_cache_seconds)
         self._lock = threading.Lock()
         self.delta_hits = 0
         self.delta_misses = 0
@@ -118,24 +123,38 @@ class InferenceEngine:
             return None
         return cached[0]
 
+    def recent_adapter(self, adapter_id: str, tenant_id: str) -> AdapterInfo | None:
+        with self._lock:
+            adapter = self._adapters.get(adapter_id)
+        return adapter if adapter is not None and adapter.tenant_id == tenant_id else None
+
+    def remember_adapter(self, adapter: AdapterInfo) -> AdapterInfo:
+        with self._lock:
+            self._adapters[adapter.id] = adapter
+        return adapter
+
     def forget(self, adapter_id: str) -> None:
         with self._lock:
             self._deltas.pop(adapter_id, None)
+            self._adapters.pop(adapter_id, None)
 
     # ------------------------------------------------------------------ classify
 
-    async def classify(self, spec: str, images: Sequence[Image.Image], classnames: list[str],
-                       templates: list[str], delta: Delta | None, top_k: int,
-                       is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+    async def classify(self, spec: str,
+                       images: Sequence[Image.Image] | Callable[[], Sequence[Image.Image]],
+                       classnames: list[str], templates: list[str], delta: Delta | None,
+                       top_k: int, is_disconnected: Callable[[], Awaitable[bool]] | None = None,
                        ) -> list[Prediction]:
-        """Top-k predictions per image. Preprocessing and text features run in the thread
-        pool; the image tower runs on the model's inference thread, batched with other
-        requests. Raises ``Overloaded`` (queue full) and ``ClientGone``."""
-        server = await run_in_threadpool(self.server, spec)
+        """Top-k predictions per image. ``images`` may be a function that decodes them: it
+        runs in the thread pool with preprocessing and the text features (one hop); the
+        image tower runs on the model's inference thread, batched with other requests.
+        Raises ``Overloaded`` (queue full) and ``ClientGone``."""
+        server = self._servers.get(spec) or await run_in_threadpool(self.server, spec)
         model = server.model
 
         def prepare() -> tuple[torch.Tensor, torch.Tensor]:
-            return (model.base.preprocess(list(images)),
+            loaded = images() if callable(images) else images
+            return (model.base.preprocess(list(loaded)),
                     model.text_features(classnames, templates, delta))
 
         pixels, text = await run_in_threadpool(prepare)
@@ -160,6 +179,8 @@ class InferenceEngine:
             return [Prediction([classnames[j] for j in idx.tolist()], val.tolist())
                     for val, idx in zip(values, indices)]
 
+        if feats.shape[0] * len(classnames) <= INLINE_LOGITS:
+            return answer()  # a few microseconds: not worth a thread hop
         return await run_in_threadpool(answer)
 
     # ------------------------------------------------------------------ metrics
@@ -171,10 +192,11 @@ class InferenceEngine:
                 sum(s.model.text_cache.misses for s in servers))
 
     def batch_stats(self) -> dict[str, dict[str, float]]:
-        """Per base model: batches run, rows, mixed-adapter batches, queued rows, resident
-        deltas."""
+        """Per base model: batches run, rows, mixed-adapter batches, seconds spent running
+        batches, queued rows, resident deltas."""
         with self._lock:
             servers = dict(self._servers)
         return {spec: {"batches": s.batches, "rows": s.rows, "mixed_batches": s.mixed_batches,
+                       "busy_seconds": round(s.busy_seconds, 3),
                        "queued_rows": s.queued_rows, "resident_deltas": len(s.model.table)}
                 for spec, s in servers.items()}

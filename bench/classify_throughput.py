@@ -142,7 +142,8 @@ class CpuMeter:
 
 class Server:
     def __init__(self, model: str, device: str, workdir: Path, port: int,
-                 torch_threads: int | None = None):
+                 torch_threads: int | None = None, extra_env: dict[str, str] | None = None,
+                 extra_args: list[str] | None = None):
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = workdir / "server.log"
         env = {k: v for k, v in os.environ.items()
@@ -151,8 +152,10 @@ class Server:
                    CLIPFIT_DATA_DIR=str(workdir / "data"))
         if torch_threads:
             env["OMP_NUM_THREADS"] = str(torch_threads)  # torch's intra-op threads at start
+        env.update(extra_env or {})
         self.cmd = serve_command() + ["serve", "--data-dir", str(workdir / "data"),
-                                      "--port", str(port), "--log-level", "warning"]
+                                      "--port", str(port), "--log-level", "warning",
+                                      *(extra_args or [])]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         # cwd: the temp dir, so no .env file of the caller's directory is read
         self.proc = subprocess.Popen(self.cmd, cwd=workdir, env=env, stdout=self._log,

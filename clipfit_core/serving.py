@@ -260,7 +260,7 @@ class MixedAdapterModel:
                 rows.bias = self.table.bias.index_select(0, index)
             try:
                 pixels = pixels.to(device, non_blocking=True)
-                with _autocast(device):
+                with inference_autocast(device):
                     feats = self.base.model.encode_image(pixels)
             finally:
                 rows.uniform = rows.weight = rows.bias = None
@@ -272,7 +272,7 @@ class MixedAdapterModel:
         text work held off meanwhile, since the text biases change too), then restored."""
         with self._text_lock, self._encode_lock, applied(self.base, delta):
             pixels = pixels.to(self.device, non_blocking=True)
-            with _autocast(self.device):
+            with inference_autocast(self.device):
                 feats = self.base.model.encode_image(pixels)
         return F.normalize(feats.float(), dim=-1)
 
@@ -292,7 +292,7 @@ class _TextFeatures(torch.nn.Module):
         return class_features_from_tokens(self.model, tokens, n_templates)
 
 
-def _autocast(device: torch.device):
+def inference_autocast(device: torch.device):
     """bf16 (else fp16) autocast on CUDA; nothing elsewhere (CPU runs float32)."""
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -375,6 +375,7 @@ class BatchingServer:
         self.started_batches = 0
         self.batches = 0  # finished
         self.rows = 0
+        self.busy_seconds = 0.0  # time spent running batches
         self.mixed_batches = 0
         self.rows_per_second = 0.0  # moving average, for Retry-After
         self._thread = threading.Thread(target=self._loop, name=f"clipfit-inference-{name}",
@@ -480,6 +481,7 @@ class BatchingServer:
                 continue
             rows = feats.shape[0]
             elapsed = max(time.perf_counter() - started, 1e-6)
+            self.busy_seconds += elapsed
             self.rows_per_second = rows / elapsed if not self.rows_per_second else \
                 0.8 * self.rows_per_second + 0.2 * rows / elapsed
             self.batches += 1

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
 
-from clipfit_core.delta import DeltaError
+from clipfit_core.delta import Delta, DeltaError
 from clipfit_core.models import WeightsUnavailableError
 from clipfit_core.prompts import classname_problems, resolve_templates, shorten
 from clipfit_core.serving import Overloaded
@@ -68,6 +68,32 @@ async def _read_request(request: Request, settings) -> tuple[ClassifyJSON | Clas
     return body, images, problems
 
 
+class ImageProblems(Exception):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+
+
+def _adapter_and_delta(session, engine, adapter_id: str, tenant_id: str
+                       ) -> tuple[AdapterInfo | None, Delta | None]:
+    """The tenant's adapter and its delta: recently looked up ones from memory (no database
+    round trip per request); when the database is away, a resident one."""
+    try:
+        adapter = engine.recent_adapter(adapter_id, tenant_id)
+        if adapter is None:
+            row = crud.get_adapter(session, adapter_id=adapter_id, tenant_id=tenant_id)
+            if row is None:
+                return None, None
+            adapter = engine.remember_adapter(AdapterInfo.of(row))
+        return adapter, engine.delta(session, adapter)
+    except (OperationalError, InterfaceError):
+        adapter = engine.cached_adapter(adapter_id, tenant_id)
+        if adapter is None:
+            raise
+        return adapter, engine.delta(session, adapter)
+    finally:
+        session.close()
+
+
 @router.post("/classify", response_model=ClassifyPublic, openapi_extra={"requestBody": {
     "required": True, "content": {
         "application/json": {"schema": ClassifyJSON.model_json_schema()},
@@ -86,14 +112,10 @@ async def classify(request: Request, session: SessionDep, settings: SettingsDep,
         problems.append(f"{len(images)} images, the limit is {settings.max_images}")
     delta, adapter = None, None
     if body.adapter_id:
-        try:
-            row = crud.get_adapter(session, adapter_id=body.adapter_id,
-                                   tenant_id=principal.tenant_id)
-            adapter = AdapterInfo.of(row) if row is not None else None
-        except (OperationalError, InterfaceError):  # the database is away: a resident delta
-            adapter = engine.cached_adapter(body.adapter_id, principal.tenant_id)  # answers
-            if adapter is None:
-                raise
+        # off the event loop (a pool wait must not stall other requests); the session is
+        # closed right after, so no connection is held while the request waits for the model
+        adapter, delta = await run_in_threadpool(
+            _adapter_and_delta, session, engine, body.adapter_id, principal.tenant_id)
         if adapter is None:
             raise not_found("adapter", body.adapter_id)
         spec, classnames, templates = adapter.base_model, adapter.classnames, adapter.templates
@@ -111,18 +133,26 @@ async def classify(request: Request, session: SessionDep, settings: SettingsDep,
             templates = resolve_templates(body.template)
         except ValueError as e:
             problems.append(str(e))
-    # decoding is blocking work: once, off the event loop; the classifier takes the images
-    decoded = await run_in_threadpool(
-        lambda: [decode_image(data, name, settings) for name, data in images])
-    problems += [problem for _, problem in decoded if problem]
-    if problems:
-        raise _invalid(problems)
+    def decode_all() -> list[tuple]:
+        return [decode_image(data, name, settings) for name, data in images]
+
+    if problems:  # decoding only to name the images' problems too
+        decoded = await run_in_threadpool(decode_all)
+        raise _invalid(problems + [problem for _, problem in decoded if problem])
+
+    def load_images() -> list:
+        """Run by the engine off the event loop, with preprocessing, in one hop."""
+        decoded = decode_all()
+        if bad := [problem for _, problem in decoded if problem]:
+            raise ImageProblems(bad)
+        return [image for image, _ in decoded]
+
     templates = resolve_templates(templates)
     try:
-        if adapter is not None:
-            delta = await run_in_threadpool(engine.delta, session, adapter)
-        preds = await engine.classify(spec, [image for image, _ in decoded], list(classnames),
-                                      templates, delta, body.top_k, request.is_disconnected)
+        preds = await engine.classify(spec, load_images, list(classnames), templates, delta,
+                                      body.top_k, request.is_disconnected)
+    except ImageProblems as e:
+        raise _invalid(e.problems) from e
     except WeightsUnavailableError as e:
         raise HTTPException(503, detail=str(e)) from e
     except Overloaded as e:

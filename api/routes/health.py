@@ -70,6 +70,7 @@ def metrics(session: SessionDep, queue: QueueDep, engine: InferenceDep):
                     ("batches", "forward passes run by the inference thread"),
                     ("rows", "images classified"),
                     ("mixed_batches", "forward passes with more than one delta"),
+                    ("busy_seconds", "seconds the inference thread spent running batches"),
                     ("queued_rows", "images waiting for the model"),
                     ("resident_deltas", "deltas in the LayerNorm table")]}
     for model, stats in engine.batch_stats().items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 
 import httpx
 import numpy as np
@@ -140,3 +141,76 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path):
     assert first.status_code == second.status_code == 200
     assert len(second.json()["predictions"]) == 2
     engine.close()
+
+
+def test_many_concurrent_requests_do_not_exhaust_the_database_pool(tmp_path):
+    """More concurrent requests than pooled connections (5 + 10 overflow), each loading its
+    delta from the registry: none may hold a connection while waiting for the model, and no
+    database wait may stall the event loop (that deadlocked until the pool timeout)."""
+    settings, key, ids = make_service(tmp_path, 24, batch_max_size=64)
+    app = create_app(settings)
+    requests = [{"files": [("images", ("x.png", png(i), "image/png"))],
+                 "data": {"adapter_id": ids[i % len(ids)]}} for i in range(48)]
+    answers: list = []
+    runner = threading.Thread(target=lambda: answers.extend(
+        asyncio.run(post_all(app, key, requests))), daemon=True)
+    runner.start()
+    runner.join(timeout=25)  # under the pool timeout (30 s): no request waited for it
+    assert not runner.is_alive(), "requests stalled waiting for database connections"
+    assert [r.status_code for r in answers] == [200] * len(requests), \
+        {r.status_code: r.text for r in answers}
+    app.state.inference.close()
+
+
+def test_a_client_that_leaves_has_its_rows_dropped(tmp_path):
+    """The client disconnects while its request waits behind a running batch: the request's
+    images never reach the model, and the route ends (499) instead of computing them."""
+    settings, key, ids = make_service(tmp_path, 1, batch_max_size=4, batch_max_wait_ms=0)
+    app = create_app(settings)
+    server = app.state.inference.server("clipfit-tiny")
+    request = httpx.Request(
+        "POST", "http://t/v1/classify", headers={"Authorization": f"Bearer {key}"},
+        files=[("images", (f"{k}.png", png(k), "image/png")) for k in range(3)],
+        data={"adapter_id": ids[0]})
+    body = request.read()
+    sent: list[dict] = []
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t",
+                                     headers={"Authorization": f"Bearer {key}"}) as client:
+            with server.model._encode_lock:  # the model is busy with another request
+                busy = asyncio.create_task(client.post("/v1/classify", files=[
+                    ("images", ("b.png", png(99), "image/png"))],
+                    data={"adapter_id": ids[0]}))
+                while server.started_batches == 0:
+                    await asyncio.sleep(0.01)
+                left = asyncio.Event()
+                messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+                async def receive() -> dict:
+                    if messages:
+                        return messages.pop()
+                    await left.wait()
+                    return {"type": "http.disconnect"}
+
+                async def send(message: dict) -> None:
+                    sent.append(message)
+
+                scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                         "method": "POST", "scheme": "http", "path": "/v1/classify",
+                         "raw_path": b"/v1/classify", "query_string": b"", "root_path": "",
+                         "server": ("t", 80), "client": ("127.0.0.1", 1),
+                         "headers": [(k.lower(), v) for k, v in request.headers.raw]}
+                gone = asyncio.create_task(app(scope, receive, send))
+                while server.queued_rows < 3:
+                    await asyncio.sleep(0.01)
+                left.set()  # the client hangs up while its rows wait
+                await asyncio.wait_for(gone, 30)
+                assert server.queued_rows == 0
+            assert (await busy).status_code == 200
+
+    asyncio.run(scenario())
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
+    assert server.rows == 1  # only the busy request's image was computed
+    app.state.inference.close()

@@ -1,3 +1,4 @@
+import contextlib
 import math
 
 import pytest
@@ -150,3 +151,35 @@ def test_a_run_resumed_from_a_checkpoint_ends_bit_identical(tiny, colour_train):
     for name, t in straight.tensors.items():
         assert torch.equal(resumed.tensors[name], t), name
     assert resumed.config.metrics == straight.config.metrics
+
+
+def test_the_training_attention_layout_changes_no_value_and_is_removed(tiny):
+    """frozen_attention_layout only re-lays the attention input in memory: the loss and the
+    ClipFit gradients are the same as without it, and no hook stays on the model."""
+    from clipfit_core.params import mark_trainable
+    from clipfit_core.train import frozen_attention_layout
+
+    params = mark_trainable(tiny.model)
+    images = torch.randn(4, 3, tiny.image_size, tiny.image_size,
+                         generator=torch.Generator().manual_seed(0))
+    tokens = tiny.tokenizer(["a photo of a red.", "a photo of a blue."])
+
+    def grads(layout: bool):
+        tiny.model.zero_grad(set_to_none=True)
+        context = frozen_attention_layout(tiny.model) if layout else contextlib.nullcontext()
+        with context:
+            assert layout == any(m._forward_pre_hooks for m in tiny.model.modules())
+            loss = (tiny.model.encode_image(images).square().mean()
+                    + tiny.model.encode_text(tokens).square().mean())
+            loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in params.items()}
+
+    try:
+        plain_loss, plain = grads(False)
+        laid_loss, laid = grads(True)
+    finally:
+        tiny.model.requires_grad_(False)
+        tiny.model.zero_grad(set_to_none=True)
+    assert torch.allclose(plain_loss, laid_loss, rtol=1e-6)
+    assert all(torch.allclose(plain[n], laid[n], rtol=1e-4, atol=1e-7) for n in plain)
+    assert not any(m._forward_pre_hooks for m in tiny.model.modules())
