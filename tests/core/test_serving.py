@@ -118,9 +118,14 @@ def test_a_request_larger_than_the_batch_is_split_in_order(models):
         server.close()
 
 
-def blocked(serving):
-    """Hold the model's forward pass, so that requests queue up behind the running batch."""
-    return serving._encode_lock
+def running_and_held(server: BatchingServer, rows: int):
+    """Submit ``rows`` images and wait until the thread took them into a batch; call with the
+    model's forward pass held (``serving._encode_lock``), so that what follows queues up."""
+    size = server.model.base.image_size
+    ticket = server.submit(torch.zeros(rows, 3, size, size))
+    while not server.started_batches:
+        threading.Event().wait(0.01)
+    return ticket
 
 
 def test_a_full_queue_refuses_with_a_retry_estimate_then_recovers(models):
@@ -128,10 +133,8 @@ def test_a_full_queue_refuses_with_a_retry_estimate_then_recovers(models):
     server = BatchingServer(serving, max_batch=2, max_wait_ms=0, max_queue=4)
     size = reference.image_size
     try:
-        with blocked(serving):
-            first = server.submit(torch.zeros(2, 3, size, size))  # taken, then held
-            while not server.started_batches:  # wait until the thread took it
-                threading.Event().wait(0.01)
+        with serving._encode_lock:
+            first = running_and_held(server, 2)
             waiting = [server.submit(torch.zeros(2, 3, size, size)) for _ in range(2)]
             with pytest.raises(Overloaded) as refused:
                 server.submit(torch.zeros(1, 3, size, size))
@@ -149,10 +152,8 @@ def test_a_cancelled_request_never_reaches_the_model(models):
     server = BatchingServer(serving, max_batch=2, max_wait_ms=0, max_queue=64)
     size = reference.image_size
     try:
-        with blocked(serving):
-            running = server.submit(torch.zeros(2, 3, size, size))
-            while not server.started_batches:
-                threading.Event().wait(0.01)
+        with serving._encode_lock:
+            running = running_and_held(server, 2)
             gone = server.submit(torch.zeros(6, 3, size, size))
             kept = server.submit(torch.zeros(1, 3, size, size))
             gone.cancel()
