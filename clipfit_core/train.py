@@ -90,12 +90,16 @@ class TrainResult:
 def lr_at_epoch(config: TrainConfig, epoch: int) -> float:
     """Learning rate for 0-based ``epoch``: constant warm-up, then cosine over all epochs.
 
-    Matches Dassl's ConstantWarmupScheduler around CosineAnnealingLR(max_epoch), which the
-    reference code uses: epoch e >= warmup gets lr * (1 + cos(pi * e / epochs)) / 2.
+    Exactly Dassl's ``ConstantWarmupScheduler`` around ``CosineAnnealingLR(T_max=epochs)``,
+    which the reference code uses: the cosine scheduler is stepped once per epoch only after
+    the warm-up, so the first epoch after it runs at the full rate, and epoch e >= warmup gets
+    lr * (1 + cos(pi * (e - warmup) / epochs)) / 2 (post-warm-up epoch k = e - warmup + 1 at
+    cos(pi * (k - 1) / epochs)). For 10 epochs at lr 0.002 the rates sum to about 0.0110.
     """
     if epoch < config.warmup_epochs:
         return config.warmup_lr
-    return 0.5 * config.lr * (1 + math.cos(math.pi * epoch / config.epochs))
+    steps = epoch - config.warmup_epochs  # cosine steps taken before this epoch
+    return 0.5 * config.lr * (1 + math.cos(math.pi * steps / config.epochs))
 
 
 def clipfit_loss(

@@ -86,12 +86,42 @@ def test_same_seed_same_delta_other_seed_other_delta(tiny, colour_train):
     assert a.id == b.id != c.id
 
 
-def test_learning_rate_schedule_is_warmup_then_cosine():
+def dassl_rates(epochs: int, lr: float, warmup: int, warmup_lr: float) -> list[float]:
+    """The rate each epoch runs at under Dassl's constant warm-up around torch's own
+    CosineAnnealingLR(T_max=epochs): the warm-up scheduler counts its epochs and holds
+    ``warmup_lr``; from the end of the last warm-up epoch on, each end of epoch steps the
+    cosine scheduler (created first, so it starts at the full rate)."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    rates, counted = [], 0
+    for _ in range(epochs):
+        rates.append(warmup_lr if counted < warmup else cosine.get_last_lr()[0])
+        optimizer.step()  # an epoch's training, before its scheduler step (as Dassl orders them)
+        if counted < warmup:
+            counted += 1  # the warm-up scheduler's own step
+        else:
+            cosine.step()
+    return rates
+
+
+@pytest.mark.parametrize("epochs,warmup", [(10, 1), (100, 1), (5, 2), (6, 0)])
+def test_learning_rate_schedule_is_dassls(epochs, warmup):
+    config = TrainConfig(epochs=epochs, lr=0.002, warmup_epochs=warmup)
+    ours = [lr_at_epoch(config, e) for e in range(epochs)]
+    assert ours == pytest.approx(dassl_rates(epochs, 0.002, warmup, config.warmup_lr),
+                                 rel=1e-12, abs=1e-15)
+
+
+def test_learning_rate_schedule_pins_the_papers_values():
+    """CLIPFIT_METHOD.md: the first epoch after the warm-up at the full rate, post-warm-up
+    epoch k at lr * (1 + cos(pi * (k - 1) / E)) / 2; for E = 10 the rates sum to 0.0110."""
     config = TrainConfig(epochs=10, lr=0.002)
     assert lr_at_epoch(config, 0) == 1e-5
-    for e in range(1, 10):
-        assert lr_at_epoch(config, e) == pytest.approx(0.001 * (1 + math.cos(math.pi * e / 10)))
-    assert lr_at_epoch(config, 1) < 0.002 and lr_at_epoch(config, 9) > 0
+    assert lr_at_epoch(config, 1) == 0.002
+    for k in range(1, 10):
+        assert lr_at_epoch(config, k) == pytest.approx(
+            0.002 * (1 + math.cos(math.pi * (k - 1) / 10)) / 2)
+    assert sum(lr_at_epoch(config, e) for e in range(10)) == pytest.approx(0.0110, abs=5e-5)
 
 
 def test_progress_and_cancellation(tiny, colour_train):
