@@ -400,9 +400,11 @@ class BatchingServer:
             if self._closed:
                 raise ServerClosed("the inference server is stopped")
             if self._queued_rows and self._queued_rows + ticket.rows > self.max_queue:
-                rate = self.rows_per_second or 1.0
-                raise Overloaded(self._queued_rows,
-                                 retry_after=max(1.0, (self._queued_rows + ticket.rows) / rate))
+                # the time to work off the queue at the measured rate (1 to 60 s; 5 s before
+                # any batch has finished, when there is no rate yet)
+                wait = (self._queued_rows + ticket.rows) / self.rows_per_second \
+                    if self.rows_per_second else 5.0
+                raise Overloaded(self._queued_rows, retry_after=min(60.0, max(1.0, wait)))
             self._queue.append(ticket)
             self._queued_rows += ticket.rows
             self._cond.notify()

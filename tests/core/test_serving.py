@@ -138,7 +138,7 @@ def test_a_full_queue_refuses_with_a_retry_estimate_then_recovers(models):
             waiting = [server.submit(torch.zeros(2, 3, size, size)) for _ in range(2)]
             with pytest.raises(Overloaded) as refused:
                 server.submit(torch.zeros(1, 3, size, size))
-            assert refused.value.queued == 4 and refused.value.retry_after >= 1
+            assert refused.value.queued == 4 and 1 <= refused.value.retry_after <= 60
         for ticket in [first, *waiting]:
             assert ticket.future.result(timeout=120).shape[0] == 2
         assert server.submit(torch.zeros(1, 3, size, size)).future.result(timeout=120) \
