@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from clipfit_core.delta import Delta, DeltaError
 from clipfit_core.models import WeightsUnavailableError
 from clipfit_core.prompts import classname_problems, resolve_templates, shorten
-from clipfit_core.serving import Overloaded
+from clipfit_core.serving import Overloaded, ServerClosed
 from registry import crud
 
 from ..auth import Classifier
@@ -159,6 +159,9 @@ async def classify(request: Request, session: SessionDep, settings: SettingsDep,
         raise HTTPException(503, headers={"Retry-After": str(math.ceil(e.retry_after))},
                             detail=f"the classifier is busy ({e.queued} images waiting); "
                                    "retry shortly") from e
+    except ServerClosed as e:  # the process is shutting down
+        raise HTTPException(503, headers={"Retry-After": "5"},
+                            detail="the classifier is stopping; retry shortly") from e
     except DeltaError as e:
         raise HTTPException(409, detail="this adapter does not fit the base model loaded "
                                         "here (its weights changed since it was trained)") from e

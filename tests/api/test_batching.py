@@ -140,6 +140,9 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path):
     assert "busy" in refused.json()["detail"]
     assert first.status_code == second.status_code == 200
     assert len(second.json()["predictions"]) == 2
+    engine.server("clipfit-tiny").close()  # shutting down: a 503 to retry, not a 500
+    stopping = asyncio.run(post_all(app, key, [two]))[0]
+    assert stopping.status_code == 503 and stopping.headers["retry-after"] == "5"
     engine.close()
 
 
