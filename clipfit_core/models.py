@@ -5,7 +5,14 @@ A model spec is one string:
 - ``ARCH:TAG``   an open_clip pretrained tag, e.g. ``ViT-B-16:openai`` (local cache first,
                  then a download unless ``allow_download=False``);
 - ``ARCH:PATH``  a local checkpoint file (``.safetensors``, ``.bin``, ``.pt``, ``.pth``) or a
-                 directory holding one;
+                 directory holding one; OpenAI's own TorchScript files (``ViT-B-16.pt``) too.
+                 The activation (GELU or OpenAI's QuickGELU) changes every feature but is not
+                 in the weights, so it is taken from, in order: a TorchScript archive (OpenAI's:
+                 QuickGELU); ``open_clip_config.json`` beside the checkpoint (``model_cfg``
+                 ``quick_gelu``, as open_clip's hub exports write it); a ``-quickgelu``
+                 architecture (``ViT-B-16-quickgelu:PATH``). A bare file of an architecture
+                 that has QuickGELU weights anywhere (``ViT-B-16``: OpenAI's) is refused, with
+                 the ways to say which in the message;
 - ``ARCH``       random weights from a fixed seed (tests, parameter counts, ``clipfit-tiny``),
                  except for the models this project pretrains (``clipfit-mini``), whose
                  checkpoint is looked up in the weights directory (``cache_dir``).
@@ -16,9 +23,11 @@ Architectures are open_clip model configs; ``clipfit-tiny`` ships beside this mo
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -171,16 +180,21 @@ def create_base_model(
             f"unknown architecture {arch!r} in model spec {spec!r}; "
             f"known: {', '.join(list_architectures())}"
         )
-    checkpoint, quick_gelu, preprocess = _resolve_weights(
+    weights = _resolve_weights(
         arch, source, spec=spec, cache_dir=cache_dir, allow_download=allow_download
     )
+    checkpoint, preprocess = weights.checkpoint, weights.preprocess
     with torch.random.fork_rng(devices=[]):
         # Random-weight models must be the same on every load, so their fingerprint is too.
         torch.manual_seed(RANDOM_INIT_SEED)
-        model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
+        model = open_clip.create_model(arch, pretrained=None,
+                                       force_quick_gelu=weights.quick_gelu)
     if checkpoint is not None:
         try:
-            open_clip.load_checkpoint(model, str(checkpoint), strict=True)
+            if weights.torchscript:
+                model.load_state_dict(_torchscript_state_dict(checkpoint), strict=True)
+            else:
+                open_clip.load_checkpoint(model, str(checkpoint), strict=True)
         except Exception as e:
             raise WeightsUnavailableError(
                 f"could not load checkpoint {str(checkpoint)!r} into {arch!r}: {e}"
@@ -206,6 +220,14 @@ def create_base_model(
     )
 
 
+@dataclass(frozen=True)
+class _Weights:
+    checkpoint: Path | None  # None: random weights
+    quick_gelu: bool = False  # force QuickGELU (an architecture's own config may also say so)
+    preprocess: dict = field(default_factory=dict)  # mean / std / interpolation overrides
+    torchscript: bool = False  # an OpenAI TorchScript archive
+
+
 def _resolve_weights(
     arch: str,
     source: str | None,
@@ -213,8 +235,9 @@ def _resolve_weights(
     spec: str,
     cache_dir: str | os.PathLike | None,
     allow_download: bool,
-) -> tuple[Path | None, bool, dict]:
-    """Return (checkpoint path or None for random, quick_gelu, preprocess overrides)."""
+) -> _Weights:
+    """Where the weights come from, and what the file cannot say itself (the activation and
+    the preprocessing)."""
     if source is None and arch in LOCAL_PRETRAINED:
         path = local_checkpoint_path(arch, cache_dir)
         if path is None or not path.is_file():
@@ -223,14 +246,14 @@ def _resolve_weights(
                 f"; build it with `{LOCAL_PRETRAINED[arch]}` (same weights directory), or give "
                 f"one as '{arch}:/path/to/checkpoint'"
             )
-        return path, False, {}
+        return _Weights(path)
     if source is None:
-        return None, False, {}
+        return _Weights(None)
     path = Path(source).expanduser()
     if path.is_dir():
-        return _checkpoint_in_dir(path, spec), False, {}
+        return _local_weights(arch, _checkpoint_in_dir(path, spec), spec)
     if path.is_file():
-        return path, False, {}
+        return _local_weights(arch, path, spec)
     tag_cfg = open_clip.get_pretrained_cfg(arch, source)
     if not tag_cfg:
         if path.suffix in CHECKPOINT_SUFFIXES or os.sep in source:
@@ -246,15 +269,91 @@ def _resolve_weights(
     preprocess = {k: tag_cfg[k] for k in ("mean", "std", "interpolation") if k in tag_cfg}
     quick_gelu = bool(tag_cfg.get("quick_gelu", False))
     cached = _cached_tag_checkpoint(tag_cfg, cache_dir)
-    if cached is not None:
-        return cached, quick_gelu, preprocess
-    if allow_download:
+    if cached is None and allow_download:
         try:
-            return Path(open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)), \
-                quick_gelu, preprocess
+            cached = Path(open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir))
         except Exception as e:
             raise WeightsUnavailableError(_missing_weights_message(spec, arch, tag_cfg, e)) from e
-    raise WeightsUnavailableError(_missing_weights_message(spec, arch, tag_cfg, None))
+    if cached is None:
+        raise WeightsUnavailableError(_missing_weights_message(spec, arch, tag_cfg, None))
+    return _Weights(cached, quick_gelu, preprocess, is_torchscript(cached))
+
+
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (``torch.jit.save``, as OpenAI ships CLIP): a zip with the
+    model's code beside its data, which ``torch.save`` archives do not have."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/", 2)[1:2] == ["code"] for name in archive.namelist())
+
+
+def _torchscript_state_dict(path: Path) -> dict:
+    """The state dict of an OpenAI TorchScript archive, as open_clip's OpenAI loader reads it:
+    ``torch.jit.load`` on the CPU, without the archive's three non-tensor entries (and the
+    causal text mask, which an archive traced from open_clip carries: it is rebuilt, not
+    learned)."""
+    state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    for key in ("input_resolution", "context_length", "vocab_size", "attn_mask"):
+        state.pop(key, None)
+    return {k: v.float() for k, v in state.items()}
+
+
+def _local_weights(arch: str, path: Path, spec: str) -> _Weights:
+    """A local checkpoint, with its activation settled or refused (see the module docstring)."""
+    arch_quick = bool(open_clip.get_model_config(arch).get("quick_gelu", False))
+    config_file = path.parent / "open_clip_config.json"
+    if is_torchscript(path):
+        return _Weights(path, True, {}, torchscript=True)
+    if config_file.is_file():
+        try:
+            config = json.loads(config_file.read_text())
+            model_cfg = config.get("model_cfg") or {}
+            preprocess_cfg = config.get("preprocess_cfg") or {}
+            quick = bool(model_cfg.get("quick_gelu", False))
+        except (ValueError, AttributeError) as e:
+            raise WeightsUnavailableError(
+                f"{str(config_file)!r} beside the checkpoint of {spec!r} is not an open_clip "
+                f"config (a JSON object with 'model_cfg'): {e}"
+            ) from e
+        if arch_quick and not quick:
+            raise WeightsUnavailableError(
+                f"{spec!r}: the architecture {arch!r} uses QuickGELU but "
+                f"{str(config_file)!r} says quick_gelu is false; use the architecture without "
+                f"'-quickgelu', or correct the config"
+            )
+        preprocess = {k: preprocess_cfg[k] for k in ("mean", "std", "interpolation")
+                      if k in preprocess_cfg}
+        return _Weights(path, quick, preprocess)
+    if arch_quick:
+        return _Weights(path, True)
+    if quick_gelu_weights_exist(arch):
+        twin = f"{arch}-quickgelu"
+        quick_way = (f"use the spec '{twin}:{path}'" if open_clip.get_model_config(twin)
+                     else 'put an open_clip_config.json with {"model_cfg": {"quick_gelu": '
+                          'true}} beside it')
+        raise WeightsUnavailableError(
+            f"cannot tell which activation the checkpoint {str(path)!r} was trained with: "
+            f"weights for {arch!r} exist with GELU and with QuickGELU (OpenAI's), the files "
+            f"look the same, and the wrong one changes every feature. Say which: for "
+            f"QuickGELU weights (OpenAI's CLIP in open_clip's format), {quick_way}, or give "
+            f"OpenAI's own TorchScript file ({arch}.pt); for GELU weights (LAION, DataComp), "
+            f'put an open_clip_config.json with {{"model_cfg": {{"quick_gelu": false}}}} beside '
+            f"it (open_clip's hub exports ship this file)"
+        )
+    return _Weights(path)
+
+
+def quick_gelu_weights_exist(arch: str) -> bool:
+    """Whether some pretrained weights of ``arch``'s shape use QuickGELU: a tag of ``arch``
+    itself (OpenAI's) or of its ``-quickgelu`` twin."""
+    for name in (arch, f"{arch}-quickgelu"):
+        for tag in open_clip.list_pretrained_tags_by_model(name):
+            if open_clip.get_pretrained_cfg(name, tag).get("quick_gelu", False):
+                return True
+        if name != arch and open_clip.get_model_config(name) is not None:
+            return True
+    return False
 
 
 def local_checkpoint_path(arch: str, weights_dir: str | os.PathLike | None) -> Path | None:
@@ -291,11 +390,19 @@ def _cached_tag_checkpoint(tag_cfg: dict, cache_dir) -> Path | None:
 def _missing_weights_message(spec: str, arch: str, tag_cfg: dict, error) -> str:
     where = tag_cfg.get("hf_hub") or tag_cfg.get("url") or "its source"
     reason = f" (download failed: {error})" if error else " (downloads disabled)"
+    activation = ""
+    if tag_cfg.get("quick_gelu", False):
+        twin = f"{arch}-quickgelu"
+        if open_clip.get_model_config(twin) is not None:
+            activation = (f" with its open_clip_config.json beside it (these weights use "
+                          f"QuickGELU, which a bare open_clip-format file cannot say: without "
+                          f"the config, name the architecture '{twin}'; OpenAI's TorchScript "
+                          f"{arch}.pt needs neither)")
     return (
         f"weights for {spec!r} are not available{reason}. Provide them one of these ways: "
         f"(1) run once with network access so they land in the cache; "
         f"(2) download the checkpoint from {where} and use the spec '{arch}:/path/to/file' "
-        f"(or a directory holding it); "
+        f"(or a directory holding it){activation}; "
         f"(3) pass a cache directory that already holds them (clipfit --cache-dir, or "
         f"CLIPFIT_WEIGHTS_DIR)."
     )
@@ -320,11 +427,15 @@ def _checkpoint_in_dir(path: Path, spec: str) -> Path:
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over the state dict: names, dtypes, shapes and bytes, in sorted name order.
+    """sha256 over the state dict: names, dtypes, shapes and bytes, in sorted name order, and
+    the activation when it is QuickGELU (the same bytes under another activation are another
+    function, so a delta trained on one must not pass as fitting the other).
 
     Identical across loads of the same weights, whatever the device they end up on.
     """
     h = hashlib.sha256()
+    if any(isinstance(m, open_clip.transformer.QuickGELU) for m in model.modules()):
+        h.update(b"activation|QuickGELU\n")
     state = model.state_dict()
     for name in sorted(state):
         tensor = state[name].detach()
