@@ -2,7 +2,8 @@
 sets, validation sets (base classes only, from training images) and test sets.
 
 Everything is index arithmetic over Fashion-MNIST's own train / test arrays, seeded, so every
-method sees identical data for a (domain, split, seed) cell.
+method sees identical data for a (domain, split, seed) cell. Test images come only from the
+test split, validation images only from the training split.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class CellData:
     val: np.ndarray  # other base-class training images: model selection only
     test_base: np.ndarray  # test split, base classes
     test_new: np.ndarray  # test split, new classes
+    val_new: np.ndarray  # new-class training images: the default-recipe search only
 
 
 def per_class_sample(labels: np.ndarray, classes, count: int, rng: np.random.Generator,
@@ -62,12 +64,17 @@ def per_class_sample(labels: np.ndarray, classes, count: int, rng: np.random.Gen
 def make_cell_data(cell: Cell, train_labels: np.ndarray, test_labels: np.ndarray,
                    shots: int = 16, val_per_class: int = 50,
                    test_per_class: int = 200) -> CellData:
-    """Training shots and validation images depend on the seed; the test images are the same
-    for every seed (seed-independent draw), so seeds vary only what a method learns from."""
+    """Training shots and validation images depend on the seed and the split; the test images
+    are drawn again for every seed (the same for both splits of a seed, so a split's base
+    test images are its swap's new ones), so the spread over seeds covers the test sample
+    too. New-class validation images come from the training split, apart from the shots."""
     rng = np.random.default_rng([cell.seed, ord(cell.split)])
     train = per_class_sample(train_labels, cell.base_classes, shots, rng)
     val = per_class_sample(train_labels, cell.base_classes, val_per_class, rng, exclude=train)
-    test_rng = np.random.default_rng(12345)
+    val_new = per_class_sample(train_labels, cell.new_classes, val_per_class,
+                               np.random.default_rng([cell.seed, ord(cell.split), 1]))
+    test_rng = np.random.default_rng([cell.seed, 12345])
     test = per_class_sample(test_labels, range(N_CLASSES), test_per_class, test_rng)
     in_base = np.isin(test_labels[test], cell.base_classes)
-    return CellData(train=train, val=val, test_base=test[in_base], test_new=test[~in_base])
+    return CellData(train=train, val=val, test_base=test[in_base], test_new=test[~in_base],
+                    val_new=val_new)

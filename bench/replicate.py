@@ -1,12 +1,29 @@
-"""The replication study: does ClipFit do here what the paper claims?
+"""The replication study, v2: does ClipFit do here what the paper claims, with error bars?
 
-Base-to-new on Fashion-MNIST domains unseen in clipfit-mini's pretraining: 5 base / 5 new
-classes (two splits: one and its swap), 16 shots per base class, 3 seeds, 200 test images per
-class. Methods on identical data and seeds: zero-shot, ClipFit, ClipFit text-only and
-image-only, CoOp, full fine-tuning (validation-chosen lr, and 10x), a linear probe (base only),
-and a learning-rate sweep for ClipFit and full fine-tuning (on the first seed's cells). Each
-method's learning rate is the one of its grid with the best mean accuracy on held-out
-*training* images of the base classes (first seed), never chosen on test images.
+Base-to-new on Fashion-MNIST domains unseen in clipfit-mini's pretraining. Everything the
+study chooses or fixes is in one file, ``bench/replication_protocol.toml``, committed before
+any of its test numbers was looked at: the domains (three study domains, and held-out ones on
+which no choice is ever made), the data sizes, the seeds, the epochs, each method's
+learning-rate and crop-scale grid, the selection rule and the default-recipe rule.
+
+Phases, all in one run:
+
+1. **Selection** (study domains, the selection seed, both splits): every trained method
+   (ClipFit, its text-only and image-only ablations, CoOp, full fine-tuning) runs its own
+   grid of learning rate x crop scale; the best mean accuracy on validation images (held-out
+   *training* images of the base classes) wins; a grid whose winner is at an end is extended
+   past that end and the choice is made again, until the winner is interior (or a bound /
+   the extension limit is reached, which the report says).
+2. **Evaluation**: each method at its chosen settings on every cell (domains x splits x
+   seeds; test images drawn again per seed), zero-shot and the linear probe beside them.
+3. **Default recipe** (study domains, validation images only, new classes included): among
+   ClipFit's trained settings and the delta moved toward zero-shot by a factor alpha, the
+   one with the best base validation accuracy whose new-class validation accuracy stays
+   within the protocol's tolerance of zero-shot; then evaluated like the methods.
+
+The report gives, for the study and the held-out domains separately, mean and standard
+deviation over seeds and a 95% bootstrap interval over test images (resampled within each
+cell, paired across methods) for base, new and HM, and the claims with paired intervals.
 
     python -m bench.replicate --out results/     # writes replication.md and replication.json
 
@@ -16,39 +33,54 @@ Needs the clipfit-mini checkpoint (`clipfit pretrain-mini`) and Fashion-MNIST.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import os
 import sys
 import time
+import tomllib
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from bench.methods import CROP_SCALE
 from bench.protocol import Cell, make_cell_data
 from clipfit_core.evaluate import harmonic_mean
 
-CLIPFIT_LRS = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
-FULL_FT_LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
-COOP_LRS = [2e-3, 2e-2]
+PROTOCOL_FILE = Path(__file__).with_name("replication_protocol.toml")
+TRAINED = ("clipfit", "clipfit-text", "clipfit-image", "coop", "full-ft")
+LABELS = {"zero-shot": "zero-shot", "clipfit": "ClipFit",
+          "clipfit-text": "ClipFit, text biases only",
+          "clipfit-image": "ClipFit, image LayerNorms only", "coop": "CoOp",
+          "full-ft": "full fine-tuning", "linear-probe": "linear probe (base only)",
+          "recipe": "ClipFit, default recipe"}
+
+
+def load_protocol(path: str | Path = PROTOCOL_FILE) -> dict:
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+# --- worker processes ------------------------------------------------------------------------
 
 _STATE: dict = {}  # per worker process: the base model, Fashion-MNIST, built cells
 
 
-def _init_worker(weights_dir: str, threads: int, settings: dict) -> None:
+def _init_worker(model: str, weights_dir: str | None, data_root: str | None, threads: int,
+                 data: dict) -> None:
     import torch
 
     from clipfit_core.models import create_base_model
     from clipfit_core.pretrain import load_fashion_mnist
 
     torch.set_num_threads(threads)
-    _STATE["base"] = create_base_model("clipfit-mini", cache_dir=weights_dir)
-    _STATE["train"] = load_fashion_mnist("train")
-    _STATE["test"] = load_fashion_mnist("test")
-    _STATE["settings"] = settings
+    _STATE["base"] = create_base_model(model, cache_dir=weights_dir)
+    extra = [data_root] if data_root else []
+    _STATE["train"] = load_fashion_mnist("train", *extra)
+    _STATE["test"] = load_fashion_mnist("test", *extra)
+    _STATE["data"] = data
     _STATE["splits"] = {}
 
 
@@ -57,11 +89,13 @@ def _split(cell: Cell):
     from bench.methods import Split
 
     if cell not in _STATE["splits"]:
-        s, base = _STATE["settings"], _STATE["base"]
+        if len(_STATE["splits"]) > 8:  # bounded: cells come roughly in order
+            _STATE["splits"].pop(next(iter(_STATE["splits"])))
+        d, base = _STATE["data"], _STATE["base"]
         (tr_x, tr_y), (te_x, te_y) = _STATE["train"], _STATE["test"]
-        idx = make_cell_data(cell, tr_y, te_y, shots=s["shots"],
-                             val_per_class=s["val_per_class"],
-                             test_per_class=s["test_per_class"])
+        idx = make_cell_data(cell, tr_y, te_y, shots=d["shots"],
+                             val_per_class=d["val_per_class"],
+                             test_per_class=d["test_per_class"])
         domain = DOMAINS[cell.domain]
 
         def pixels(images, labels, i):
@@ -70,192 +104,432 @@ def _split(cell: Cell):
         _STATE["splits"][cell] = Split(
             train_rgb=domain(tr_x[idx.train]), train_labels=tr_y[idx.train],
             val=pixels(tr_x, tr_y, idx.val), test_base=pixels(te_x, te_y, idx.test_base),
-            test_new=pixels(te_x, te_y, idx.test_new),
+            test_new=pixels(te_x, te_y, idx.test_new), val_new=pixels(tr_x, tr_y, idx.val_new),
             base_classes=cell.base_classes, new_classes=cell.new_classes)
     return _STATE["splits"][cell]
 
 
 def _run(task: tuple) -> tuple:
-    """One method on one cell: (task, result dict)."""
+    """One method with one setting on one cell: (task, score)."""
     from bench import methods
 
-    cell, method, lr = task
-    base, split, epochs = _STATE["base"], _split(cell), _STATE["settings"]["epochs"]
-    kw = {"epochs": epochs, "seed": cell.seed}
+    cell, method, setting = task
+    s = dict(setting)
+    base, split, d = _STATE["base"], _split(cell), _STATE["data"]
+    kw = {"epochs": s.get("epochs", d["epochs"]), "seed": cell.seed,
+          "test": s.get("test", True)}
     if method == "zero-shot":
-        result = methods.zero_shot(base, split)
-    elif method == "linear-probe":
-        result = methods.linear_probe(base, split)
-    elif method.startswith("clipfit"):
-        result = methods.clipfit(base, split, lr=lr, text=method != "clipfit-image",
-                                 image=method != "clipfit-text", **kw)
-    elif method == "coop":
-        result = methods.coop(base, split, lr=lr, **kw)
-    elif method == "full-ft":
-        result = methods.full_finetune(base, split, lr=lr, **kw)
-    else:
-        raise ValueError(method)
-    return task, result
+        return task, methods.zero_shot(base, split, kw["test"])
+    if method == "linear-probe":
+        return task, methods.linear_probe(base, split, weight_decays=s["weight_decay"])
+    if method.startswith("clipfit"):
+        return task, methods.clipfit(
+            base, split, lr=s["lr"], crop=s["crop"], text=method != "clipfit-image",
+            image=method != "clipfit-text", lambda_kd=s.get("lambda", 8.0),
+            alphas=tuple(s.get("alphas", ())), **kw)
+    if method == "coop":
+        return task, methods.coop(base, split, lr=s["lr"], crop=s["crop"], **kw)
+    if method == "full-ft":
+        return task, methods.full_finetune(base, split, lr=s["lr"], crop=s["crop"], **kw)
+    raise ValueError(method)
 
 
-def _mean(values):
+def setting(**kw) -> tuple:
+    """A hashable setting: sorted (name, value) pairs; lists become tuples."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kw.items()))
+
+
+# --- choices: pure functions of validation scores ----------------------------------------------
+
+def select_step(lrs, crops, scores: dict, *, lr_step: float, crop_step: float,
+                crop_bounds) -> tuple[tuple, list]:
+    """The best (lr, crop) of a scored grid (higher is better; ties: the smaller lr, then the
+    larger crop), and the values to add because it lies at an end: the next learning rate
+    (x or / ``lr_step``) past that end; the next crop scale (+/- ``crop_step``) unless the
+    end is a bound of the crop range."""
+    lrs, crops = sorted(lrs), sorted(crops)
+    best = max(((lr, c) for lr in lrs for c in crops),
+               key=lambda p: (scores[p], -p[0], p[1]))
+    moves = []
+    if len(lrs) > 1 and best[0] == lrs[0]:
+        moves.append(("lr", float(f"{lrs[0] / lr_step:.6g}")))
+    elif len(lrs) > 1 and best[0] == lrs[-1]:
+        moves.append(("lr", float(f"{lrs[-1] * lr_step:.6g}")))
+    if best[1] == crops[0] and crops[0] > crop_bounds[0]:
+        moves.append(("crop", round(max(crop_bounds[0], crops[0] - crop_step), 6)))
+    elif best[1] == crops[-1] and crops[-1] < crop_bounds[1]:
+        moves.append(("crop", round(min(crop_bounds[1], crops[-1] + crop_step), 6)))
+    return best, moves
+
+
+def select(grid: dict, score, *, lr_step: float, crop_step: float, crop_bounds,
+           max_extensions: int) -> dict:
+    """Choose (lr, crop) by ``score(lr, crop)``, extending the grid past an end that wins
+    until the winner is interior or ``max_extensions`` values were added. Returns the choice,
+    every scored point, the extensions made, and whether each coordinate ended interior
+    (a crop scale at a bound of its range counts as interior: there is nothing past it)."""
+    lrs, crops = sorted(grid["lr"]), sorted(grid["crop"])
+    scores, log = {}, []
+    while True:
+        scores.update({(lr, c): score(lr, c) for lr in lrs for c in crops
+                       if (lr, c) not in scores})
+        best, moves = select_step(lrs, crops, scores, lr_step=lr_step, crop_step=crop_step,
+                                  crop_bounds=crop_bounds)
+        if not moves or len(log) >= max_extensions:
+            break
+        for name, value in moves[:max_extensions - len(log)]:
+            (lrs if name == "lr" else crops).append(value)
+            log.append({name: value})
+        lrs, crops = sorted(lrs), sorted(crops)
+    return {"lr": best[0], "crop": best[1], "scores": scores, "extensions": log,
+            "lr_interior": lrs[0] < best[0] < lrs[-1],
+            "crop_interior": crops[0] < best[1] < crops[-1] or best[1] in tuple(crop_bounds)}
+
+
+def choose_recipe(candidates: dict, zero_shot_val_new: float, tolerance: float) -> tuple:
+    """The protocol's default-recipe rule: among candidates (key -> mean validation accuracy
+    on base and new classes) whose new-class accuracy is at least zero-shot's minus
+    ``tolerance``, the best base accuracy (ties: the smaller alpha, i.e. closer to
+    zero-shot). None when no candidate qualifies."""
+    ok = {k: v for k, v in candidates.items() if v["val_new"] >= zero_shot_val_new - tolerance}
+    if not ok:
+        return None
+    return max(ok, key=lambda k: (ok[k]["val"], -dict(k).get("alpha", 1.0)))
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+def group_stats(results: dict, cells: list[Cell], methods: list[str], *, boot: int = 1000,
+                seed: int = 0) -> dict:
+    """results[method][cell] -> {"base", "new", "correct": {"base": bools, "new": bools}}.
+
+    For each method: mean over cells of base and new, HM of those means; standard deviation
+    over seeds (sample std of each seed's group mean, ddof=1); 95% bootstrap interval over
+    test images, resampled within each cell with the same indices for every method, so the
+    differences between methods (``diff``) are paired."""
+    rng = np.random.default_rng(seed)
+    present = [m for m in methods if all(c in results.get(m, {}) for c in cells)]
+    sums = {m: {"base": np.zeros(boot), "new": np.zeros(boot)} for m in present}
+    for cell in cells:
+        for part in ("base", "new"):
+            n = len(results[present[0]][cell]["correct"][part])
+            idx = rng.integers(0, n, size=(boot, n))
+            for m in present:
+                right = results[m][cell]["correct"][part]
+                if right is None:
+                    sums[m][part] = None
+                elif sums[m][part] is not None:
+                    sums[m][part] += right[idx].mean(axis=1)
+    seeds = sorted({c.seed for c in cells})
+    out = {"methods": {}, "diff": {}, "cells": len(cells), "seeds": seeds, "boot": boot}
+    draws = {}
+    for m in present:
+        rows = [results[m][c] for c in cells]
+        base = float(np.mean([r["base"] for r in rows]))
+        new = _maybe_mean([r["new"] for r in rows])
+        stat = {"base": base, "new": new, "hm": harmonic_mean(base, new) if new is not None
+                else None}
+        b = sums[m]["base"] / len(cells)
+        n = sums[m]["new"] / len(cells) if sums[m]["new"] is not None else None
+        h = 2 * b * n / (b + n) if n is not None else None
+        draws[m] = {"base": b, "new": n, "hm": h}
+        for key in ("base", "new", "hm"):
+            if stat[key] is None:
+                stat[f"{key}_ci"] = stat[f"{key}_std"] = None
+                continue
+            stat[f"{key}_ci"] = [float(np.percentile(draws[m][key], 2.5)),
+                                 float(np.percentile(draws[m][key], 97.5))]
+            per_seed = []
+            for s in seeds:
+                sub = [results[m][c] for c in cells if c.seed == s]
+                sb = float(np.mean([r["base"] for r in sub]))
+                sn = _maybe_mean([r["new"] for r in sub])
+                per_seed.append({"base": sb, "new": sn, "hm": harmonic_mean(sb, sn)
+                                 if sn is not None else None}[key])
+            stat[f"{key}_std"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None
+        out["methods"][m] = stat
+    for a, b in itertools.permutations(present, 2):
+        out["diff"][f"{a} - {b}"] = {
+            key: {"mean": out["methods"][a][key] - out["methods"][b][key],
+                  "ci": [float(np.percentile(draws[a][key] - draws[b][key], 2.5)),
+                         float(np.percentile(draws[a][key] - draws[b][key], 97.5))]}
+            for key in ("base", "new", "hm")
+            if draws[a][key] is not None and draws[b][key] is not None}
+    return out
+
+
+def _maybe_mean(values):
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
 
 
-def summarize(runs: dict, cells: list[Cell]) -> dict:
-    """runs[(method, lr)][cell] -> per-domain and average base / new / hm."""
-    domains = sorted({c.domain for c in cells})
-    out = {}
-    for key, by_cell in runs.items():
-        per_domain = {}
-        for d in domains:
-            rows = [by_cell[c] for c in cells if c.domain == d and c in by_cell]
-            base, new = _mean(r["base"] for r in rows), _mean(r["new"] for r in rows)
-            per_domain[d] = {"base": base, "new": new, "val": _mean(r["val"] for r in rows),
-                             "hm": harmonic_mean(base, new) if new is not None else None}
-        base = _mean(v["base"] for v in per_domain.values())
-        new = _mean(v["new"] for v in per_domain.values())
-        out[key] = {"domains": per_domain, "average": {
-            "base": base, "new": new, "val": _mean(v["val"] for v in per_domain.values()),
-            "hm": harmonic_mean(base, new) if new is not None else None}}
+def verdict(diff: dict, threshold: float) -> str:
+    """Whether ``mean difference >= threshold`` holds, with its 95% interval."""
+    lo, hi = diff["ci"]
+    if lo >= threshold:
+        return "holds"
+    if hi < threshold:
+        return "does not hold"
+    return "holds on the mean only" if diff["mean"] >= threshold else "misses on the mean"
+
+
+def claims(stats: dict, method: str) -> list[dict]:
+    """The issue's claims for ``method`` against zero-shot and CoOp in one group of domains."""
+    out = []
+    for name, pair, key, threshold in (
+            ("HM >= zero-shot HM + 5", f"{method} - zero-shot", "hm", 0.05),
+            ("new >= zero-shot new - 1", f"{method} - zero-shot", "new", -0.01),
+            ("HM >= CoOp HM", f"{method} - coop", "hm", 0.0)):
+        d = stats["diff"].get(pair, {}).get(key)
+        if d is not None:
+            out.append({"claim": name, "difference": d["mean"], "ci": d["ci"],
+                        "threshold": threshold, "verdict": verdict(d, threshold)})
     return out
 
 
-def run_study(out_dir: Path, *, domains: list[str], seeds: list[int], epochs: int, jobs: int,
-              weights_dir: str, shots: int = 16, val_per_class: int = 50,
-              test_per_class: int = 200, progress=print) -> dict:
+# --- the study ---------------------------------------------------------------------------------
+
+def run_study(out_dir: Path, protocol: dict, *, jobs: int, weights_dir: str | None,
+              data_root: str | None = None, progress=print) -> dict:
     start = time.perf_counter()
-    cells = [Cell(d, s, seed) for d in domains for s in ("a", "b") for seed in seeds]
-    settings = {"epochs": epochs, "shots": shots, "val_per_class": val_per_class,
-                "test_per_class": test_per_class}
-    runs: dict = defaultdict(dict)
+    data, sel, rec = protocol["data"], protocol["selection"], protocol["recipe"]
+    study, held_out = protocol["domains"]["study"], protocol["domains"]["held_out"]
+    seeds, splits = data["seeds"], data["splits"]
+    cells = {"study": [Cell(d, s, seed) for d in study for s in splits for seed in seeds],
+             "held-out": [Cell(d, s, seed) for d in held_out for s in splits for seed in seeds]}
+    sel_cells = [Cell(d, s, sel["seed"]) for d, s in sel["cells"]]
+    runs: dict = defaultdict(dict)  # (method, setting) -> {cell: score}
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    sweep_cells = [c for c in cells if c.seed == seeds[0]]
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker,
-                             initargs=(weights_dir, threads, settings)) as pool:
+                             initargs=(data["model"], weights_dir, data_root, threads,
+                                       data)) as pool:
         def execute(tasks, label):
-            tasks = [t for t in tasks if t[0] not in runs.get((t[1], t[2]), {})]
+            tasks = [t for t in dict.fromkeys(tasks) if t[0] not in runs.get(t[1:], {})]
+            # cell by cell: a worker keeps the few cells it built last
+            tasks.sort(key=lambda t: (t[0].seed, t[0].domain, t[0].split))
             t0 = time.perf_counter()
-            for i, ((cell, method, lr), result) in enumerate(pool.map(_run, tasks), 1):
-                runs[(method, lr)][cell] = result
-                if i % max(1, len(tasks) // 10) == 0 or i == len(tasks):
+            for i, ((cell, method, st), result) in enumerate(pool.map(_run, tasks), 1):
+                runs[(method, st)][cell] = result
+                if i % max(1, len(tasks) // 5) == 0 or i == len(tasks):
                     progress(f"{label}: {i}/{len(tasks)} runs, {time.perf_counter() - t0:.0f}s")
 
-        # Phase 1, on the first seed's cells: every learning rate of each grid. Validation
-        # accuracy (base classes, held-out training images) picks each method's rate.
-        tasks = [(c, "clipfit", lr) for lr in CLIPFIT_LRS for c in sweep_cells]
-        tasks += [(c, "full-ft", lr) for lr in FULL_FT_LRS for c in sweep_cells]
-        tasks += [(c, "coop", lr) for lr in COOP_LRS for c in sweep_cells]
-        execute(tasks, "phase 1 (learning-rate grids, first seed)")
-        sweep = summarize(runs, sweep_cells)
+        def mean_val(method, st, key="val"):
+            return float(np.mean([runs[(method, st)][c][key] for c in sel_cells]))
 
-        def chosen(method, grid):
-            return max(grid, key=lambda lr: sweep[(method, lr)]["average"]["val"])
+        def trained_setting(method, lr, crop, test=False, **extra):
+            # Runs that choose are scored on validation images only (test=False); the
+            # defaults are left out, so one setting has one key.
+            defaults = {"lambda": 8.0, "epochs": data["epochs"]}
+            st = {"lr": lr, "crop": crop, "test": test,
+                  **{k: v for k, v in extra.items() if defaults.get(k) != v}}
+            if method == "clipfit":
+                st["alphas"] = rec["alphas"]
+            return setting(**st)
 
-        lr_clipfit, lr_full, lr_coop = (chosen("clipfit", CLIPFIT_LRS),
-                                        chosen("full-ft", FULL_FT_LRS), chosen("coop", COOP_LRS))
-        lr_full_10x = round(lr_full * 10, 10)
-        # Phase 2, on every cell: each method at its chosen rate (runs already made are kept).
-        tasks = [(c, "zero-shot", None) for c in cells] + [(c, "linear-probe", None)
-                                                         for c in cells]
-        for method, lr in (("clipfit", lr_clipfit), ("clipfit-text", lr_clipfit),
-                           ("clipfit-image", lr_clipfit), ("coop", lr_coop),
-                           ("full-ft", lr_full), ("full-ft", lr_full_10x)):
-            tasks += [(c, method, lr) for c in cells]
-        execute(tasks, "phase 2 (all methods, all seeds)")
-    summary = summarize(runs, cells)
-    sweep = summarize(runs, sweep_cells)
+        # Phase 1: selection, each method on its own grid, extended while a winner is at an
+        # end. Every round runs the points all methods still need, in one batch of tasks.
+        def scorer(m):
+            needed = []
 
-    picked = {"zero-shot": ("zero-shot", None), "clipfit": ("clipfit", lr_clipfit),
-              "clipfit-text": ("clipfit-text", lr_clipfit),
-              "clipfit-image": ("clipfit-image", lr_clipfit), "coop": ("coop", lr_coop),
-              "full-ft": ("full-ft", lr_full), "full-ft-10x": ("full-ft", lr_full_10x),
-              "linear-probe": ("linear-probe", None)}
-    strip = lambda d: {k: d[k] for k in ("base", "new", "hm")}
-    report = {
-        "average": {m: strip(summary[k]["average"]) for m, k in picked.items()},
-        "domains": {d: {m: strip(summary[k]["domains"][d]) for m, k in picked.items()}
-                    for d in domains},
-        "lr_sweep": {"seeds": [seeds[0]], "zero-shot": strip(sweep[("zero-shot", None)]
-                                                             ["average"])},
-        "selected_lr": {"clipfit": lr_clipfit, "full-ft": lr_full, "coop": lr_coop},
-        "seeds": seeds, "splits": ["a", "b"], "epochs": epochs, "shots": shots,
-        "test_images_per_class": test_per_class, "val_images_per_class": val_per_class,
-        "crop_scale": list(CROP_SCALE),
-    }
-    for method, grid in (("clipfit", CLIPFIT_LRS), ("full-ft", FULL_FT_LRS + [lr_full_10x])):
-        grid = sorted(set(grid))
-        rows = {str(lr): sweep[(method, lr)]["average"] for lr in grid}
-        hms = [r["hm"] for r in rows.values()]
-        report["lr_sweep"][method] = {"lrs": grid, "results": rows,
-                                      "hm_spread": max(hms) - min(hms)}
+            def score(lr, crop):
+                st = trained_setting(m, lr, crop)
+                if not all(c in runs.get((m, st), {}) for c in sel_cells):
+                    needed.append(st)
+                    return float("-inf")  # not run yet: this round asks for it
+                return mean_val(m, st)
+            return score, needed
+
+        choices: dict = {}
+        while len(choices) < len(TRAINED):
+            tasks = []
+            for m in TRAINED:
+                score, needed = scorer(m)
+                choice = select(protocol["grids"][m], score, lr_step=sel["lr_step"],
+                                crop_step=sel["crop_step"], crop_bounds=sel["crop_bounds"],
+                                max_extensions=sel["max_extensions"])
+                if needed:
+                    tasks += [(c, m, st) for st in needed for c in sel_cells]
+                else:
+                    choices[m] = choice
+            execute(tasks, "selection")
+
+        # Phase 3's search needs only validation numbers of the selection cells: ClipFit's grid
+        # (every alpha) plus the protocol's lambda and epoch variants at ClipFit's choice.
+        cf = choices["clipfit"]
+        variants = [trained_setting("clipfit", cf["lr"], cf["crop"], **{"lambda": lam,
+                                                                        "epochs": ep})
+                    for lam in rec["lambdas"] for ep in rec["epochs"]]
+        execute([(c, "clipfit", st) for st in variants for c in sel_cells],
+                "default-recipe variants")
+        zs_sel = setting(test=False)
+        execute([(c, "zero-shot", zs_sel) for c in sel_cells], "zero-shot (selection cells)")
+        zs_val_new = mean_val("zero-shot", zs_sel, "val_new")
+        candidates = {}
+        for (m, st), by_cell in list(runs.items()):
+            if m != "clipfit" or not all(c in by_cell for c in sel_cells):
+                continue
+            s = dict(st)
+            if s["test"]:
+                continue
+            for alpha in rec["alphas"]:
+                key = setting(lr=s["lr"], crop=s["crop"], alpha=alpha,
+                              epochs=s.get("epochs", data["epochs"]),
+                              **{"lambda": s.get("lambda", 8.0)})
+                candidates[key] = {part: float(np.mean([by_cell[c]["alphas"][alpha][part]
+                                                        for c in sel_cells]))
+                                   for part in ("val", "val_new")}
+        recipe = choose_recipe(candidates, zs_val_new, rec["new_tolerance"])
+        recipe_train = None
+        if recipe is not None:  # the same training, scored on the test images this time
+            r = dict(recipe)
+            recipe_train = trained_setting("clipfit", r["lr"], r["crop"], test=True,
+                                           **{"lambda": r["lambda"], "epochs": r["epochs"]})
+
+        # Phase 2: every method at its choice on every cell, scored on the test images (the
+        # selection runs are not reused: they never saw a test image).
+        all_cells = cells["study"] + cells["held-out"]
+        final = {m: trained_setting(m, choices[m]["lr"], choices[m]["crop"], test=True)
+                 for m in TRAINED}
+        tasks = [(c, "zero-shot", ()) for c in all_cells]
+        tasks += [(c, "linear-probe", setting(weight_decay=protocol["grids"]["linear-probe"]
+                                              ["weight_decay"])) for c in all_cells]
+        tasks += [(c, m, st) for m, st in final.items() for c in all_cells]
+        if recipe_train is not None:
+            tasks += [(c, "clipfit", recipe_train) for c in all_cells]
+        execute(tasks, "evaluation (every method, every cell)")
+
+    results = {m: runs[(m, st)] for m, st in final.items()}
+    results["zero-shot"] = runs[("zero-shot", ())]
+    results["linear-probe"] = runs[("linear-probe", setting(
+        weight_decay=protocol["grids"]["linear-probe"]["weight_decay"]))]
+    if recipe is not None:
+        alpha = dict(recipe)["alpha"]
+        results["recipe"] = {c: r["alphas"][alpha] for c, r in runs[("clipfit",
+                                                                     recipe_train)].items()}
+    order = ["zero-shot", *TRAINED, "recipe", "linear-probe"]
+    report = {"protocol": protocol, "groups": {}, "domains": {}, "selection": {},
+              "recipe": None, "seconds": None}
+    for group, group_cells in cells.items():
+        stats = group_stats(results, group_cells, order, boot=protocol["report"]["bootstrap"])
+        stats["claims"] = {m: claims(stats, m) for m in ("clipfit", "recipe")
+                           if m in stats["methods"]}
+        report["groups"][group] = stats
+    for d in study + held_out:
+        dc = [c for c in all_cells if c.domain == d]
+        report["domains"][d] = group_stats(results, dc, order, boot=200)["methods"]
+    for m, choice in choices.items():
+        report["selection"][m] = {
+            "lr": choice["lr"], "crop": choice["crop"], "extensions": choice["extensions"],
+            "lr_interior": choice["lr_interior"], "crop_interior": choice["crop_interior"],
+            "val": {f"{lr:g}/{c:g}": v for (lr, c), v in sorted(choice["scores"].items())}}
+    report["recipe"] = {
+        "rule": rec["rule"], "zero_shot_val_new": zs_val_new,
+        "chosen": dict(recipe) if recipe else None,
+        "candidates": [{**dict(k), **v} for k, v in sorted(
+            candidates.items(), key=lambda kv: -kv[1]["val"])]}
     report["seconds"] = round(time.perf_counter() - start, 1)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "replication.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "replication.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out_dir / "replication.md").write_text(to_markdown(report))
     return report
 
+
+# --- the report ----------------------------------------------------------------------------------
 
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def _cell(stat: dict, key: str) -> str:
+    if stat.get(key) is None:
+        return "-"
+    std = stat.get(f"{key}_std")
+    lo, hi = stat[f"{key}_ci"]
+    return (f"{_pct(stat[key])}" + (f" ± {100 * std:.1f}" if std is not None else "")
+            + f" [{_pct(lo)}, {_pct(hi)}]")
+
+
+def method_table(methods: dict) -> list[str]:
+    lines = ["| method | base | new | HM |", "|---|---|---|---|"]
+    for m, stat in methods.items():
+        lines.append(f"| {LABELS.get(m, m)} | {_cell(stat, 'base')} | {_cell(stat, 'new')} | "
+                     f"{_cell(stat, 'hm')} |")
+    return lines
+
+
 def to_markdown(report: dict) -> str:
-    lines = ["# ClipFit replication on clipfit-mini (Fashion-MNIST domains)", "",
-             f"Base-to-new, {report['shots']} shots per base class, splits "
-             f"{'/'.join(report['splits'])}, seeds {report['seeds']}, {report['epochs']} epochs, "
-             f"random resized crop scale {tuple(report['crop_scale'])}, "
-             f"{report['test_images_per_class']} test images per class; learning rates chosen "
-             f"on {report['val_images_per_class']} held-out training images per base class: "
-             + ", ".join(f"{m} {lr:g}" for m, lr in report["selected_lr"].items())
-             + f". {report['seconds']:.0f} s.", "",
-             "## Average over domains", "", "| method | base | new | HM |", "|---|---|---|---|"]
-    for m, r in report["average"].items():
-        lines.append(f"| {m} | {_pct(r['base'])} | {_pct(r['new'])} | {_pct(r['hm'])} |")
-    for d, by_method in report["domains"].items():
-        lines += ["", f"## {d}", "", "| method | base | new | HM |", "|---|---|---|---|"]
-        for m, r in by_method.items():
-            lines.append(f"| {m} | {_pct(r['base'])} | {_pct(r['new'])} | {_pct(r['hm'])} |")
-    sweeps = {k: v for k, v in report["lr_sweep"].items() if k in ("clipfit", "full-ft")}
-    zs = report["lr_sweep"]["zero-shot"]
-    lines += ["", (f"## Learning-rate sweep (seed {report['lr_sweep']['seeds'][0]}, both splits, "
-                   f"average over domains; zero-shot on these cells: HM {_pct(zs['hm'])})"), ""]
-    for method, sweep in sweeps.items():
-        lines += [f"{method}: HM spread {100 * sweep['hm_spread']:.1f} points", "",
-                  "| lr | base | new | HM | val |", "|---|---|---|---|---|"]
-        for lr, r in sweep["results"].items():
-            lines.append(f"| {float(lr):g} | {_pct(r['base'])} | {_pct(r['new'])} | "
-                         f"{_pct(r['hm'])} | {_pct(r['val'])} |")
-        lines.append("")
+    p = report["protocol"]
+    d = p["data"]
+    lines = [
+        "# ClipFit replication v2 on clipfit-mini (Fashion-MNIST domains)", "",
+        (f"Protocol: `bench/replication_protocol.toml`. Base-to-new, {d['shots']} shots per base "
+        f"class, splits {'/'.join(d['splits'])}, seeds {d['seeds']}, {d['epochs']} epochs, "
+        f"{d['test_per_class']} test images per class drawn per seed; choices on "
+        f"{d['val_per_class']} validation (training) images per class. {report['seconds']:.0f} s."),
+        "", ("Cells: mean ± standard deviation over seeds [95% bootstrap interval over test "
+        "images]."), ""]
+    names = {"study": "Study domains (" + ", ".join(p["domains"]["study"]) + ")",
+             "held-out": "Held-out domains (" + ", ".join(p["domains"]["held_out"])
+             + "): no choice made on them"}
+    for group, stats in report["groups"].items():
+        lines += [f"## {names[group]}", ""] + method_table(stats["methods"]) + [""]
+        for m, rows in stats["claims"].items():
+            lines += [f"Claims for {LABELS[m]}:", ""]
+            for r in rows:
+                lines.append(f"- {r['claim']}: difference {100 * r['difference']:+.1f} points "
+                             f"[{100 * r['ci'][0]:+.1f}, {100 * r['ci'][1]:+.1f}]: "
+                             f"**{r['verdict']}**")
+            lines.append("")
+    lines += ["## Per domain (mean over splits and seeds [95% interval])", ""]
+    for dom, methods in report["domains"].items():
+        lines += [f"### {dom}", ""] + method_table(
+            {m: {**s, "base_std": None, "new_std": None, "hm_std": None}
+             for m, s in methods.items()}) + [""]
+    lines += ["## Selection (mean validation accuracy, base classes, selection cells)", ""]
+    for m, s in report["selection"].items():
+        grid = ", ".join(f"{k}: {_pct(v)}" for k, v in s["val"].items())
+        ends = []
+        if not s["lr_interior"]:
+            ends.append("learning rate at an end after the allowed extensions")
+        if not s["crop_interior"]:
+            ends.append("crop scale at an end after the allowed extensions")
+        lines.append(f"- {LABELS[m]}: lr {s['lr']:g}, crop {s['crop']:g}"
+                     + (f" (extended: {s['extensions']})" if s["extensions"] else "")
+                     + (f"; {'; '.join(ends)}" if ends else "") + f". lr/crop: {grid}")
+    r = report["recipe"]
+    lines += ["", "## Default recipe search (validation images, study domains)", "",
+              (f"Rule: {r['rule']} Zero-shot new-class validation accuracy "
+              f"{_pct(r['zero_shot_val_new'])}."), "",
+              f"Chosen: {r['chosen']}", "", "| setting | val base | val new |", "|---|---|---|"]
+    for c in r["candidates"][:12]:
+        label = ", ".join(f"{k} {v:g}" for k, v in c.items() if k not in ("val", "val_new"))
+        lines.append(f"| {label} | {_pct(c['val'])} | {_pct(c['val_new'])} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    from bench.domains import DOMAINS
     from registry.settings import Settings
 
     parser = argparse.ArgumentParser(prog="python -m bench.replicate",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for replication.md / .json")
-    parser.add_argument("--domains", default="sketch,blur,pixelate",
-                        help=f"comma-separated, from {', '.join(DOMAINS)}")
-    parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--protocol", default=str(PROTOCOL_FILE),
+                        help="the protocol file (default: the committed one)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="worker processes (default: one per core)")
     parser.add_argument("--cache-dir", default=None,
                         help="weights directory (default: Settings().weights_dir: "
                              "CLIPFIT_WEIGHTS_DIR or .env, else ~/.cache/clipfit/weights)")
+    parser.add_argument("--data-root", default=None,
+                        help="folder of Fashion-MNIST's four idx files (default: Debian's)")
     args = parser.parse_args()
-    report = run_study(Path(args.out), domains=args.domains.split(","),
-                       seeds=[int(s) for s in args.seeds.split(",")], epochs=args.epochs,
-                       jobs=args.jobs,
+    report = run_study(Path(args.out), load_protocol(args.protocol), jobs=args.jobs,
                        weights_dir=str(args.cache_dir or Settings().weights_dir),
+                       data_root=args.data_root,
                        progress=lambda m: print(m, file=sys.stderr, flush=True))
     print((Path(args.out) / "replication.md").read_text())
-    print(json.dumps({"average": report["average"], "seconds": report["seconds"]}))
+    print(json.dumps({"seconds": report["seconds"]}))
 
 
 if __name__ == "__main__":

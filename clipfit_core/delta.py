@@ -125,6 +125,24 @@ class Delta:
         return cls(load_bytes(weights), DeltaConfig.from_dict(config))
 
 
+def toward_base(base: BaseModel, delta: Delta, alpha: float) -> Delta:
+    """The delta moved toward the base by interpolation: ``base + alpha * (tuned - base)``
+    for every tensor (``alpha`` 1 is the delta itself, 0 the base: zero-shot). Same size and
+    serving cost as any delta; the config records ``alpha`` in its hyperparameters."""
+    check_compatible(base, delta)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    params = trainable_parameters(base.model)
+    tensors = {}
+    for name, tuned in delta.tensors.items():
+        start = params[name].detach().to("cpu", torch.float32)
+        tensors[name] = start + alpha * (tuned.to("cpu", torch.float32) - start)
+    config = dataclasses.replace(delta.config,
+                                 hyperparameters={**delta.config.hyperparameters,
+                                                  "alpha": alpha})
+    return Delta(tensors, config)
+
+
 def extract_delta(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Copies of the model's current ClipFit tensors (float32, CPU)."""
     return {name: p.detach().to("cpu", torch.float32, copy=True)

@@ -74,7 +74,9 @@ def test_protocol_split_logic():
     swapped = make_cell_data(Cell("blur", "b", 1), train_labels, test_labels)
     assert (again.train == d.train).all() and (again.val == d.val).all()
     assert not np.array_equal(other_seed.train, d.train)
-    assert np.array_equal(other_seed.test_base, d.test_base)  # test set fixed across seeds
-    assert set(swapped.test_base) == set(d.test_new)
+    assert not np.array_equal(other_seed.test_base, d.test_base)  # test set drawn per seed
+    assert set(swapped.test_base) == set(d.test_new)  # one test draw for both splits
+    assert set(train_labels[d.val_new]) == set(cell.new_classes) and len(d.val_new) == 250
+    assert (again.val_new == d.val_new).all()
     with pytest.raises(ValueError, match="needed"):
         make_cell_data(cell, train_labels, test_labels, val_per_class=10_000)
