@@ -165,7 +165,9 @@ def select_step(lrs, crops, scores: dict, *, lr_step: float, crop_step: float,
 def select(grid: dict, score, *, lr_step: float, crop_step: float, crop_bounds,
            max_extensions: int) -> dict:
     """Choose (lr, crop) by ``score(lr, crop)``, extending the grid past an end that wins
-    until the winner is interior or ``max_extensions`` values were added. Returns the choice,
+    until the winner is interior or ``max_extensions`` values were added. ``score`` returns
+    None for a point not measured yet: then only ``{"pending": [points]}`` comes back, so a
+    caller can run exactly those and ask again. Otherwise returns the choice,
     every scored point, the extensions made, and whether each coordinate ended interior
     (a crop scale at a bound of its range counts as interior: there is nothing past it)."""
     lrs, crops = sorted(grid["lr"]), sorted(grid["crop"])
@@ -173,6 +175,8 @@ def select(grid: dict, score, *, lr_step: float, crop_step: float, crop_bounds,
     while True:
         scores.update({(lr, c): score(lr, c) for lr in lrs for c in crops
                        if (lr, c) not in scores})
+        if None in scores.values():  # not all run yet: the caller runs them and asks again
+            return {"pending": [p for p, v in scores.items() if v is None]}
         best, moves = select_step(lrs, crops, scores, lr_step=lr_step, crop_step=crop_step,
                                   crop_bounds=crop_bounds)
         if not moves or len(log) >= max_extensions:
@@ -329,27 +333,26 @@ def run_study(out_dir: Path, protocol: dict, *, jobs: int, weights_dir: str | No
 
         # Phase 1: selection, each method on its own grid, extended while a winner is at an
         # end. Every round runs the points all methods still need, in one batch of tasks.
-        def scorer(m):
-            needed = []
-
+        def score_of(m):
             def score(lr, crop):
                 st = trained_setting(m, lr, crop)
                 if not all(c in runs.get((m, st), {}) for c in sel_cells):
-                    needed.append(st)
-                    return float("-inf")  # not run yet: this round asks for it
+                    return None
                 return mean_val(m, st)
-            return score, needed
+            return score
 
         choices: dict = {}
         while len(choices) < len(TRAINED):
             tasks = []
             for m in TRAINED:
-                score, needed = scorer(m)
-                choice = select(protocol["grids"][m], score, lr_step=sel["lr_step"],
+                if m in choices:
+                    continue
+                choice = select(protocol["grids"][m], score_of(m), lr_step=sel["lr_step"],
                                 crop_step=sel["crop_step"], crop_bounds=sel["crop_bounds"],
                                 max_extensions=sel["max_extensions"])
-                if needed:
-                    tasks += [(c, m, st) for st in needed for c in sel_cells]
+                if "pending" in choice:
+                    tasks += [(c, m, trained_setting(m, lr, crop))
+                              for lr, crop in choice["pending"] for c in sel_cells]
                 else:
                     choices[m] = choice
             execute(tasks, "selection")

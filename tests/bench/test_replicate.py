@@ -85,6 +85,16 @@ def test_selection_ties_and_crop_bounds():
     assert best_at_bound["crop_interior"]  # nothing lies past the bound
 
 
+def test_selection_asks_only_for_the_points_it_needs():
+    measured = {(0.1, 0.5): 0.6, (0.3, 0.5): 0.5, (0.1, 0.8): 0.4, (0.3, 0.8): 0.3}
+    first = replicate.select({"lr": [0.1, 0.3], "crop": [0.5, 0.8]},
+                             lambda lr, crop: measured.get((lr, crop)), max_extensions=3,
+                             **SELECT)
+    # lr 0.1 and crop 0.5 win at two ends: only the extension points are pending
+    assert set(first["pending"]) == {(0.0333333, 0.5), (0.0333333, 0.8), (0.0333333, 0.2),
+                                     (0.1, 0.2), (0.3, 0.2)}
+
+
 def test_recipe_rule_keeps_new_classes_within_the_tolerance():
     s = replicate.setting
     candidates = {s(alpha=1.0, lr=0.1): {"val": 0.80, "val_new": 0.60},
