@@ -357,30 +357,32 @@ def run_study(out_dir: Path, protocol: dict, *, jobs: int, weights_dir: str | No
                     choices[m] = choice
             execute(tasks, "selection")
 
-        # Phase 3's search needs only validation numbers of the selection cells: ClipFit's grid
-        # (every alpha) plus the protocol's lambda and epoch variants at ClipFit's choice.
+        # Phase 3's search needs only validation numbers, on the recipe's cells (by default
+        # the selection cells): the protocol's lambda x epoch variants at ClipFit's choice,
+        # and any other ClipFit run measured on all those cells (on the selection cells: the
+        # whole grid), each at every alpha.
+        rec_cells = [Cell(d, s, sel["seed"]) for d, s in rec.get("cells", sel["cells"])]
         cf = choices["clipfit"]
         variants = [trained_setting("clipfit", cf["lr"], cf["crop"], **{"lambda": lam,
                                                                         "epochs": ep})
                     for lam in rec["lambdas"] for ep in rec["epochs"]]
-        execute([(c, "clipfit", st) for st in variants for c in sel_cells],
+        execute([(c, "clipfit", st) for st in variants for c in rec_cells],
                 "default-recipe variants")
         zs_sel = setting(test=False)
-        execute([(c, "zero-shot", zs_sel) for c in sel_cells], "zero-shot (selection cells)")
-        zs_val_new = mean_val("zero-shot", zs_sel, "val_new")
+        execute([(c, "zero-shot", zs_sel) for c in rec_cells], "zero-shot (recipe cells)")
+        zs_val_new = float(np.mean([runs[("zero-shot", zs_sel)][c]["val_new"]
+                                    for c in rec_cells]))
         candidates = {}
         for (m, st), by_cell in list(runs.items()):
-            if m != "clipfit" or not all(c in by_cell for c in sel_cells):
-                continue
             s = dict(st)
-            if s["test"]:
+            if m != "clipfit" or s["test"] or not all(c in by_cell for c in rec_cells):
                 continue
             for alpha in rec["alphas"]:
                 key = setting(lr=s["lr"], crop=s["crop"], alpha=alpha,
                               epochs=s.get("epochs", data["epochs"]),
                               **{"lambda": s.get("lambda", 8.0)})
                 candidates[key] = {part: float(np.mean([by_cell[c]["alphas"][alpha][part]
-                                                        for c in sel_cells]))
+                                                        for c in rec_cells]))
                                    for part in ("val", "val_new")}
         recipe = choose_recipe(candidates, zs_val_new, rec["new_tolerance"])
         recipe_train = None
@@ -428,6 +430,7 @@ def run_study(out_dir: Path, protocol: dict, *, jobs: int, weights_dir: str | No
             "val": {f"{lr:g}/{c:g}": v for (lr, c), v in sorted(choice["scores"].items())}}
     report["recipe"] = {
         "rule": rec["rule"], "zero_shot_val_new": zs_val_new,
+        "cells": [[c.domain, c.split, c.seed] for c in rec_cells],
         "chosen": dict(recipe) if recipe else None,
         "candidates": [{**dict(k), **v} for k, v in sorted(
             candidates.items(), key=lambda kv: -kv[1]["val"])]}
@@ -501,7 +504,8 @@ def to_markdown(report: dict) -> str:
                      + (f" (extended: {s['extensions']})" if s["extensions"] else "")
                      + (f"; {'; '.join(ends)}" if ends else "") + f". lr/crop: {grid}")
     r = report["recipe"]
-    lines += ["", "## Default recipe search (validation images, study domains)", "",
+    lines += ["", "## Default recipe search (validation images, study domains: "
+              + ", ".join(f"{d}/{sp}" for d, sp, _ in r["cells"]) + ")", "",
               (f"Rule: {r['rule']} Zero-shot new-class validation accuracy "
               f"{_pct(r['zero_shot_val_new'])}."), "",
               f"Chosen: {r['chosen']}", "", "| setting | val base | val new |", "|---|---|---|"]
