@@ -57,6 +57,10 @@ class TrainConfig:
                    exposed=True, ge=0, le=2**32 - 1)
     crop_min: float = hp(0.08, "smallest area fraction of the random resized crop (the paper: "
                          "0.08; raise it for tiny images)", exposed=True, gt=0, le=1)
+    alpha: float = hp(1.0, "move the tuned values toward the base's by this factor after "
+                      "training: base + alpha * (tuned - base); 1 is the paper's ClipFit, the "
+                      "replication's default recipe uses 0.5 (keeps new-class accuracy at "
+                      "zero-shot's)", exposed=True, gt=0, le=1)
     templates: str | list[str] = hp(  # noqa: RUF009 (a name, resolved to a list below)
         "default", "prompt template: a name (imagenet, oxford_pets, ...), an ensemble "
         "(imagenet80, imagenet7), or a string with one {}", exposed=True, input="template")

@@ -182,7 +182,7 @@ def train_clipfit(
         with torch.random.fork_rng(devices=rng_devices), frozen_attention_layout(model):
             torch.manual_seed(config.seed)
             return _train(base, train_set, val_set, config, classnames, templates, params,
-                          on_progress, should_cancel, start, resume, on_checkpoint)
+                          on_progress, should_cancel, start, resume, on_checkpoint, originals)
     finally:
         restore(base, originals)
         model.requires_grad_(False)
@@ -190,7 +190,7 @@ def train_clipfit(
 
 
 def _train(base, train_set, val_set, config, classnames, templates, params,
-           on_progress, should_cancel, start, resume, on_checkpoint) -> TrainResult:
+           on_progress, should_cancel, start, resume, on_checkpoint, originals) -> TrainResult:
     model, device = base.model, base.device
     n_templates = len(templates)
     tokens = tokenize_prompts(base, classnames, templates)
@@ -273,6 +273,16 @@ def _train(base, train_set, val_set, config, classnames, templates, params,
 
     train_seconds = time.perf_counter() - train_start
     tensors = best_tensors if best_tensors is not None else extract_delta(model)
+    if config.alpha != 1.0:
+        # The delta users get is moved toward the base (clipfit_core.delta.toward_base), and
+        # its held-out accuracy is that of the moved values.
+        tensors = {name: start + config.alpha * (t - start) for name, t in tensors.items()
+                   for start in [originals[name].detach().to("cpu", torch.float32)]}
+        if val_eval is not None:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(tensors[name])
+            best_acc = val_eval()
     metrics = {"best_epoch": best_epoch, "final_loss": history[-1]["loss"]}
     if val_eval is not None:
         metrics |= {"val_accuracy": best_acc, "zero_shot_val_accuracy": zero_shot_val,

@@ -213,3 +213,25 @@ def test_the_training_attention_layout_changes_no_value_and_is_removed(tiny):
     assert torch.allclose(plain_loss, laid_loss, rtol=1e-6)
     assert all(torch.allclose(plain[n], laid[n], rtol=1e-4, atol=1e-7) for n in plain)
     assert not any(m._forward_pre_hooks for m in tiny.model.modules())
+
+
+def test_alpha_moves_the_delta_toward_the_base_and_reports_its_accuracy(tiny, colour_train,
+                                                                          colour_test):
+    from clipfit_core.delta import toward_base
+
+    data, val = load_dataset(colour_train), load_dataset(colour_test)
+    full = train_clipfit(tiny, data, TrainConfig(epochs=3, lr=0.05, seed=2), val_set=val).delta
+    half = train_clipfit(tiny, data, TrainConfig(epochs=3, lr=0.05, seed=2, alpha=0.5),
+                         val_set=val).delta
+    expected = toward_base(tiny, full, 0.5)
+    for name, t in expected.tensors.items():
+        assert torch.equal(half.tensors[name], t), name
+    assert any(not torch.equal(half.tensors[n], full.tensors[n]) for n in full.tensors)
+    assert half.config.hyperparameters["alpha"] == 0.5
+    # the reported held-out accuracy is the moved delta's own
+    logits = Classifier(tiny).logits([s.source for s in val.samples], val.classnames,
+                                     half.config.templates, half)
+    assert half.config.metrics["val_accuracy"] == accuracy(logits.argmax(-1),
+                                                           [s.label for s in val.samples])
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        TrainConfig(alpha=0)
