@@ -97,7 +97,7 @@ def clipfit(base: BaseModel, split: Split, *, lr: float, crop: float, epochs: in
 
     result = scored(delta)
     if alphas:
-        result["alphas"] = {a: result if a == 1.0 else scored(toward_base(base, delta, a))
+        result["alphas"] = {a: dict(result) if a == 1.0 else scored(toward_base(base, delta, a))
                             for a in alphas}
     return result
 

@@ -82,6 +82,7 @@ def _init_worker(model: str, weights_dir: str | None, data_root: str | None, thr
     _STATE["test"] = load_fashion_mnist("test", *extra)
     _STATE["data"] = data
     _STATE["splits"] = {}
+    _STATE["ids"] = {}
 
 
 def _split(cell: Cell):
@@ -97,6 +98,7 @@ def _split(cell: Cell):
                              val_per_class=d["val_per_class"],
                              test_per_class=d["test_per_class"])
         domain = DOMAINS[cell.domain]
+        _STATE["ids"][cell] = idx
 
         def pixels(images, labels, i):
             return to_model_input(base, domain(images[i])), labels[i]
@@ -110,7 +112,16 @@ def _split(cell: Cell):
 
 
 def _run(task: tuple) -> tuple:
-    """One method with one setting on one cell: (task, score)."""
+    """One method with one setting on one cell: (task, score with the test images' ids)."""
+    task, result = _run_method(task)
+    idx = _STATE["ids"][task[0]]
+    for score in [result, *result.get("alphas", {}).values()]:
+        if score.get("correct") is not None:
+            score["ids"] = {"base": idx.test_base, "new": idx.test_new}
+    return task, result
+
+
+def _run_method(task: tuple) -> tuple:
     from bench import methods
 
     cell, method, setting = task
@@ -205,27 +216,41 @@ def choose_recipe(candidates: dict, zero_shot_val_new: float, tolerance: float) 
 
 def group_stats(results: dict, cells: list[Cell], methods: list[str], *, boot: int = 1000,
                 seed: int = 0) -> dict:
-    """results[method][cell] -> {"base", "new", "correct": {"base": bools, "new": bools}}.
+    """results[method][cell] -> {"base", "new", "correct": {"base": bools, "new": bools},
+    "ids": {"base": test image ids, "new": ...}}.
 
     For each method: mean over cells of base and new, HM of those means; standard deviation
-    over seeds (sample std of each seed's group mean, ddof=1); 95% bootstrap interval over
-    test images, resampled within each cell with the same indices for every method, so the
-    differences between methods (``diff``) are paired."""
+    over seeds (sample std of each seed's group mean, ddof=1); a 95% interval from a
+    hierarchical bootstrap: the seeds are resampled (training variance), and within a seed
+    its test images, one draw for every domain, split and method of that seed (they share
+    the seed's test images), so the differences between methods (``diff``) are paired."""
     rng = np.random.default_rng(seed)
-    present = [m for m in methods if all(c in results.get(m, {}) for c in cells)]
-    sums = {m: {"base": np.zeros(boot), "new": np.zeros(boot)} for m in present}
-    for cell in cells:
-        for part in ("base", "new"):
-            n = len(results[present[0]][cell]["correct"][part])
-            idx = rng.integers(0, n, size=(boot, n))
-            for m in present:
-                right = results[m][cell]["correct"][part]
-                if right is None:
-                    sums[m][part] = None
-                elif sums[m][part] is not None:
-                    sums[m][part] += right[idx].mean(axis=1)
+    present = [m for m in methods if cells and all(c in results.get(m, {}) for c in cells)]
     seeds = sorted({c.seed for c in cells})
     out = {"methods": {}, "diff": {}, "cells": len(cells), "seeds": seeds, "boot": boot}
+    if not present:
+        return out
+    ref = present[0]
+    per_seed_draws = {m: {"base": [], "new": []} for m in present}  # part -> [(boot,)] by seed
+    for s in seeds:
+        seed_cells = [c for c in cells if c.seed == s]
+        pool = np.unique(np.concatenate([results[ref][c]["ids"][part] for c in seed_cells
+                                         for part in ("base", "new")]))
+        weights = rng.multinomial(len(pool), np.full(len(pool), 1 / len(pool)),
+                                  size=boot).astype(np.float32)
+        for part in ("base", "new"):
+            sums = {m: np.zeros(boot) for m in present}
+            for c in seed_cells:
+                w = weights[:, np.searchsorted(pool, results[ref][c]["ids"][part])]
+                total = np.maximum(w.sum(axis=1), 1.0)
+                for m in present:
+                    right = results[m][c]["correct"][part]
+                    if right is not None:
+                        sums[m] += (w @ right.astype(np.float32)) / total
+            for m in present:
+                per_seed_draws[m][part].append(sums[m] / len(seed_cells))
+    pick = rng.integers(0, len(seeds), size=(boot, len(seeds)))
+    rows_of_draw = np.arange(boot)[:, None]
     draws = {}
     for m in present:
         rows = [results[m][c] for c in cells]
@@ -233,33 +258,38 @@ def group_stats(results: dict, cells: list[Cell], methods: list[str], *, boot: i
         new = _maybe_mean([r["new"] for r in rows])
         stat = {"base": base, "new": new, "hm": harmonic_mean(base, new) if new is not None
                 else None}
-        b = sums[m]["base"] / len(cells)
-        n = sums[m]["new"] / len(cells) if sums[m]["new"] is not None else None
-        h = 2 * b * n / (b + n) if n is not None else None
-        draws[m] = {"base": b, "new": n, "hm": h}
+        b = np.stack(per_seed_draws[m]["base"])[pick, rows_of_draw].mean(axis=1)
+        n = np.stack(per_seed_draws[m]["new"])[pick, rows_of_draw].mean(axis=1) \
+            if new is not None else None
+        draws[m] = {"base": b, "new": n, "hm": 2 * b * n / (b + n) if n is not None else None}
         for key in ("base", "new", "hm"):
             if stat[key] is None:
                 stat[f"{key}_ci"] = stat[f"{key}_std"] = None
                 continue
             stat[f"{key}_ci"] = [float(np.percentile(draws[m][key], 2.5)),
                                  float(np.percentile(draws[m][key], 97.5))]
-            per_seed = []
-            for s in seeds:
-                sub = [results[m][c] for c in cells if c.seed == s]
-                sb = float(np.mean([r["base"] for r in sub]))
-                sn = _maybe_mean([r["new"] for r in sub])
-                per_seed.append({"base": sb, "new": sn, "hm": harmonic_mean(sb, sn)
-                                 if sn is not None else None}[key])
-            stat[f"{key}_std"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None
+            values = [_seed_value(results[m], cells, s, key) for s in seeds]
+            stat[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
         out["methods"][m] = stat
     for a, b in itertools.permutations(present, 2):
         out["diff"][f"{a} - {b}"] = {
             key: {"mean": out["methods"][a][key] - out["methods"][b][key],
                   "ci": [float(np.percentile(draws[a][key] - draws[b][key], 2.5)),
-                         float(np.percentile(draws[a][key] - draws[b][key], 97.5))]}
+                         float(np.percentile(draws[a][key] - draws[b][key], 97.5))],
+                  "per_seed": [_seed_value(results[a], cells, s, key)
+                               - _seed_value(results[b], cells, s, key) for s in seeds]}
             for key in ("base", "new", "hm")
             if draws[a][key] is not None and draws[b][key] is not None}
     return out
+
+
+def _seed_value(by_cell: dict, cells: list[Cell], seed: int, key: str) -> float:
+    """One seed's group mean of base or new, or the HM of those two."""
+    sub = [by_cell[c] for c in cells if c.seed == seed]
+    base = float(np.mean([r["base"] for r in sub]))
+    new = _maybe_mean([r["new"] for r in sub])
+    return {"base": base, "new": new, "hm": harmonic_mean(base, new) if new is not None
+            else None}[key]
 
 
 def _maybe_mean(values):
@@ -287,6 +317,7 @@ def claims(stats: dict, method: str) -> list[dict]:
         d = stats["diff"].get(pair, {}).get(key)
         if d is not None:
             out.append({"claim": name, "difference": d["mean"], "ci": d["ci"],
+                        "per_seed": d["per_seed"],
                         "threshold": threshold, "verdict": verdict(d, threshold)})
     return out
 
@@ -473,8 +504,8 @@ def to_markdown(report: dict) -> str:
         f"class, splits {'/'.join(d['splits'])}, seeds {d['seeds']}, {d['epochs']} epochs, "
         f"{d['test_per_class']} test images per class drawn per seed; choices on "
         f"{d['val_per_class']} validation (training) images per class. {report['seconds']:.0f} s."),
-        "", ("Cells: mean ± standard deviation over seeds [95% bootstrap interval over test "
-        "images]."), ""]
+        "", ("Cells: mean ± standard deviation over seeds [95% interval of a hierarchical "
+        "bootstrap: seeds, then the test images of each seed]."), ""]
     names = {"study": "Study domains (" + ", ".join(p["domains"]["study"]) + ")",
              "held-out": "Held-out domains (" + ", ".join(p["domains"]["held_out"])
              + "): no choice made on them"}
@@ -483,9 +514,10 @@ def to_markdown(report: dict) -> str:
         for m, rows in stats["claims"].items():
             lines += [f"Claims for {LABELS[m]}:", ""]
             for r in rows:
+                seeds = ", ".join(f"{100 * v:+.1f}" for v in r["per_seed"])
                 lines.append(f"- {r['claim']}: difference {100 * r['difference']:+.1f} points "
-                             f"[{100 * r['ci'][0]:+.1f}, {100 * r['ci'][1]:+.1f}]: "
-                             f"**{r['verdict']}**")
+                             f"[{100 * r['ci'][0]:+.1f}, {100 * r['ci'][1]:+.1f}] (per seed: "
+                             f"{seeds}): **{r['verdict']}**")
             lines.append("")
     lines += ["## Per domain (mean over splits and seeds [95% interval])", ""]
     for dom, methods in report["domains"].items():

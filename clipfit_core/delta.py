@@ -137,9 +137,10 @@ def toward_base(base: BaseModel, delta: Delta, alpha: float) -> Delta:
     for name, tuned in delta.tensors.items():
         start = params[name].detach().to("cpu", torch.float32)
         tensors[name] = start + alpha * (tuned.to("cpu", torch.float32) - start)
+    before = delta.config.hyperparameters.get("alpha", 1.0)  # a delta moved already
     config = dataclasses.replace(delta.config,
                                  hyperparameters={**delta.config.hyperparameters,
-                                                  "alpha": alpha})
+                                                  "alpha": before * alpha})
     return Delta(tensors, config)
 
 
@@ -151,7 +152,7 @@ def extract_delta(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def check_compatible(base: BaseModel, delta: Delta) -> None:
     """Refuse a delta trained on other base weights, or with other tensors."""
-    if delta.config.base_fingerprint != base.fingerprint:
+    if delta.config.base_fingerprint != base.fingerprint and not _legacy_quick_gelu(base, delta):
         raise DeltaError(
             f"delta was trained on base {delta.config.base_model!r} with weights fingerprint "
             f"{delta.config.base_fingerprint[:16]}..., but the loaded base {base.spec!r} has "
@@ -167,6 +168,18 @@ def check_compatible(base: BaseModel, delta: Delta) -> None:
         if tuple(delta.tensors[name].shape) != tuple(p.shape):
             raise DeltaError(f"delta tensor {name} has shape {tuple(delta.tensors[name].shape)}, "
                              f"the base has {tuple(p.shape)}")
+
+
+def _legacy_quick_gelu(base: BaseModel, delta: Delta) -> bool:
+    """A delta trained before fingerprints marked QuickGELU, on a pretrained tag that was
+    QuickGELU then as now (``ViT-B-16:openai``): the plain digest of the same bytes."""
+    if not base.legacy_fingerprint or delta.config.base_fingerprint != base.legacy_fingerprint:
+        return False
+    import open_clip
+
+    tag = delta.config.pretrained or ""
+    cfg = open_clip.get_pretrained_cfg(delta.config.arch or base.arch, tag) if tag else {}
+    return bool(cfg and cfg.get("quick_gelu", False))
 
 
 @torch.no_grad()

@@ -79,6 +79,9 @@ class BaseModel:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
+    # QuickGELU models only: the digest of the bytes alone, as fingerprints were before the
+    # activation was part of them (see delta.check_compatible)
+    legacy_fingerprint: str = ""
 
     @property
     def device(self) -> torch.device:
@@ -201,7 +204,13 @@ def create_base_model(
             ) from e
     model.eval()
     model.requires_grad_(False)
-    digest = weights_fingerprint(model) if fingerprint else ""
+    digest = bytes_fingerprint(model) if fingerprint else ""
+    legacy = ""
+    if digest and uses_quick_gelu(model):
+        # deltas from before QuickGELU was marked carry the plain digest; those trained on a
+        # QuickGELU pretrained tag were right, and check_compatible still takes them
+        legacy = digest
+        digest = hashlib.sha256(f"activation|QuickGELU|{digest}".encode()).hexdigest()
     model.to(device)
     cfg = open_clip.get_model_preprocess_cfg(model)
     cfg.update(preprocess)
@@ -213,6 +222,7 @@ def create_base_model(
         model=model,
         tokenizer=open_clip.get_tokenizer(arch),
         fingerprint=digest,
+        legacy_fingerprint=legacy,
         image_size=size[0] if isinstance(size, (tuple, list)) else int(size),
         mean=tuple(cfg["mean"]),
         std=tuple(cfg["std"]),
@@ -284,8 +294,11 @@ def is_torchscript(path: Path) -> bool:
     model's code beside its data, which ``torch.save`` archives do not have."""
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.split("/", 2)[1:2] == ["code"] for name in archive.namelist())
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/", 2)[1:2] == ["code"] for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def _torchscript_state_dict(path: Path) -> dict:
@@ -311,7 +324,9 @@ def _local_weights(arch: str, path: Path, spec: str) -> _Weights:
             model_cfg = config.get("model_cfg") or {}
             preprocess_cfg = config.get("preprocess_cfg") or {}
             quick = bool(model_cfg.get("quick_gelu", False))
-        except (ValueError, AttributeError) as e:
+            preprocess = {k: preprocess_cfg[k] for k in ("mean", "std", "interpolation")
+                          if k in preprocess_cfg}
+        except (ValueError, AttributeError, TypeError) as e:
             raise WeightsUnavailableError(
                 f"{str(config_file)!r} beside the checkpoint of {spec!r} is not an open_clip "
                 f"config (a JSON object with 'model_cfg'): {e}"
@@ -322,8 +337,6 @@ def _local_weights(arch: str, path: Path, spec: str) -> _Weights:
                 f"{str(config_file)!r} says quick_gelu is false; use the architecture without "
                 f"'-quickgelu', or correct the config"
             )
-        preprocess = {k: preprocess_cfg[k] for k in ("mean", "std", "interpolation")
-                      if k in preprocess_cfg}
         return _Weights(path, quick, preprocess)
     if arch_quick:
         return _Weights(path, True)
@@ -427,15 +440,26 @@ def _checkpoint_in_dir(path: Path, spec: str) -> Path:
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over the state dict: names, dtypes, shapes and bytes, in sorted name order, and
-    the activation when it is QuickGELU (the same bytes under another activation are another
-    function, so a delta trained on one must not pass as fitting the other).
+    """sha256 over the state dict (``bytes_fingerprint``), marked with the activation when it
+    is QuickGELU: the same bytes under another activation are another function, so a delta
+    trained on one must not pass as fitting the other. GELU models keep the plain digest.
 
     Identical across loads of the same weights, whatever the device they end up on.
     """
+    digest = bytes_fingerprint(model)
+    if uses_quick_gelu(model):
+        return hashlib.sha256(f"activation|QuickGELU|{digest}".encode()).hexdigest()
+    return digest
+
+
+def uses_quick_gelu(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, open_clip.transformer.QuickGELU) for m in model.modules())
+
+
+def bytes_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over the state dict: names, dtypes, shapes and bytes, in sorted name order (what
+    ``weights_fingerprint`` was before it marked QuickGELU)."""
     h = hashlib.sha256()
-    if any(isinstance(m, open_clip.transformer.QuickGELU) for m in model.modules()):
-        h.update(b"activation|QuickGELU\n")
     state = model.state_dict()
     for name in sorted(state):
         tensor = state[name].detach()

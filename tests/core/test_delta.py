@@ -80,3 +80,17 @@ def test_vit_b_16_delta_is_under_200_kb(tmp_path):
     make_delta(base).save(tmp_path)
     size = (tmp_path / WEIGHTS_NAME).stat().st_size + (tmp_path / CONFIG_NAME).stat().st_size
     assert size <= 200_000, size
+
+
+def test_moving_a_moved_delta_records_the_product_of_the_factors(tiny):
+    from clipfit_core.delta import Delta, DeltaConfig, extract_delta, toward_base
+
+    tensors = {k: v + 1.0 for k, v in extract_delta(tiny.model).items()}
+    delta = Delta(tensors, DeltaConfig(base_model=tiny.spec, base_fingerprint=tiny.fingerprint,
+                                       classnames=["a"], templates=["{}"]))
+    twice = toward_base(tiny, toward_base(tiny, delta, 0.5), 0.5)
+    once = toward_base(tiny, delta, 0.25)
+    assert twice.config.hyperparameters["alpha"] == 0.25
+    for name, t in once.tensors.items():
+        assert torch.allclose(twice.tensors[name], t, atol=1e-6)
+        assert not torch.equal(t, tensors[name])

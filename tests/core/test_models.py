@@ -193,3 +193,29 @@ def test_bare_file_of_an_architecture_with_openai_weights_is_refused(tmp_path):
     # clipfit-tiny has no QuickGELU weights anywhere: its bare files stay GELU, as before.
     assert not models.quick_gelu_weights_exist("clipfit-tiny")
     assert models.quick_gelu_weights_exist("ViT-B-16")
+
+
+def test_deltas_from_before_quickgelu_was_fingerprinted_still_fit_their_tag(tmp_path):
+    """A delta trained on ViT-B-16:openai before the fingerprint marked QuickGELU carries the
+    plain digest of the same bytes: still accepted for a QuickGELU pretrained tag, never for
+    a local file (whose activation was wrong then)."""
+    from clipfit_core.delta import Delta, DeltaConfig, DeltaError, check_compatible, extract_delta
+
+    direct = _direct(True)
+    _save_safetensors(direct, tmp_path / "open_clip_model.safetensors")
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": {**TINY_CFG, "quick_gelu": True}}))
+    base = create_base_model(f"clipfit-tiny:{tmp_path}")
+    assert base.legacy_fingerprint == models.bytes_fingerprint(direct) != base.fingerprint
+
+    def delta(fingerprint, pretrained):
+        return Delta(extract_delta(base.model), DeltaConfig(
+            base_model="x", base_fingerprint=fingerprint, classnames=["a"], templates=["{}"],
+            arch="ViT-B-16", pretrained=pretrained))
+
+    check_compatible(base, delta(base.fingerprint, str(tmp_path)))
+    check_compatible(base, delta(base.legacy_fingerprint, "openai"))  # OpenAI's tag: QuickGELU
+    with pytest.raises(DeltaError, match="fingerprint"):
+        check_compatible(base, delta(base.legacy_fingerprint, str(tmp_path)))
+    with pytest.raises(DeltaError, match="fingerprint"):
+        check_compatible(base, delta("0" * 64, "openai"))
