@@ -1,5 +1,6 @@
 """The ``clipfit`` command: the library's commands (params, train, eval, classify, info,
-pretrain-mini) plus the service's ``serve`` and ``worker``."""
+pretrain-mini) plus the service's ``serve``, ``worker`` and ``keys``, and ``remote`` (a
+running service's jobs, adapters and classification, over HTTP)."""
 
 from __future__ import annotations
 
@@ -106,6 +107,10 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     k = keys.add_parser("revoke", help="revoke a key by its id")
     k.add_argument("key_id")
     p.set_defaults(func=cmd_keys)
+
+    from .remote import add_remote_commands
+
+    add_remote_commands(sub)
 
 
 def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:

@@ -1,0 +1,382 @@
+"""A Python client for a clipfit service, over HTTP (httpx, synchronous).
+
+    from clipfit.client import Client
+
+    with Client("http://127.0.0.1:8000", api_key="cf_...") as cf:
+        job = cf.jobs.create("data/train", base_model="clipfit-mini", epochs=30)
+        for event in cf.jobs.watch(job.id):          # Server-Sent Events, live
+            print(event.kind, event.payload)
+        job = cf.jobs.wait(job.id)                   # or just wait
+        adapter = cf.adapters.get(job.adapter_id)
+        for p in cf.classify(["photo.png"], adapter=adapter.id):
+            print(p.label, p.top_k)
+
+URL and key default to ``CLIPFIT_URL`` and ``CLIPFIT_API_KEY``. Every answer is a typed
+object (``Job``, ``Event``, ``Adapter``, ``Prediction``) that keeps the whole JSON in
+``raw``. A refusal raises ``ApiError`` with the API's list of problems. ``429`` and ``503``
+are retried with exponential backoff, honouring ``Retry-After``; so are lost connections,
+for requests that are safe to repeat (reads, and job creation, which carries an
+``Idempotency-Key`` generated per call so a retried upload makes one job).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import time
+import uuid
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+FINISHED = ("succeeded", "failed", "cancelled")
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class ApiError(Exception):
+    """The service refused a request: ``status``, its ``message`` and every ``problem``."""
+
+    def __init__(self, status: int, message: str, problems: list[str] | None = None,
+                 body: Any = None):
+        self.status, self.message, self.problems, self.body = status, message, problems or [], body
+        listed = "".join(f"\n  - {p}" for p in self.problems)
+        super().__init__(f"{status}: {message}{listed}")
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> ApiError:
+        try:
+            body = response.json()
+        except ValueError:
+            return cls(response.status_code, response.text[:500] or response.reason_phrase)
+        detail = body.get("detail", body) if isinstance(body, dict) else body
+        if isinstance(detail, dict):
+            return cls(response.status_code, str(detail.get("message", "")),
+                       [str(p) for p in detail.get("problems", [])], body)
+        if isinstance(detail, list):  # FastAPI's own shape, should one slip through
+            return cls(response.status_code, "invalid request",
+                       [str(d.get("msg", d)) if isinstance(d, dict) else str(d)
+                        for d in detail], body)
+        return cls(response.status_code, str(detail), [], body)
+
+
+def _typed(cls, data: dict):
+    known = {f.name for f in fields(cls)} - {"raw"}
+    return cls(**{k: data.get(k) for k in known}, raw=data)
+
+
+@dataclass
+class Job:
+    id: str
+    status: str
+    name: str | None = None
+    base_model: str | None = None
+    hyperparameters: dict = field(default_factory=dict)
+    progress: dict | None = None
+    error: str | None = None
+    adapter_id: str | None = None
+    attempts: int | None = None
+    created_at: str | None = None
+    finished_at: str | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+@dataclass
+class Event:
+    id: int
+    kind: str
+    payload: dict
+    created_at: str | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class Adapter:
+    id: str
+    base_model: str
+    classnames: list[str]
+    name: str | None = None
+    job_id: str | None = None
+    metrics: dict = field(default_factory=dict)
+    hyperparameters: dict = field(default_factory=dict)
+    trainable_count: int | None = None
+    size_bytes: int | None = None
+    created_at: str | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class Prediction:
+    label: str
+    top_k: list[tuple[str, float]]
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+def zip_folder(root: Path) -> bytes:
+    """A folder with one sub-folder per class as a zip (the layout the API reads)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                z.write(path, path.relative_to(root).as_posix())
+    return buf.getvalue()
+
+
+def folder_summary(root: Path) -> dict[str, int]:
+    """Images per class of a folder-per-class dataset (``_`` in a folder name reads as a
+    space, as the service reads it)."""
+    return {folder.name.replace("_", " "): sum(1 for p in folder.rglob("*") if p.is_file()
+                                               and p.suffix.lower() in IMAGE_SUFFIXES)
+            for folder in sorted(p for p in root.iterdir() if p.is_dir())}
+
+
+class Client:
+    """A session with one service. ``http`` may be any ``httpx.Client`` already pointed at
+    the service (tests pass FastAPI's TestClient); then ``url`` is ignored."""
+
+    def __init__(self, url: str | None = None, api_key: str | None = None, *,
+                 timeout: float = 300.0, retries: int = 5, backoff: float = 0.5,
+                 max_wait: float = 60.0, http: httpx.Client | None = None):
+        self.retries, self.backoff, self.max_wait = retries, backoff, max_wait
+        api_key = api_key if api_key is not None else os.environ.get("CLIPFIT_API_KEY")
+        if http is None:
+            url = url or os.environ.get("CLIPFIT_URL") or DEFAULT_URL
+            http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
+        self.http = http
+        if api_key:
+            self.http.headers["Authorization"] = f"Bearer {api_key}"
+        self.jobs = Jobs(self)
+        self.adapters = Adapters(self)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    # --- transport ------------------------------------------------------------------------
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        retry_after = response.headers.get("Retry-After") if response is not None else None
+        if retry_after is not None:
+            try:
+                return min(self.max_wait, max(0.0, float(retry_after)))
+            except ValueError:
+                pass
+        return min(self.max_wait, self.backoff * 2 ** attempt * (0.5 + random.random()))
+
+    def request(self, method: str, path: str, *, idempotent: bool | None = None,
+                **kwargs) -> httpx.Response:
+        """One API call, retried on 429 / 503 (always: the service changed nothing) and on
+        lost connections (only when ``idempotent``: reads, deletes, keyed creation).
+        A 4xx / 5xx answer raises ApiError."""
+        if idempotent is None:
+            idempotent = method in ("GET", "HEAD", "DELETE")
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx.TransportError:
+                if not idempotent or attempt == self.retries:
+                    raise
+                time.sleep(self._delay(attempt, None))
+                continue
+            if response.status_code in (429, 503) and attempt < self.retries:
+                time.sleep(self._delay(attempt, response))
+                continue
+            if response.status_code >= 400:
+                raise ApiError.from_response(response)
+            return response
+        raise AssertionError("unreachable")
+
+    def get_json(self, path: str, **kwargs) -> Any:
+        return self.request("GET", path, **kwargs).json()
+
+    def ready(self, timeout: float = 60.0) -> None:
+        """Wait until ``/readyz`` answers 200 (the database and the queue are reachable)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.http.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.http.base_url} is not ready after {timeout:.0f} s")
+            time.sleep(0.5)
+
+    # --- classification -------------------------------------------------------------------
+
+    def classify(self, images: Iterable[str | Path | bytes], *, adapter: str | None = None,
+                 base_model: str | None = None, classes: Iterable[str] | None = None,
+                 top_k: int = 5, template: str | None = None) -> list[Prediction]:
+        """Predictions for image files (paths or bytes), in order: with an ``adapter`` (its
+        classes, or other ``classes``), or zero-shot with ``base_model`` and ``classes``."""
+        files = []
+        for i, image in enumerate(images):
+            if isinstance(image, bytes):
+                files.append(("images", (f"image{i}", image, "application/octet-stream")))
+            else:
+                path = Path(image)
+                files.append(("images", (path.name, path.read_bytes(),
+                                         "application/octet-stream")))
+        data = {"top_k": str(top_k)}
+        if adapter:
+            data["adapter_id"] = adapter
+        if base_model:
+            data["base_model"] = base_model
+        if classes is not None:
+            data["classes"] = ",".join(classes)
+        if template:
+            data["template"] = template
+        body = self.request("POST", "/v1/classify", data=data, files=files,
+                            idempotent=True).json()
+        return [Prediction(p["label"], [(t["label"], t["prob"]) for t in p["top_k"]], raw=p)
+                for p in body["predictions"]]
+
+
+class Jobs:
+    def __init__(self, client: Client):
+        self._c = client
+
+    def create(self, source: str | Path | Iterable[tuple[str | Path, str]], *,
+               base_model: str | None = None, name: str | None = None,
+               classes: Iterable[str] | None = None, idempotency_key: str | None = None,
+               **hyperparameters: Any) -> Job:
+        """Submit a training job. ``source`` is a folder with one sub-folder per class, a
+        ``.zip`` (folder-per-class or with ``manifest.csv``), or ``(image path, label)``
+        pairs. Hyperparameters go by their API names (``epochs``, ``lr``, ``lambda_``
+        for ``lambda``, ``crop_min``, ``alpha``, ...)."""
+        data: dict[str, Any] = {}
+        files: list = []
+        if isinstance(source, (str, Path)):
+            path = Path(source)
+            if path.is_dir():
+                files.append(("dataset", (f"{path.name or 'dataset'}.zip", zip_folder(path),
+                                          "application/zip")))
+            elif path.is_file():
+                files.append(("dataset", (path.name, path.read_bytes(), "application/zip")))
+            else:
+                raise FileNotFoundError(f"{path}: no such folder or zip file")
+        else:
+            data["labels"] = []
+            for image, label in source:
+                image = Path(image)
+                files.append(("images", (image.name, image.read_bytes(),
+                                         "application/octet-stream")))
+                data["labels"].append(label)
+        for key, value in {"base_model": base_model, "name": name, **hyperparameters}.items():
+            if value is not None:
+                data[key.rstrip("_")] = str(value)
+        if classes is not None:
+            data["classes"] = ",".join(classes)
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        body = self._c.request("POST", "/v1/jobs", data=data, files=files, headers=headers,
+                               idempotent=True).json()
+        return _typed(Job, body)
+
+    def get(self, job_id: str) -> Job:
+        return _typed(Job, self._c.get_json(f"/v1/jobs/{job_id}"))
+
+    def list(self, *, status: str | None = None, limit: int = 50) -> Iterator[Job]:
+        """Every job of the tenant, newest first, page by page."""
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        while True:
+            page = self._c.get_json("/v1/jobs", params=params)
+            yield from (_typed(Job, j) for j in page["data"])
+            if not page.get("next_cursor"):
+                return
+            params["cursor"] = page["next_cursor"]
+
+    def cancel(self, job_id: str) -> Job:
+        return _typed(Job, self._c.request("POST", f"/v1/jobs/{job_id}/cancel",
+                                           idempotent=True).json())
+
+    def events(self, job_id: str, after: int = 0) -> list[Event]:
+        """The job's events so far (after event id ``after``)."""
+        out, cursor = [], after
+        while True:
+            page = self._c.get_json(f"/v1/jobs/{job_id}/events",
+                                    params={"cursor": cursor, "limit": 1000})
+            out += [_typed(Event, e) for e in page["data"]]
+            if not page.get("next_cursor"):
+                return out
+            cursor = int(page["next_cursor"])
+
+    def watch(self, job_id: str, after: int = 0) -> Iterator[Event]:
+        """The job's events as they happen (Server-Sent Events), until its final one. A
+        dropped connection resumes after the last event seen (``Last-Event-ID``)."""
+        last = after
+        failures = 0
+        while True:
+            try:
+                headers = {"Last-Event-ID": str(last)} if last else {}
+                with self._c.http.stream("GET", f"/v1/jobs/{job_id}/events",
+                                         params={"stream": "true", "cursor": last},
+                                         headers=headers, timeout=None) as stream:
+                    if stream.status_code >= 400:
+                        stream.read()
+                        raise ApiError.from_response(stream)
+                    for line in stream.iter_lines():
+                        if line.startswith("data:"):
+                            event = _typed(Event, json.loads(line[5:].strip()))
+                            last, failures = event.id, 0
+                            yield event
+                return  # the service ends the stream after the job's final event
+            except (httpx.TransportError, httpx.StreamError):
+                failures += 1
+                if failures > self._c.retries:
+                    raise
+                time.sleep(self._c._delay(failures, None))
+
+    def wait(self, job_id: str, *, timeout: float | None = None, poll: float = 1.0) -> Job:
+        """Block until the job finishes (succeeded, failed or cancelled); return it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if job.finished:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout:.0f} s")
+            time.sleep(poll)
+
+
+class Adapters:
+    def __init__(self, client: Client):
+        self._c = client
+
+    def list(self, *, limit: int = 50) -> Iterator[Adapter]:
+        params: dict[str, Any] = {"limit": limit}
+        while True:
+            page = self._c.get_json("/v1/adapters", params=params)
+            yield from (_typed(Adapter, a) for a in page["data"])
+            if not page.get("next_cursor"):
+                return
+            params["cursor"] = page["next_cursor"]
+
+    def get(self, adapter_id: str) -> Adapter:
+        return _typed(Adapter, self._c.get_json(f"/v1/adapters/{adapter_id}"))
+
+    def download(self, adapter_id: str, to: str | Path | None = None) -> bytes:
+        """The adapter's delta as a zip (the two delta files); written to ``to`` if given."""
+        content = self._c.request("GET", f"/v1/adapters/{adapter_id}/download").content
+        if to is not None:
+            Path(to).write_bytes(content)
+        return content
+
+    def delete(self, adapter_id: str) -> None:
+        self._c.request("DELETE", f"/v1/adapters/{adapter_id}")

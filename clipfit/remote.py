@@ -1,0 +1,258 @@
+"""``clipfit remote``: the service from the command line, through ``clipfit.client``.
+
+    clipfit remote jobs create DIR --model clipfit-mini --epochs 30 --watch
+    clipfit remote jobs ls | jobs show ID | jobs watch ID | jobs cancel ID
+    clipfit remote adapters ls | adapters show ID | adapters download ID [-o FILE]
+    clipfit remote adapters delete ID
+    clipfit remote classify IMAGE... --adapter ID      (or --model M --classes a,b,c)
+
+The service's URL and key come from ``--url`` / ``--api-key``, else ``CLIPFIT_URL`` /
+``CLIPFIT_API_KEY``, else the config file (``--config``, ``CLIPFIT_CONFIG``, default
+``~/.config/clipfit/remote.toml``: ``url = "..."`` and ``api_key = "..."``). ``--json``
+prints JSON for scripts instead of tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+from clipfit_core.config import TrainConfig, input_name
+
+from .client import DEFAULT_URL, ApiError, Client, Job, folder_summary
+
+CONFIG_PATH = "~/.config/clipfit/remote.toml"
+
+
+def _config(args) -> dict:
+    path = Path(args.config or os.environ.get("CLIPFIT_CONFIG") or CONFIG_PATH).expanduser()
+    if not path.is_file():
+        if args.config:
+            raise ValueError(f"config file {path} does not exist")
+        return {}
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"config file {path}: {e}") from e
+
+
+def connect(args) -> Client:
+    """A client from flags, then the environment, then the config file."""
+    config = _config(args)
+    url = args.url or os.environ.get("CLIPFIT_URL") or config.get("url") or DEFAULT_URL
+    key = args.api_key or os.environ.get("CLIPFIT_API_KEY") or config.get("api_key")
+    return Client(url, key or "", timeout=args.timeout)
+
+
+def _print(args, obj, table) -> None:
+    if args.json:
+        print(json.dumps(obj, indent=2))
+    else:
+        table()
+
+
+def _pct(value) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "-"
+
+
+def _job_line(j: Job) -> str:
+    return f"{j.id}\t{j.status}\t{j.base_model}\t{j.name or ''}\t{j.adapter_id or ''}"
+
+
+def watch(client: Client, job: Job, as_json: bool) -> Job:
+    """Follow a job's events until it ends: a progress bar (or JSON lines)."""
+    from tqdm import tqdm
+
+    bar = None
+    try:
+        for event in client.jobs.watch(job.id):
+            if as_json:
+                print(json.dumps(event.raw), flush=True)
+                continue
+            p = event.payload
+            if event.kind == "progress":
+                if bar is None:
+                    bar = tqdm(total=p["total_steps"], unit="step", desc=f"job {job.id[:8]}",
+                               file=sys.stderr)
+                bar.n = p["step"]
+                bar.set_postfix(epoch=f"{p['epoch']}/{p['epochs']}", loss=f"{p['loss']:.4f}",
+                                img_s=f"{p['images_per_sec']:.0f}", refresh=False)
+                bar.refresh()
+            else:
+                (bar.write if bar else print)(f"{event.kind} {json.dumps(p) if p else ''}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return client.jobs.get(job.id)
+
+
+def cmd_jobs(args) -> int:
+    client = connect(args)
+    if args.jobs_command == "create":
+        source = Path(args.source)
+        if source.is_dir() and not args.json:
+            counts = folder_summary(source)
+            print(f"{source}: {len(counts)} classes, {sum(counts.values())} images ("
+                  + ", ".join(f"{c} {n}" for c, n in counts.items()) + ")", file=sys.stderr)
+        hyper = {f.name: getattr(args, f.name) for f in TrainConfig.exposed_fields()
+                 if getattr(args, f.name) is not None}
+        hyper = {input_name(f): hyper[f.name] for f in TrainConfig.exposed_fields()
+                 if f.name in hyper}
+        if "lambda" in hyper:
+            hyper["lambda_"] = hyper.pop("lambda")
+        job = client.jobs.create(source, base_model=args.model, name=args.name, **hyper)
+        if not args.json:
+            print(f"job {job.id} {job.status}", file=sys.stderr)
+        if args.watch or args.wait:
+            job = watch(client, job, args.json) if args.watch else client.jobs.wait(job.id)
+        _print(args, job.raw, lambda: _show_job(job))
+        return 0 if job.status in ("queued", "running", "succeeded") else 1
+    if args.jobs_command == "ls":
+        jobs = list(client.jobs.list(status=args.status, limit=min(args.limit, 200)))
+        jobs = jobs[:args.limit]
+        _print(args, [j.raw for j in jobs], lambda: [print(_job_line(j)) for j in jobs])
+        return 0
+    if args.jobs_command == "show":
+        job = client.jobs.get(args.id)
+        _print(args, job.raw, lambda: _show_job(job))
+        return 0
+    if args.jobs_command == "watch":
+        job = watch(client, client.jobs.get(args.id), args.json)
+        if not args.json:
+            _show_job(job)
+        return 0 if job.status == "succeeded" else 1
+    job = client.jobs.cancel(args.id)
+    _print(args, job.raw, lambda: _show_job(job))
+    return 0
+
+
+def _show_job(job: Job) -> None:
+    print(f"job {job.id}: {job.status}" + (f" ({job.name})" if job.name else ""))
+    print(f"  base model {job.base_model}; attempts {job.attempts}")
+    if job.progress:
+        p = job.progress
+        print(f"  progress: epoch {p.get('epoch')}/{p.get('epochs')}, step {p.get('step')}/"
+              f"{p.get('total_steps')}")
+    if job.error:
+        print(f"  error: {job.error}")
+    if job.adapter_id:
+        print(f"  adapter {job.adapter_id}")
+
+
+def cmd_adapters(args) -> int:
+    client = connect(args)
+    if args.adapters_command == "ls":
+        adapters = list(client.adapters.list())
+        _print(args, [a.raw for a in adapters], lambda: [
+            print(f"{a.id}\t{a.base_model}\t{len(a.classnames)} classes\t"
+                  f"zero-shot {_pct(a.metrics.get('zero_shot_val_accuracy'))}\t"
+                  f"tuned {_pct(a.metrics.get('val_accuracy'))}\t{a.name or ''}")
+            for a in adapters])
+        return 0
+    if args.adapters_command == "show":
+        a = client.adapters.get(args.id)
+        _print(args, a.raw, lambda: print(
+            f"adapter {a.id} ({a.name or 'unnamed'}) on {a.base_model}: "
+            f"{', '.join(a.classnames)}\n  {a.trainable_count} trained numbers, "
+            f"{a.size_bytes} bytes; held-out accuracy zero-shot "
+            f"{_pct(a.metrics.get('zero_shot_val_accuracy'))}, tuned "
+            f"{_pct(a.metrics.get('val_accuracy'))}"))
+        return 0
+    if args.adapters_command == "download":
+        out = Path(args.output or f"clipfit-adapter-{args.id}.zip")
+        content = client.adapters.download(args.id, out)
+        _print(args, {"path": str(out), "bytes": len(content)},
+               lambda: print(f"{out} ({len(content)} bytes)"))
+        return 0
+    client.adapters.delete(args.id)
+    _print(args, {"deleted": args.id}, lambda: print(f"deleted adapter {args.id}"))
+    return 0
+
+
+def cmd_classify(args) -> int:
+    if not (args.adapter or (args.model and args.classes)):
+        raise ValueError("give --adapter ID, or --model SPEC with --classes a,b,c")
+    client = connect(args)
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    predictions = client.classify(args.images, adapter=args.adapter, base_model=args.model,
+                                  classes=classes, top_k=args.top_k)
+    _print(args, [{"image": str(i), **p.raw} for i, p in zip(args.images, predictions)],
+           lambda: [print(f"{i}\t{p.label}\t" + "  ".join(f"{lab} {prob:.3f}"
+                                                           for lab, prob in p.top_k))
+                    for i, p in zip(args.images, predictions)])
+    return 0
+
+
+def run(args) -> int:
+    """A remote command; refusals and unreachable services are reported, not raised."""
+    try:
+        return args.remote_func(args)
+    except ApiError as e:
+        print(f"clipfit: the service refused: {e}", file=sys.stderr)
+        return 1
+    except (OSError, TimeoutError) as e:
+        print(f"clipfit: error: {e}", file=sys.stderr)
+        return 1
+
+
+def add_remote_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("remote", help="use a running service: jobs, adapters, classify",
+                       description=__doc__.split("\n\n")[1],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", help=f"the service (default $CLIPFIT_URL, the config file, "
+                   f"{DEFAULT_URL})")
+    p.add_argument("--api-key", help="default $CLIPFIT_API_KEY or the config file")
+    p.add_argument("--config", help=f"TOML with url and api_key (default $CLIPFIT_CONFIG or "
+                   f"{CONFIG_PATH})")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    p.set_defaults(func=run)
+    groups = p.add_subparsers(dest="remote_command", required=True)
+
+    jobs = groups.add_parser("jobs", help="training jobs").add_subparsers(
+        dest="jobs_command", required=True)
+    c = jobs.add_parser("create", help="upload a folder per class (or a zip) and train")
+    c.add_argument("source", help="a folder with one sub-folder per class, or a .zip")
+    c.add_argument("--model", help="base model (default: the service's first)")
+    c.add_argument("--name")
+    for f in TrainConfig.exposed_fields():
+        kwargs = {"dest": f.name, "default": None,
+                  "help": f"{f.metadata['help']} (default: the service's, {f.default})"}
+        if not isinstance(f.default, str):
+            kwargs["type"] = type(f.default)
+        c.add_argument("--" + input_name(f).replace("_", "-"), **kwargs)
+    how = c.add_mutually_exclusive_group()
+    how.add_argument("--watch", action="store_true", help="follow progress until it ends")
+    how.add_argument("--wait", action="store_true", help="wait quietly until it ends")
+    ls = jobs.add_parser("ls", help="the tenant's jobs, newest first")
+    ls.add_argument("--status", choices=["queued", "running", "succeeded", "failed",
+                                         "cancelled"])
+    ls.add_argument("--limit", type=int, default=50)
+    for name, text in (("show", "one job"), ("watch", "follow a job until it ends"),
+                       ("cancel", "cancel a job")):
+        jobs.add_parser(name, help=text).add_argument("id")
+    groups.choices["jobs"].set_defaults(remote_func=cmd_jobs)
+
+    adapters = groups.add_parser("adapters", help="trained adapters")
+    adapters.set_defaults(remote_func=cmd_adapters)
+    a = adapters.add_subparsers(dest="adapters_command", required=True)
+    a.add_parser("ls", help="the tenant's adapters")
+    a.add_parser("show", help="one adapter").add_argument("id")
+    d = a.add_parser("download", help="the delta files, zipped")
+    d.add_argument("id")
+    d.add_argument("-o", "--output", help="default clipfit-adapter-ID.zip")
+    a.add_parser("delete", help="delete an adapter").add_argument("id")
+
+    k = groups.add_parser("classify", help="classify image files")
+    k.set_defaults(remote_func=cmd_classify)
+    k.add_argument("images", nargs="+")
+    k.add_argument("--adapter", help="an adapter id")
+    k.add_argument("--model", help="zero-shot: a base model")
+    k.add_argument("--classes", help="comma-separated classes (zero-shot, or other classes "
+                   "for an adapter)")
+    k.add_argument("--top-k", type=int, default=3)
