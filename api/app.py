@@ -24,7 +24,7 @@ from .limits import BodyLimitMiddleware
 from .metrics import MetricsMiddleware
 from .queue import JobQueue
 from .quotas import Quotas
-from .routes import adapters, admin, classify, health, jobs
+from .routes import adapters, admin, classify, health, jobs, webhooks
 from .schemas import ERROR_RESPONSES
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimitMiddleware, settings=settings)  # outermost: before parsing
 
-    for module in (jobs, adapters, classify, admin, health):
+    for module in (jobs, adapters, classify, webhooks, admin, health):
         app.include_router(module.router)
 
     @app.exception_handler(RequestValidationError)

@@ -280,3 +280,49 @@ def encode_cursor(created_at: datetime, ident: str) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     created, ident = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
     return datetime.fromisoformat(created), ident
+
+
+WebhookEvent = Literal["job.succeeded", "job.failed", "job.cancelled", "adapter.deleted"]
+
+
+class WebhookCreate(BaseModel):
+    url: str = Field(min_length=8, max_length=2000, pattern=r"^https?://",
+                     description="where events are POSTed (http or https)")
+    events: list[WebhookEvent] = Field(min_length=1, max_length=4,
+                                       description="the event types to send")
+    description: str | None = Field(None, max_length=200)
+
+
+class WebhookPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    url: str
+    events: list[str]
+    description: str | None
+    created_at: Timestamp
+
+
+class WebhookCreated(WebhookPublic):
+    secret: str = Field(description="the signing secret (whsec_...), shown only now")
+
+
+class WebhooksPublic(BaseModel):
+    data: list[WebhookPublic]
+
+
+class DeliveryPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str = Field(description="the webhook-id header: the same on every attempt")
+    event_type: str
+    status: str = Field(description="pending, succeeded or failed")
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    payload: dict[str, Any]
+    created_at: Timestamp
+    next_attempt_at: Timestamp
+    delivered_at: Timestamp | None
+
+
+class DeliveriesPublic(BaseModel):
+    data: list[DeliveryPublic]

@@ -72,7 +72,7 @@ def serve(settings: Settings, options: ServeOptions) -> int:
     from registry.migrate import upgrade
 
     embedded = not settings.broker_url and options.worker
-    worker, lock, reconciler = None, None, None
+    worker, lock, reconciler, deliverer = None, None, None, None
     if embedded:  # this process owns the data directory's jobs: one such server at a time
         try:
             lock = lock_data_dir(settings.data_dir)  # held until serving ends
@@ -99,6 +99,9 @@ def serve(settings: Settings, options: ServeOptions) -> int:
             requeue_unfinished(worker_app, get_engine(settings.sqlalchemy_url))
         reconciler = Reconciler(settings, lambda job_id: worker_app.send_task(
             TRAIN_TASK, args=[job_id])).start()
+        from worker.webhooks import Deliverer
+
+        deliverer = Deliverer(settings).start()
     app = create_app(settings)
     db = settings.sqlalchemy_url.split("://", 1)[0]
     broker = settings.celery_broker_url.split("://", 1)[0]
@@ -112,6 +115,8 @@ def serve(settings: Settings, options: ServeOptions) -> int:
     finally:
         if reconciler is not None:
             reconciler.stop()
+        if deliverer is not None:
+            deliverer.stop()
         if worker is not None:
             worker.stop()
         if lock is not None:
@@ -124,6 +129,7 @@ def run_worker(settings: Settings, *, concurrency: int, pool: str, hostname: str
     from registry.queue import TRAIN_TASK
     from worker.celery_app import create_worker_app
     from worker.reconcile import Reconciler
+    from worker.webhooks import Deliverer
 
     argv = ["worker", f"--loglevel={log_level}", f"--concurrency={concurrency}",
             f"--pool={pool}"]
@@ -132,8 +138,10 @@ def run_worker(settings: Settings, *, concurrency: int, pool: str, hostname: str
     app = create_worker_app(settings)
     reconciler = Reconciler(settings, lambda job_id: app.send_task(TRAIN_TASK, args=[job_id]))
     reconciler.start()
+    deliverer = Deliverer(settings).start()  # webhooks: the workers send them, one at a time
     try:
         app.worker_main(argv)
     finally:
         reconciler.stop()
+        deliverer.stop()
     return 0

@@ -29,6 +29,8 @@ from .models import (
     JobStatus,
     Lease,
     Tenant,
+    WebhookDelivery,
+    WebhookEndpoint,
     utcnow,
 )
 
@@ -364,14 +366,21 @@ def get_checkpoint(session: Session, *, job_id: str) -> JobCheckpoint | None:
     return session.get(JobCheckpoint, job_id)
 
 
-def finish_job(session: Session, *, job: Job, status: JobStatus, error: str | None = None) -> Job:
-    """End the job (its checkpoint is no longer needed)."""
+def finish_job(session: Session, *, job: Job, status: JobStatus, error: str | None = None,
+               adapter_id: str | None = None) -> Job:
+    """End the job (its checkpoint is no longer needed), and queue the tenant's webhooks."""
     session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id == job.id))
     job.status = status.value
     job.error = error
     job.finished_at = utcnow()
     add_event(session, job_id=job.id, kind=status.value,
               payload={"error": error} if error else {})
+    data = {"job_id": job.id, "status": status.value, "name": job.name,
+            "base_model": job.base_model, "error": error}
+    if adapter_id is not None:
+        data["adapter_id"] = adapter_id
+    enqueue_webhook_event(session, tenant_id=job.tenant_id, event_type=f"job.{status.value}",
+                          data=data)
     return job
 
 
@@ -389,7 +398,7 @@ def store_adapter(
         weights_sha256=digest, size_bytes=len(weights))
     session.add(adapter)
     session.flush()
-    finish_job(session, job=job, status=JobStatus.succeeded)
+    finish_job(session, job=job, status=JobStatus.succeeded, adapter_id=adapter.id)
     return adapter
 
 
@@ -421,6 +430,9 @@ def delete_adapter(session: Session, *, adapter_id: str, tenant_id: str | None =
     if adapter is None:
         return False
     digest = adapter.weights_sha256
+    enqueue_webhook_event(session, tenant_id=adapter.tenant_id, event_type="adapter.deleted",
+                          data={"adapter_id": adapter.id, "name": adapter.name,
+                                "base_model": adapter.base_model})
     session.delete(adapter)
     session.flush()
     shared = session.scalar(select(func.count()).select_from(Adapter)
@@ -428,3 +440,89 @@ def delete_adapter(session: Session, *, adapter_id: str, tenant_id: str | None =
     if not shared:
         session.execute(delete(Blob).where(Blob.sha256 == digest))
     return True
+
+
+# --- webhooks ------------------------------------------------------------------------------
+
+def create_webhook(session: Session, *, tenant_id: str, url: str, events: list[str],
+                   description: str | None = None) -> WebhookEndpoint:
+    """A new endpoint with a fresh signing secret (``whsec_`` + 24 random bytes, base64)."""
+    import base64
+
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    endpoint = WebhookEndpoint(tenant_id=tenant_id, url=url, secret=secret, events=events,
+                               description=description)
+    session.add(endpoint)
+    session.flush()
+    return endpoint
+
+
+def list_webhooks(session: Session, *, tenant_id: str) -> Sequence[WebhookEndpoint]:
+    return session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant_id)
+                           .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)).all()
+
+
+def get_webhook(session: Session, *, webhook_id: str,
+                tenant_id: str | None = None) -> WebhookEndpoint | None:
+    query = _owned(select(WebhookEndpoint).where(WebhookEndpoint.id == webhook_id),
+                   WebhookEndpoint, tenant_id)
+    return session.scalar(query)
+
+
+def delete_webhook(session: Session, *, webhook_id: str, tenant_id: str) -> bool:
+    endpoint = get_webhook(session, webhook_id=webhook_id, tenant_id=tenant_id)
+    if endpoint is None:
+        return False
+    session.execute(delete(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id))
+    session.delete(endpoint)
+    return True
+
+
+def enqueue_webhook_event(session: Session, *, tenant_id: str, event_type: str,
+                          data: dict[str, Any]) -> list[WebhookDelivery]:
+    """One delivery per endpoint of the tenant subscribed to ``event_type``, in the caller's
+    transaction: the event and its deliveries are stored together or not at all."""
+    endpoints = session.scalars(select(WebhookEndpoint)
+                                .where(WebhookEndpoint.tenant_id == tenant_id)).all()
+    now = utcnow()
+    body = {"type": event_type, "timestamp": now.isoformat() + "Z", "data": data}
+    out = []
+    for endpoint in endpoints:
+        if event_type in endpoint.events:
+            delivery = WebhookDelivery(endpoint_id=endpoint.id, event_type=event_type,
+                                       payload=body, next_attempt_at=now)
+            session.add(delivery)
+            out.append(delivery)
+    return out
+
+
+def due_deliveries(session: Session, *, now: datetime, limit: int = 50,
+                   lock: bool = False) -> Sequence[WebhookDelivery]:
+    """Pending deliveries whose next attempt is due; with ``lock``, rows another
+    transaction holds are skipped (``FOR UPDATE SKIP LOCKED``; SQLite has one writer)."""
+    query = (select(WebhookDelivery)
+             .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+             .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id).limit(limit))
+    if lock:
+        query = query.with_for_update(skip_locked=True)
+    return session.scalars(query).all()
+
+
+def list_deliveries(session: Session, *, endpoint_id: str, limit: int = 100,
+                    before: datetime | None = None) -> Sequence[WebhookDelivery]:
+    query = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
+    if before is not None:
+        query = query.where(WebhookDelivery.created_at < before)
+    return session.scalars(query.order_by(WebhookDelivery.created_at.desc(),
+                                          WebhookDelivery.id.desc()).limit(limit)).all()
+
+
+def redeliver(session: Session, *, endpoint_id: str, delivery_id: str) -> WebhookDelivery | None:
+    """Send a delivery again, as soon as possible: the same message (same webhook-id), its
+    attempts and last answer start over."""
+    delivery = session.get(WebhookDelivery, delivery_id)
+    if delivery is None or delivery.endpoint_id != endpoint_id:
+        return None
+    delivery.status, delivery.attempts, delivery.next_attempt_at = "pending", 0, utcnow()
+    delivery.delivered_at = delivery.last_status_code = delivery.last_error = None
+    return delivery

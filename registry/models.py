@@ -186,3 +186,42 @@ class Adapter(Base):
     size_bytes: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     job: Mapped[Job | None] = relationship(back_populates="adapter")
+
+
+WEBHOOK_EVENTS = ("job.succeeded", "job.failed", "job.cancelled", "adapter.deleted")
+
+
+class WebhookEndpoint(Base):
+    """A tenant's receiver of signed event notifications (Standard Webhooks)."""
+
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", name="fk_webhooks_tenant", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    secret: Mapped[str] = mapped_column(String(100))  # whsec_<base64>: shown once, at creation
+    events: Mapped[list[str]]
+    description: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: an outbox row written in the transaction that made the
+    event, sent by the workers until the receiver answers 2xx or the attempts run out."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True,
+                                    default=lambda: f"msg_{new_id()}")  # the webhook-id
+    endpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_endpoints.id", name="fk_deliveries_endpoint", ondelete="CASCADE"),
+        index=True)
+    event_type: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]]  # the body sent: {"type", "timestamp", "data"}
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending/succeeded/failed
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]

@@ -47,6 +47,17 @@ class Settings(BaseSettings):
                               "dying, before it is failed")
     reconcile_interval_seconds: float = Field(10.0, gt=0, description="how often the "
                                               "reconciler compares the database and the queue")
+    webhook_interval_seconds: float = Field(1.0, gt=0, description="how often the workers "
+                                            "send due webhook deliveries")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="a receiver must answer "
+                                           "within this long")
+    webhook_retry_seconds: float = Field(10.0, gt=0, description="the first retry's delay; it "
+                                         "doubles each attempt, up to an hour")
+    webhook_max_attempts: int = Field(12, ge=1, description="attempts before a delivery is "
+                                      "marked failed (it can still be redelivered by hand)")
+    webhook_allow_private: bool = Field(False, description="allow webhook URLs on loopback, "
+                                        "private and link-local addresses (a receiver on the "
+                                        "same network); off, such URLs are refused (SSRF)")
     auth: bool = Field(True, description="require API keys; off only for a trusted network "
                        "(every caller is then the default tenant's admin)")
     open_docs: bool = Field(True, description="/docs and /openapi.json without a key")

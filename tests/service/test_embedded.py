@@ -29,9 +29,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path, port: int, log: Path):
+    def __init__(self, data_dir: Path, port: int, log: Path, env: dict | None = None):
+        extra = env or {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPFIT_")}
         env |= {"CLIPFIT_BASE_MODELS": "clipfit-tiny", "CLIPFIT_PROGRESS_INTERVAL_SECONDS": "0.2"}
+        env |= extra
         self.log = log
         self.handle = open(log, "a")  # noqa: SIM115
         self.proc = subprocess.Popen(
