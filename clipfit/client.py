@@ -204,6 +204,16 @@ class Client:
     def get_json(self, path: str, **kwargs) -> Any:
         return self.request("GET", path, **kwargs).json()
 
+    def pages(self, path: str, params: dict[str, Any]) -> Iterator[dict]:
+        """Every item of a cursor-paged list (``data`` + ``next_cursor``), page by page."""
+        params = dict(params)
+        while True:
+            page = self.get_json(path, params=params)
+            yield from page["data"]
+            if not page.get("next_cursor"):
+                return
+            params["cursor"] = page["next_cursor"]
+
     def ready(self, timeout: float = 60.0) -> None:
         """Wait until ``/readyz`` answers 200 (the database and the queue are reachable)."""
         deadline = time.monotonic() + timeout
@@ -295,12 +305,7 @@ class Jobs:
         params: dict[str, Any] = {"limit": limit}
         if status:
             params["status"] = status
-        while True:
-            page = self._c.get_json("/v1/jobs", params=params)
-            yield from (_typed(Job, j) for j in page["data"])
-            if not page.get("next_cursor"):
-                return
-            params["cursor"] = page["next_cursor"]
+        yield from (_typed(Job, j) for j in self._c.pages("/v1/jobs", params))
 
     def cancel(self, job_id: str) -> Job:
         return _typed(Job, self._c.request("POST", f"/v1/jobs/{job_id}/cancel",
@@ -360,13 +365,8 @@ class Adapters:
         self._c = client
 
     def list(self, *, limit: int = 50) -> Iterator[Adapter]:
-        params: dict[str, Any] = {"limit": limit}
-        while True:
-            page = self._c.get_json("/v1/adapters", params=params)
-            yield from (_typed(Adapter, a) for a in page["data"])
-            if not page.get("next_cursor"):
-                return
-            params["cursor"] = page["next_cursor"]
+        yield from (_typed(Adapter, a) for a in self._c.pages("/v1/adapters",
+                                                              {"limit": limit}))
 
     def get(self, adapter_id: str) -> Adapter:
         return _typed(Adapter, self._c.get_json(f"/v1/adapters/{adapter_id}"))

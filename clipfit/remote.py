@@ -99,12 +99,8 @@ def cmd_jobs(args) -> int:
             counts = folder_summary(source)
             print(f"{source}: {len(counts)} classes, {sum(counts.values())} images ("
                   + ", ".join(f"{c} {n}" for c, n in counts.items()) + ")", file=sys.stderr)
-        hyper = {f.name: getattr(args, f.name) for f in TrainConfig.exposed_fields()
-                 if getattr(args, f.name) is not None}
-        hyper = {input_name(f): hyper[f.name] for f in TrainConfig.exposed_fields()
-                 if f.name in hyper}
-        if "lambda" in hyper:
-            hyper["lambda_"] = hyper.pop("lambda")
+        hyper = {input_name(f): getattr(args, f.name) for f in TrainConfig.exposed_fields()
+                 if getattr(args, f.name) is not None}  # the API's field names ("lambda")
         job = client.jobs.create(source, base_model=args.model, name=args.name, **hyper)
         if not args.json:
             print(f"job {job.id} {job.status}", file=sys.stderr)

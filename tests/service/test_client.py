@@ -154,13 +154,15 @@ def test_remote_cli(server, key, trained, colour_set, tmp_path, capsys, monkeypa
         return code, out, err
 
     code, out, err = remote("--json", "jobs", "create", str(colour_set), "--model",
-                            "clipfit-tiny", "--epochs", "3", "--batch-size", "16", "--watch")
+                            "clipfit-tiny", "--epochs", "3", "--batch-size", "16", "--lambda",
+                            "4", "--watch")
     assert code == 0, err
     lines = out.strip().splitlines()
     events = [json.loads(line) for line in lines if line.startswith('{"id": ')]
     assert events[0]["kind"] == "queued" and events[-1]["kind"] == "succeeded"
     final = json.loads("\n".join(lines[len(events):]))
     assert final["status"] == "succeeded" and final["hyperparameters"]["epochs"] == 3
+    assert final["hyperparameters"]["lambda"] == 4.0  # the API's name, from the spec
 
     code, out, _ = remote("jobs", "ls")
     assert code == 0 and job.id in out and final["id"] in out
