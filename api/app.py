@@ -24,8 +24,9 @@ from .limits import BodyLimitMiddleware
 from .metrics import MetricsMiddleware
 from .queue import JobQueue
 from .quotas import Quotas
-from .routes import adapters, admin, classify, health, jobs, webhooks
+from .routes import adapters, admin, classify, health, jobs, models, webhooks
 from .schemas import ERROR_RESPONSES
+from .web import mount_page
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimitMiddleware, settings=settings)  # outermost: before parsing
 
-    for module in (jobs, adapters, classify, webhooks, admin, health):
+    for module in (jobs, adapters, classify, models, webhooks, admin, health):
         app.include_router(module.router)
+    mount_page(app)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError):

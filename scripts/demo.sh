@@ -3,7 +3,9 @@
 # start the embedded service (`clipfit serve`: SQLite file + in-process Celery worker), and run
 # a client session against it over HTTP: submit a few-shot job from a domain the model never
 # saw (blurred Fashion-MNIST, 16 images per class), follow its progress, then classify
-# held-out images with the adapter and zero-shot, and print both accuracies.
+# held-out images with the adapter and zero-shot, and print both accuracies. Run from a
+# terminal, the service then stays up for the web page it prints the address of (Ctrl-C ends
+# it; CLIPFIT_DEMO_EXIT=1 ends the demo at once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -28,4 +30,12 @@ trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 python scripts/demo_client.py --url "http://127.0.0.1:$PORT" --train "$DATA/train" \
   --test "$DATA/test" --model clipfit-mini --epochs 40 --lr 0.03 --crop-min 0.5 \
   || { echo "-- service log:" >&2; tail -n 30 "$DATA/serve.log" >&2; exit 1; }
-echo "== done; run the service yourself with: .venv/bin/clipfit serve  (API docs at /docs)"
+echo "== the web page: http://127.0.0.1:$PORT/  (sign in with the demo's key: $CLIPFIT_API_KEY)"
+if [ -t 0 ] && [ -z "${CLIPFIT_DEMO_EXIT:-}" ]; then
+  echo "== the service keeps running for the page (the demo's job and adapter are there);"
+  echo "   press Ctrl-C to stop it"
+  wait $SERVER || true
+else
+  echo "== done; run the service yourself with: .venv/bin/clipfit serve --data-dir $DATA/service" \
+    "--port $PORT  (the page at /, API docs at /docs)"
+fi

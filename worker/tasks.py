@@ -22,6 +22,8 @@ from registry.db import get_engine, session_scope
 from registry.models import JobStatus, utcnow
 from registry.settings import Settings
 
+from .failures import failure_message
+
 log = logging.getLogger(__name__)
 DATABASE_AWAY = (OperationalError, InterfaceError)
 
@@ -76,7 +78,8 @@ def train_job(self: TrainTask, job_id: str) -> str:
             return _end(self, job_id, attempt, JobStatus.cancelled)
         except Exception as e:  # the job failed; the worker lives on
             log.exception("job %s failed", job_id)
-            return _end(self, job_id, attempt, JobStatus.failed, f"{type(e).__name__}: {e}")
+            return _end(self, job_id, attempt, JobStatus.failed,
+                        failure_message(e, base_model=spec))
     return with_retries(lambda: _store(self, job_id, attempt, delta, adapter_metrics, name),
                         f"storing the adapter of job {job_id}")
 

@@ -98,7 +98,10 @@ def _direct(quick_gelu: bool) -> torch.nn.Module:
     """clipfit-tiny built directly by open_clip with random weights that are exact in float16
     (as OpenAI's are), under the given activation."""
     torch.manual_seed(7)
+    # frozen like a loaded base model: with parameters that require grad, attention takes
+    # another kernel path on some CPUs, which differs in the last bits (not a model change)
     model = open_clip.create_model("clipfit-tiny", force_quick_gelu=quick_gelu).eval()
+    model.requires_grad_(False)
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(p.half().float())
