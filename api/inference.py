@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from clipfit_core.classify import Prediction
 from clipfit_core.delta import Delta
-from clipfit_core.models import create_base_model, resolve_device
+from clipfit_core.models import BaseModel, create_base_model, resolve_device
 from clipfit_core.serving import BatchingServer, MixedAdapterModel
 from registry import crud
 from registry.models import Adapter
@@ -65,6 +65,10 @@ class InferenceEngine:
         self.delta_misses = 0
 
     # ------------------------------------------------------------------ models
+
+    def base(self, spec: str) -> BaseModel:
+        """The serving model's base (for exports and import checks; read, never written)."""
+        return self.server(spec).model.base
 
     def server(self, spec: str) -> BatchingServer:
         """The base model's batching server, loaded on first use: a model of its own, never
@@ -144,6 +148,7 @@ class InferenceEngine:
                        images: Sequence[Image.Image] | Callable[[], Sequence[Image.Image]],
                        classnames: list[str], templates: list[str], delta: Delta | None,
                        top_k: int, is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+                       *, temperature: float = 1.0, threshold: float | None = None,
                        ) -> list[Prediction]:
         """Top-k predictions per image. ``images`` may be a function that decodes them: it
         runs in the thread pool with preprocessing and the text features (one hop); the
@@ -174,9 +179,11 @@ class InferenceEngine:
         feats = future.result()
 
         def answer() -> list[Prediction]:
-            probs = model.logits(feats, text).softmax(dim=-1)
+            logits = model.logits(feats, text)
+            probs = (logits if temperature == 1.0 else logits / temperature).softmax(dim=-1)
             values, indices = probs.topk(min(top_k, len(classnames)), dim=-1)
-            return [Prediction([classnames[j] for j in idx.tolist()], val.tolist())
+            return [Prediction([classnames[j] for j in idx.tolist()], val.tolist(),
+                               unknown=threshold is not None and val[0].item() < threshold)
                     for val, idx in zip(values, indices)]
 
         if feats.shape[0] * len(classnames) <= INLINE_LOGITS:

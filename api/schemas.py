@@ -156,6 +156,12 @@ class ClassifyOptions(BaseModel):
     template: str | None = Field(None, description="template name or a string with {} "
                                  "(default: the adapter's, or 'default')")
     top_k: int = Field(5, ge=1, le=1000, description="labels per image")
+    calibrated: bool = Field(True, description="divide an adapter's logits by the temperature "
+                             "fitted on its held-out split (its own classes only)")
+    reject_unknown: bool = Field(False, description="answer 'unknown' when the top "
+                                 "probability is below the adapter's stored threshold")
+    threshold: float | None = Field(None, ge=0, le=1, description="answer 'unknown' when the "
+                                    "top probability is below this (overrides the adapter's)")
 
 
 class ClassifyJSON(ClassifyOptions):
@@ -187,19 +193,40 @@ class Label(BaseModel):
 
 
 class ImagePrediction(BaseModel):
-    label: str
+    label: str = Field(description="the top label, or 'unknown' when rejected")
     top_k: list[Label]
+    unknown: bool = Field(False, description="the top probability was below the threshold")
 
 
 class ClassifyPublic(BaseModel):
     model: str
     adapter_id: str | None
     predictions: list[ImagePrediction]
+    calibrated: bool = Field(False, description="probabilities use the adapter's temperature")
+    threshold: float | None = Field(None, description="the rejection threshold applied")
 
     model_config = {"json_schema_extra": {"examples": [{
         "model": "ViT-B-16:openai", "adapter_id": "0bc3808806804f52b55dcd6310eed587",
         "predictions": [{"label": "sneaker", "top_k": [{"label": "sneaker", "prob": 0.91},
                                                        {"label": "sandal", "prob": 0.06}]}]}]}}
+
+
+class AdapterImportForm(BaseModel):
+    """``multipart/form-data``: a delta zip, as ``GET /v1/adapters/{id}/download`` gives it."""
+
+    file: UploadFile = Field(description="zip of adapter_config.json and "
+                             "adapter_model.safetensors")
+    name: str | None = Field(None, max_length=200)
+
+
+class EvaluationPublic(BaseModel):
+    adapter_id: str
+    evaluation: dict[str, Any] = Field(description="zero-shot and tuned on the held-out split: "
+                                       "accuracy, per class (images, precision, recall, "
+                                       "recall_gain) and the confusion matrix (rows: true "
+                                       "class, columns: predicted)")
+    calibration: dict[str, Any] | None = Field(description="temperature, calibration error "
+                                               "before and after, rejection threshold")
 
 
 class Problems(BaseModel):

@@ -117,9 +117,10 @@ class Adapter:
 
 @dataclass
 class Prediction:
-    label: str
+    label: str  # "unknown" when rejected (``unknown`` is then True)
     top_k: list[tuple[str, float]]
     raw: dict = field(default_factory=dict, repr=False)
+    unknown: bool = False
 
 
 def zip_folder(root: Path) -> bytes:
@@ -231,9 +232,12 @@ class Client:
 
     def classify(self, images: Iterable[str | Path | bytes], *, adapter: str | None = None,
                  base_model: str | None = None, classes: Iterable[str] | None = None,
-                 top_k: int = 5, template: str | None = None) -> list[Prediction]:
+                 top_k: int = 5, template: str | None = None, reject_unknown: bool = False,
+                 threshold: float | None = None, calibrated: bool = True) -> list[Prediction]:
         """Predictions for image files (paths or bytes), in order: with an ``adapter`` (its
-        classes, or other ``classes``), or zero-shot with ``base_model`` and ``classes``."""
+        classes, or other ``classes``), or zero-shot with ``base_model`` and ``classes``.
+        ``reject_unknown`` answers "unknown" below the adapter's stored threshold, or below
+        ``threshold``; ``calibrated`` applies the adapter's fitted temperature."""
         files = []
         for i, image in enumerate(images):
             if isinstance(image, bytes):
@@ -251,9 +255,16 @@ class Client:
             data["classes"] = ",".join(classes)
         if template:
             data["template"] = template
+        if reject_unknown:
+            data["reject_unknown"] = "true"
+        if threshold is not None:
+            data["threshold"] = str(threshold)
+        if not calibrated:
+            data["calibrated"] = "false"
         body = self.request("POST", "/v1/classify", data=data, files=files,
                             idempotent=True).json()
-        return [Prediction(p["label"], [(t["label"], t["prob"]) for t in p["top_k"]], raw=p)
+        return [Prediction(p["label"], [(t["label"], t["prob"]) for t in p["top_k"]], raw=p,
+                           unknown=p.get("unknown", False))
                 for p in body["predictions"]]
 
 
@@ -371,12 +382,28 @@ class Adapters:
     def get(self, adapter_id: str) -> Adapter:
         return _typed(Adapter, self._c.get_json(f"/v1/adapters/{adapter_id}"))
 
-    def download(self, adapter_id: str, to: str | Path | None = None) -> bytes:
-        """The adapter's delta as a zip (the two delta files); written to ``to`` if given."""
-        content = self._c.request("GET", f"/v1/adapters/{adapter_id}/download").content
+    def evaluation(self, adapter_id: str) -> dict:
+        """The held-out report: ``evaluation`` (zero-shot and tuned, per class, confusion
+        matrices) and ``calibration`` (temperature, calibration error, threshold)."""
+        return self._c.get_json(f"/v1/adapters/{adapter_id}/evaluation")
+
+    def download(self, adapter_id: str, to: str | Path | None = None, *,
+                 format: str = "delta") -> bytes:
+        """The adapter as a zip, written to ``to`` if given: ``delta`` (the two delta files)
+        or ``open_clip`` (the base with the delta merged, as open_clip's files)."""
+        content = self._c.request("GET", f"/v1/adapters/{adapter_id}/download",
+                                  params={"format": format}).content
         if to is not None:
             Path(to).write_bytes(content)
         return content
+
+    def import_zip(self, delta_zip: str | Path | bytes, *, name: str | None = None) -> Adapter:
+        """Store a delta zip (as ``download`` gives it) trained on a base this service
+        allows, with the same weights; it gets a new id."""
+        data = delta_zip if isinstance(delta_zip, bytes) else Path(delta_zip).read_bytes()
+        return _typed(Adapter, self._c.request(
+            "POST", "/v1/adapters", files={"file": ("adapter.zip", data, "application/zip")},
+            data={"name": name} if name else {}).json())
 
     def delete(self, adapter_id: str) -> None:
         self._c.request("DELETE", f"/v1/adapters/{adapter_id}")

@@ -2,9 +2,12 @@
 
     clipfit remote jobs create DIR --model clipfit-mini --epochs 30 --watch
     clipfit remote jobs ls | jobs show ID | jobs watch ID | jobs cancel ID
-    clipfit remote adapters ls | adapters show ID | adapters download ID [-o FILE]
+    clipfit remote adapters ls | adapters show ID | adapters evaluation ID
+    clipfit remote adapters download ID [--format delta|open_clip] [-o FILE]
+    clipfit remote adapters import ZIP [--name N]
     clipfit remote adapters delete ID
-    clipfit remote classify IMAGE... --adapter ID      (or --model M --classes a,b,c)
+    clipfit remote classify IMAGE... --adapter ID [--reject-unknown | --threshold P]
+                                                       (or --model M --classes a,b,c)
 
 The service's URL and key come from ``--url`` / ``--api-key``, else ``CLIPFIT_URL`` /
 ``CLIPFIT_API_KEY``, else the config file (``--config``, ``CLIPFIT_CONFIG``, default
@@ -159,9 +162,19 @@ def cmd_adapters(args) -> int:
             f"{_pct(a.metrics.get('zero_shot_val_accuracy'))}, tuned "
             f"{_pct(a.metrics.get('val_accuracy'))}"))
         return 0
+    if args.adapters_command == "evaluation":
+        report = client.adapters.evaluation(args.id)
+        _print(args, report, lambda: print_evaluation(report))
+        return 0
+    if args.adapters_command == "import":
+        a = client.adapters.import_zip(Path(args.zip), name=args.name)
+        _print(args, a.raw, lambda: print(f"imported adapter {a.id} on {a.base_model}: "
+                                          f"{', '.join(a.classnames)}"))
+        return 0
     if args.adapters_command == "download":
-        out = Path(args.output or f"clipfit-adapter-{args.id}.zip")
-        content = client.adapters.download(args.id, out)
+        prefix = "clipfit-adapter" if args.format == "delta" else "clipfit-open-clip"
+        out = Path(args.output or f"{prefix}-{args.id}.zip")
+        content = client.adapters.download(args.id, out, format=args.format)
         _print(args, {"path": str(out), "bytes": len(content)},
                lambda: print(f"{out} ({len(content)} bytes)"))
         return 0
@@ -170,13 +183,31 @@ def cmd_adapters(args) -> int:
     return 0
 
 
+def print_evaluation(report: dict) -> None:
+    """The held-out report as a table: zero-shot vs tuned per class, then the calibration."""
+    ev, cal = report["evaluation"], report.get("calibration")
+    zero, tuned = ev["zero_shot"], ev["tuned"]
+    print(f"held-out images: {ev['images']}; accuracy zero-shot {_pct(zero['accuracy'])}, "
+          f"tuned {_pct(tuned['accuracy'])}")
+    width = max(len(c) for c in ev["classnames"] + ["class"])
+    print(f"  {'class':<{width}}  images  zero-shot recall  tuned recall  precision (zs/tuned)")
+    for z, t in zip(zero["per_class"], tuned["per_class"]):
+        print(f"  {t['class']:<{width}}  {t['images']:>6}  {_pct(z['recall']):>16}  "
+              f"{_pct(t['recall']):>12}  {_pct(z['precision'])} / {_pct(t['precision'])}")
+    if cal:
+        print(f"calibration: temperature {cal['temperature']}, ECE {_pct(cal['ece_before'])} -> "
+              f"{_pct(cal['ece_after'])}; 'unknown' below {_pct(cal['threshold'])} "
+              f"(rejects {_pct(cal['held_out_rejected_right'])} of right held-out answers)")
+
+
 def cmd_classify(args) -> int:
     if not (args.adapter or (args.model and args.classes)):
         raise ValueError("give --adapter ID, or --model SPEC with --classes a,b,c")
     client = connect(args)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     predictions = client.classify(args.images, adapter=args.adapter, base_model=args.model,
-                                  classes=classes, top_k=args.top_k)
+                                  classes=classes, top_k=args.top_k,
+                                  reject_unknown=args.reject_unknown, threshold=args.threshold)
     _print(args, [{"image": str(i), **p.raw} for i, p in zip(args.images, predictions)],
            lambda: [print(f"{i}\t{p.label}\t" + "  ".join(f"{lab} {prob:.3f}"
                                                            for lab, prob in p.top_k))
@@ -239,9 +270,18 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
     a = adapters.add_subparsers(dest="adapters_command", required=True)
     a.add_parser("ls", help="the tenant's adapters")
     a.add_parser("show", help="one adapter").add_argument("id")
+    a.add_parser("evaluation", help="zero-shot vs tuned per class on the held-out split, "
+                 "and the calibration").add_argument("id")
     d = a.add_parser("download", help="the delta files, zipped")
     d.add_argument("id")
-    d.add_argument("-o", "--output", help="default clipfit-adapter-ID.zip")
+    d.add_argument("-o", "--output", help="default clipfit-adapter-ID.zip "
+                   "(clipfit-open-clip-ID.zip for --format open_clip)")
+    d.add_argument("--format", choices=["delta", "open_clip"], default="delta",
+                   help="delta: the two delta files; open_clip: the base with the delta "
+                   "merged, as open_clip loads it")
+    i = a.add_parser("import", help="store a delta zip trained elsewhere on an allowed base")
+    i.add_argument("zip")
+    i.add_argument("--name")
     a.add_parser("delete", help="delete an adapter").add_argument("id")
 
     k = groups.add_parser("classify", help="classify image files")
@@ -252,3 +292,6 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--classes", help="comma-separated classes (zero-shot, or other classes "
                    "for an adapter)")
     k.add_argument("--top-k", type=int, default=3)
+    k.add_argument("--reject-unknown", action="store_true",
+                   help="answer 'unknown' below the adapter's threshold")
+    k.add_argument("--threshold", type=float, help="answer 'unknown' below this probability")

@@ -96,14 +96,19 @@ def load_images(images: Sequence[Image.Image | bytes | str | Path]) -> list[Imag
     return [open_image(im) for im in images]
 
 
+UNKNOWN = "unknown"  # the label of a rejected image
+
+
 @dataclass
 class Prediction:
     labels: list[str]
     probs: list[float]
+    unknown: bool = False  # the top probability was below a rejection threshold
 
     def to_dict(self) -> dict:
-        return {"label": self.labels[0], "top_k": [
-            {"label": label, "prob": round(p, 6)} for label, p in zip(self.labels, self.probs)]}
+        return {"label": UNKNOWN if self.unknown else self.labels[0], "unknown": self.unknown,
+                "top_k": [{"label": label, "prob": round(p, 6)}
+                          for label, p in zip(self.labels, self.probs)]}
 
 
 def logits_for(base: BaseModel, img_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:

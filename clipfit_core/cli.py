@@ -18,6 +18,7 @@ from .config import TrainConfig, input_name, prepare_training_set
 from .data import DatasetError, check_readable, load_dataset
 from .delta import CONFIG_NAME, WEIGHTS_NAME, Delta, DeltaError
 from .evaluate import accuracy, per_class_accuracy
+from .export import FORMATS, write_open_clip
 from .models import (
     BaseModel,
     UnknownModelError,
@@ -27,6 +28,7 @@ from .models import (
     resolve_device,
 )
 from .params import UnsupportedArchitectureError, trainable_parameters
+from .report import evaluation_report
 from .train import TrainingCancelled, train_clipfit
 
 USER_ERRORS = (DatasetError, DeltaError, UnknownModelError, WeightsUnavailableError,
@@ -98,24 +100,46 @@ def cmd_eval(args) -> int:
         templates = resolve_templates(args.template)
     classifier = Classifier(base, batch_size=args.batch_size)
     sources = [s.source for s in dataset.samples]
-    preds = []
+    tuned, zero_shot = [], []
     for i in tqdm(range(0, len(sources), args.batch_size), desc="eval", unit="batch",
                   disable=args.quiet, file=sys.stderr):
         chunk = sources[i:i + args.batch_size]
-        preds.append(classifier.logits(chunk, dataset.classnames, templates, delta).argmax(-1))
-    preds = torch.cat(preds)
+        tuned.append(classifier.logits(chunk, dataset.classnames, templates, delta))
+        if delta is not None:  # the baseline, side by side
+            zero_shot.append(classifier.logits(chunk, dataset.classnames, templates, None))
+    logits = torch.cat(tuned)
+    preds = logits.argmax(-1)
     labels = torch.tensor([s.label for s in dataset.samples])
     report = {
         "model": base.spec, "adapter": str(args.adapter) if args.adapter else None,
         "images": len(labels), "accuracy": accuracy(preds, labels),
         "per_class_accuracy": per_class_accuracy(preds, labels, dataset.classnames),
     }
+    if delta is not None:
+        report["evaluation"] = evaluation_report(torch.cat(zero_shot), logits, labels,
+                                                 dataset.classnames)
+        report["held_out"] = {"evaluation": delta.config.evaluation,
+                              "calibration": delta.config.calibration}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"accuracy: {report['accuracy']:.4f} ({len(labels)} images)")
         for name, acc in report["per_class_accuracy"].items():
             print(f"  {name}: {acc:.4f}")
+        if delta is not None:
+            zero = report["evaluation"]["zero_shot"]["accuracy"]
+            print(f"zero-shot on the same images: {zero:.4f}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    if args.format == "delta":
+        Delta.load(args.adapter).save(args.out)
+    else:
+        base, delta = _load_adapter(args)
+        write_open_clip(base, delta, args.out)
+    print(json.dumps({"format": args.format, "out": str(args.out),
+                      "files": sorted(p.name for p in Path(args.out).iterdir())}))
     return 0
 
 
@@ -260,6 +284,17 @@ def build_parser(weights_dir: str | Path, extend=None) -> argparse.ArgumentParse
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_pretrain_mini)
+
+    p = sub.add_parser("export", help="a delta as a merged open_clip checkpoint (or its "
+                       "delta files) in a folder")
+    p.add_argument("adapter", help="delta directory")
+    p.add_argument("--format", choices=FORMATS, default="open_clip",
+                   help="open_clip: the base with the delta merged (open_clip_model."
+                   "safetensors, open_clip_config.json, clipfit_classes.json); delta: the two "
+                   "delta files")
+    p.add_argument("--out", required=True, help="folder to write (created)")
+    _model_options(p, required=False, weights_dir=weights_dir)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="print a delta's metadata")
     p.add_argument("adapter_dir")

@@ -45,6 +45,10 @@ class DeltaConfig:
     pretrained: str | None = field(default=None, metadata={"help": "pretrained tag or path"})
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] | None = field(default=None, metadata={
+        "help": "zero-shot vs tuned on the held-out split (clipfit_core.report)"})
+    calibration: dict[str, Any] | None = field(default=None, metadata={
+        "help": "temperature and rejection threshold fitted on the held-out split"})
     trainable_count: int = 0
     method: str = METHOD
     format_version: int = FORMAT_VERSION

@@ -30,6 +30,7 @@ from .delta import Delta, DeltaConfig, extract_delta, restore
 from .evaluate import accuracy
 from .models import BaseModel
 from .params import mark_trainable
+from .report import calibration, evaluation_report
 
 
 class TrainingCancelled(RuntimeError):
@@ -284,18 +285,35 @@ def _train(base, train_set, val_set, config, classnames, templates, params,
                     p.copy_(tensors[name])
             best_acc = val_eval()
     metrics = {"best_epoch": best_epoch, "final_loss": history[-1]["loss"]}
+    evaluation = calibrated = None
     if val_eval is not None:
         metrics |= {"val_accuracy": best_acc, "zero_shot_val_accuracy": zero_shot_val,
                     "val_images": len(val_set)}
+        evaluation, calibrated = _held_out_report(params, originals, tensors, val_eval,
+                                                  classnames)
     delta = Delta(tensors, DeltaConfig(
         base_model=base.spec, base_fingerprint=base.fingerprint, classnames=classnames,
         templates=templates, arch=base.arch, pretrained=base.pretrained,
         hyperparameters=config.to_dict() | {"train_images": len(train_set)},
-        metrics=metrics,
+        metrics=metrics, evaluation=evaluation, calibration=calibrated,
     ))
     return TrainResult(delta=delta, history=history, best_epoch=best_epoch,
                        seconds=time.perf_counter() - start,
                        images_per_sec=seen / train_seconds if train_seconds > 0 else 0.0)
+
+
+def _held_out_report(params, originals, tensors, val_eval, classnames) -> tuple[dict, dict]:
+    """The evaluation report (zero-shot vs the delta being returned) and the delta's
+    calibration, both on the held-out split (``clipfit_core.report``)."""
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(originals[name])
+        zero_shot = val_eval.logits()
+        for name, p in params.items():
+            p.copy_(tensors[name])
+        tuned = val_eval.logits()
+    return (evaluation_report(zero_shot, tuned, val_eval.labels, classnames),
+            calibration(tuned, val_eval.labels))
 
 
 def make_train_loader(base: BaseModel, train_set: FewShotDataset, config: TrainConfig,
@@ -317,18 +335,23 @@ def make_train_loader(base: BaseModel, train_set: FewShotDataset, config: TrainC
 
 
 def _val_evaluator(base, val_set, classnames, templates) -> Callable[[], float]:
-    """Accuracy of the current weights on ``val_set``; images are preprocessed once."""
+    """Accuracy of the current weights on ``val_set``; images are preprocessed once. Its
+    ``logits()`` and ``labels`` serve the evaluation report."""
     from .classify import class_text_features, image_features
 
     transform = base.eval_transform()
     pixels = torch.stack([transform(open_image(s.source)) for s in val_set.samples])
     labels = torch.tensor([s.label for s in val_set.samples])
 
-    def evaluate() -> float:
+    def logits() -> torch.Tensor:
         base.model.eval()
-        text = class_text_features(base, classnames, templates)
-        preds = torch.cat([logits_for(base, image_features(base, chunk), text).argmax(-1).cpu()
-                           for chunk in pixels.split(128)])
-        return accuracy(preds, labels)
+        with torch.no_grad():
+            text = class_text_features(base, classnames, templates)
+            return torch.cat([logits_for(base, image_features(base, chunk), text).float().cpu()
+                              for chunk in pixels.split(128)])
 
+    def evaluate() -> float:
+        return accuracy(logits().argmax(-1), labels)
+
+    evaluate.logits, evaluate.labels = logits, labels
     return evaluate

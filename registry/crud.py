@@ -402,6 +402,22 @@ def store_adapter(
     return adapter
 
 
+def import_adapter(session: Session, *, tenant_id: str, weights: bytes, config: dict[str, Any],
+                   name: str | None = None) -> Adapter:
+    """An adapter trained elsewhere (no job), in the caller's transaction."""
+    digest = put_blob(session, data=weights)
+    adapter = Adapter(
+        tenant_id=tenant_id, job_id=None, name=name, base_model=config["base_model"],
+        base_fingerprint=config["base_fingerprint"], classnames=config["classnames"],
+        templates=config["templates"], hyperparameters=config.get("hyperparameters", {}),
+        metrics=config.get("metrics", {}), config=config,
+        trainable_count=config.get("trainable_count", 0), weights_sha256=digest,
+        size_bytes=len(weights))
+    session.add(adapter)
+    session.flush()
+    return adapter
+
+
 def get_adapter(session: Session, *, adapter_id: str,
                 tenant_id: str | None = None) -> Adapter | None:
     """The adapter, if it exists and (with ``tenant_id``) belongs to that tenant."""

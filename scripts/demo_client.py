@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from clipfit.client import IMAGE_SUFFIXES, ApiError, Client, folder_summary
+from clipfit.remote import print_evaluation
 
 
 def labelled_images(root: Path) -> list[tuple[Path, str]]:
@@ -46,6 +47,21 @@ def accuracy(cf: Client, images: list[tuple[Path, str]], batch: int, **options) 
         predictions = cf.classify([path for path, _ in chunk], top_k=1, **options)
         correct += sum(p.label == label for p, (_, label) in zip(predictions, chunk))
     return correct / len(images)
+
+
+def with_unknown(cf: Client, images: list[tuple[Path, str]], batch: int,
+                 adapter: str) -> tuple[float, float]:
+    """(share answered "unknown", accuracy of the rest) with the adapter's threshold."""
+    unknown, kept_right = 0, 0
+    for i in range(0, len(images), batch):
+        chunk = images[i:i + batch]
+        predictions = cf.classify([path for path, _ in chunk], top_k=1, adapter=adapter,
+                                  reject_unknown=True)
+        unknown += sum(p.unknown for p in predictions)
+        kept_right += sum(not p.unknown and p.label == label
+                          for p, (_, label) in zip(predictions, chunk))
+    kept = len(images) - unknown
+    return unknown / len(images), kept_right / kept if kept else float("nan")
 
 
 def main() -> int:
@@ -93,11 +109,17 @@ def main() -> int:
             seconds = time.perf_counter() - t0
             zero = accuracy(cf, test, args.batch, base_model=adapter.base_model,
                             classes=adapter.classnames)
+            report = cf.adapters.evaluation(adapter.id)
+            unknown, kept = with_unknown(cf, test, args.batch, adapter.id)
         except (ApiError, TimeoutError) as e:
             sys.exit(f"the service refused or did not answer: {e}")
+    print(f"== GET /v1/adapters/{adapter.id}/evaluation (the held-out uploaded images)")
+    print_evaluation(report)
     print(f"zero-shot accuracy ({adapter.base_model}): {zero:.1%}")
     print(f"ClipFit adapter accuracy:            {tuned:.1%}  "
           f"({len(test) / seconds:.0f} images/s over HTTP)")
+    print(f"with reject_unknown=true:            {unknown:.1%} answered \"unknown\", "
+          f"{kept:.1%} right of the rest")
     return 0
 
 

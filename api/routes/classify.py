@@ -133,6 +133,8 @@ async def classify(request: Request, session: SessionDep, settings: SettingsDep,
             templates = resolve_templates(body.template)
         except ValueError as e:
             problems.append(str(e))
+    temperature, threshold = _calibration(body, adapter, requested, problems)
+
     def decode_all() -> list[tuple]:
         return [decode_image(data, name, settings) for name, data in images]
 
@@ -150,7 +152,8 @@ async def classify(request: Request, session: SessionDep, settings: SettingsDep,
     templates = resolve_templates(templates)
     try:
         preds = await engine.classify(spec, load_images, list(classnames), templates, delta,
-                                      body.top_k, request.is_disconnected)
+                                      body.top_k, request.is_disconnected,
+                                      temperature=temperature, threshold=threshold)
     except ImageProblems as e:
         raise _invalid(e.problems) from e
     except WeightsUnavailableError as e:
@@ -168,4 +171,33 @@ async def classify(request: Request, session: SessionDep, settings: SettingsDep,
     except ClientGone:
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
     return ClassifyPublic(model=spec, adapter_id=adapter.id if adapter else None,
-                          predictions=[p.to_dict() for p in preds])
+                          predictions=[p.to_dict() for p in preds],
+                          calibrated=temperature != 1.0, threshold=threshold)
+
+
+def _calibration(body, adapter: AdapterInfo | None, requested: list[str] | None,
+                 problems: list[str]) -> tuple[float, float | None]:
+    """(temperature, threshold) for this request. The adapter's temperature and threshold
+    were fitted on its held-out split for its own classes, so they apply to those only."""
+    fitted = (adapter.config.get("calibration") or {}) if adapter is not None else {}
+    own_classes = adapter is not None and (not requested or requested == adapter.classnames)
+    temperature = 1.0
+    if body.calibrated and own_classes and fitted.get("temperature"):
+        temperature = float(fitted["temperature"])
+    threshold = body.threshold
+    if body.reject_unknown and threshold is None:
+        if adapter is None:
+            problems.append("reject_unknown uses an adapter's threshold; for zero-shot give "
+                            "a threshold")
+        elif not own_classes:
+            problems.append("reject_unknown uses the threshold fitted for the adapter's own "
+                            "classes; with other classes give a threshold")
+        elif fitted.get("threshold") is None:
+            problems.append("this adapter has no rejection threshold (it kept no held-out "
+                            "images, or was trained before thresholds); give a threshold")
+        elif not body.calibrated:
+            problems.append("the adapter's threshold is on calibrated probabilities: leave "
+                            "calibrated on, or give a threshold")
+        else:
+            threshold = float(fitted["threshold"])
+    return temperature, threshold

@@ -51,6 +51,18 @@ def test_train_classify_eval_info_end_to_end(capsys, tmp_path, colour_train, col
     assert tuned["images"] == zero_shot["images"] == 120
     assert tuned["accuracy"] >= 0.7 > zero_shot["accuracy"]
     assert set(tuned["per_class_accuracy"]) == {"blue", "green", "red", "yellow"}
+    # with an adapter: zero-shot side by side on the same images, and the stored report
+    code, out, err = run(capsys, "eval", colour_test, "--model", "clipfit-tiny", "--json",
+                         "--template", "a photo of the colour {}.")  # the adapter's template
+    assert tuned["evaluation"]["zero_shot"]["accuracy"] == round(json.loads(out)["accuracy"], 4)
+    assert tuned["evaluation"]["tuned"]["accuracy"] == round(tuned["accuracy"], 4)
+    assert tuned["held_out"]["calibration"]["temperature"] > 0
+    assert "evaluation" not in zero_shot
+
+    code, out, err = run(capsys, "export", out_dir, "--out", tmp_path / "merged")
+    assert code == 0, err
+    assert json.loads(out)["files"] == ["clipfit_classes.json", "open_clip_config.json",
+                                        "open_clip_model.safetensors"]
 
     code, out, err = run(capsys, "info", out_dir)
     info = json.loads(out)

@@ -68,6 +68,13 @@ def test_client_trains_watches_and_classifies(server, key, colour_set, trained, 
         assert [p.label for p in tuned] == ["red", "blue"] and len(tuned[0].top_k) == 2
         zero = cf.classify([red], base_model="clipfit-tiny", classes=["red", "green"], top_k=2)
         assert sorted(label for label, _ in zero[0].top_k) == ["green", "red"]
+        kept = cf.classify([red], adapter=adapter.id, reject_unknown=True)
+        assert kept[0].label == "red" and not kept[0].unknown
+        rejected = cf.classify([red], adapter=adapter.id, threshold=1.0)
+        assert rejected[0].label == "unknown" and rejected[0].unknown
+        assert rejected[0].top_k[0][0] == "red"  # the candidates are still listed
+        report = cf.adapters.evaluation(adapter.id)
+        assert report["evaluation"]["tuned"]["accuracy"] == round(adapter.metrics["val_accuracy"], 4)
 
 
 def test_refusals_carry_the_problem_list_and_store_nothing(server, key, colour_set):
@@ -173,9 +180,27 @@ def test_remote_cli(server, key, trained, colour_set, tmp_path, capsys, monkeypa
     target = tmp_path / "delta.zip"
     code, out, _ = remote("adapters", "download", job.adapter_id, "-o", str(target))
     assert code == 0 and zipfile.is_zipfile(target)
+    merged = tmp_path / "merged.zip"
+    code, out, _ = remote("adapters", "download", job.adapter_id, "--format", "open_clip",
+                          "-o", str(merged))
+    with zipfile.ZipFile(merged) as z:
+        assert "open_clip_model.safetensors" in z.namelist()
+    code, out, _ = remote("--json", "adapters", "import", str(target), "--name", "copy")
+    copy = json.loads(out)
+    assert code == 0 and copy["id"] != job.adapter_id and copy["name"] == "copy"
+    code, out, _ = remote("adapters", "delete", copy["id"])
+    assert code == 0
     image = colour_set / "green" / "0002.png"
     code, out, _ = remote("--json", "classify", str(image), "--adapter", job.adapter_id)
     assert code == 0 and json.loads(out)[0]["label"] == "green"
+    code, out, _ = remote("classify", str(image), "--adapter", job.adapter_id,
+                          "--threshold", "1")  # nothing reaches probability 1: all unknown
+    assert code == 0 and out.split("\t")[1] == "unknown"
+    code, out, _ = remote("adapters", "evaluation", job.adapter_id)
+    assert code == 0 and "zero-shot recall" in out and "calibration: temperature" in out
+    code, out, _ = remote("--json", "adapters", "evaluation", job.adapter_id)
+    report = json.loads(out)
+    assert report["evaluation"]["classnames"] == ["blue", "green", "red", "yellow"]
 
     # URL and key from a config file; then from the environment
     config = tmp_path / "remote.toml"

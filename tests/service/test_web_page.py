@@ -161,6 +161,9 @@ def test_sign_in_train_from_a_folder_watch_and_try(page, key, colour_set, shots,
     tuned = float(page.inner_text("#acc-tuned").rstrip("%"))
     assert tuned >= 75.0
     assert page.inner_text("#acc-zero").endswith("%")
+    # the evaluation report: per class, zero-shot vs tuned, and the calibration
+    expect(page.locator("#evaluation tbody tr")).to_have_count(4)
+    expect(page.locator("#calibration")).to_contain_text("temperature")
     with page.expect_download() as download:
         page.click("#download")
     saved = tmp_path / "adapter.zip"
@@ -180,6 +183,9 @@ def test_sign_in_train_from_a_folder_watch_and_try(page, key, colour_set, shots,
     expect(results.nth(0).locator(".bar-row")).to_have_count(4)
     expect(page.locator("#zero-classes")).to_be_hidden()
     snap(page, shots / "try-it.png")
+    page.check("#reject-unknown")  # the adapter's threshold: known colours pass it
+    page.click("#classify")
+    expect(results.nth(0).locator(".top")).to_have_text("red")
 
     page.check("#use-zero-shot")  # zero-shot with typed class names
     page.fill("#zero-classes", "red, green")
@@ -228,11 +234,13 @@ def test_refused_upload_shows_each_problem_next_to_its_file(page, key, colour_se
     shutil.copytree(colour_set, folder)
     (folder / "green" / "broken.png").write_bytes(b"not an image at all")
     (folder / "red" / "also-broken.png").write_bytes(b"\x89PNG but cut short")
+    (folder / "green" / "notes.txt").write_text("not an image: left out, as the server would")
     before = server.client.get("/v1/jobs").json()["data"]
     sign_in(page, key)
     page.click("nav >> text=New job")
     page.set_input_files("#folder-input", str(folder))
     expect(page.locator("#classes tbody tr")).to_have_count(4)
+    expect(page.locator("#preview")).to_contain_text("1 file(s) that are not images")
     page.fill("#hp-epochs", "3")
     page.click("#submit-job")
     expect(page.locator("#submit-status .error-box")).to_contain_text("2 problem(s)")

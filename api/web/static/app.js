@@ -11,6 +11,7 @@ const view = document.getElementById("view");
 let cleanups = [];  // what leaving the current view must stop (streams, timers, object URLs)
 let catalog = null;  // GET /v1/models: base models, templates, limits
 let formSchema = null;  // the job form's JSON schema, from /openapi.json
+let routeSignal = null;  // aborted when the user leaves the view: its requests stop with it
 
 // ---------------------------------------------------------------- small helpers
 
@@ -108,7 +109,8 @@ async function responseError(r) {
   return errorFrom(r.status, body, r.headers.get("Retry-After"));
 }
 
-async function api(path, { method = "GET", body, headers = {}, signal, raw = false } = {}) {
+async function api(path, { method = "GET", body, headers = {}, signal = routeSignal,
+  raw = false } = {}) {
   let r;
   try {
     r = await fetch(path, { method, body, signal, headers: authHeaders(headers) });
@@ -122,9 +124,13 @@ async function api(path, { method = "GET", body, headers = {}, signal, raw = fal
 }
 
 // fetch cannot report upload progress; XMLHttpRequest can, and uploads can be large.
-function upload(path, form, headers, onProgress) {
+function upload(path, form, headers, onProgress, signal) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
+    signal?.addEventListener("abort", () => {
+      xhr.abort();
+      reject(new DOMException("left the page", "AbortError"));
+    });
     xhr.open("POST", path);
     for (const [k, v] of Object.entries(authHeaders(headers))) xhr.setRequestHeader(k, v);
     xhr.upload.onprogress = (e) => e.lengthComputable && onProgress(e.loaded / e.total);
@@ -140,9 +146,10 @@ function upload(path, form, headers, onProgress) {
 }
 
 // Server-Sent Events over fetch (EventSource cannot send the Authorization header).
-// Reconnects with Last-Event-ID after a network failure; returns when the server ends the
-// stream, which it does after the job's final event.
-async function followEvents(jobId, onEvent, signal, onTrouble) {
+// Reconnects with Last-Event-ID after a failure or an early end (a restarted server); returns
+// once the job has finished (``finished()``) and the server has ended the stream. Events are
+// handled one at a time, in order.
+async function followEvents(jobId, onEvent, signal, onTrouble, finished) {
   let last = 0;
   let delay = 1000;
   while (!signal.aborted) {
@@ -151,11 +158,15 @@ async function followEvents(jobId, onEvent, signal, onTrouble) {
       if (last) headers["Last-Event-ID"] = String(last);
       const r = await fetch(`/v1/jobs/${enc(jobId)}/events?stream=true`, { headers, signal });
       if (!r.ok) throw await responseError(r);
+      onTrouble(null);
       const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
       let buf = "";
       for (;;) {
         const { value, done } = await reader.read();
-        if (done) return;
+        if (done) {
+          if (finished()) return;
+          throw new Error("the stream ended early");
+        }
         let text = buf + value;
         const hold = text.endsWith("\r") ? "\r" : "";  // a CRLF split across two chunks
         if (hold) text = text.slice(0, -1);
@@ -170,8 +181,7 @@ async function followEvents(jobId, onEvent, signal, onTrouble) {
           const event = JSON.parse(data.join("\n"));
           last = event.id;
           delay = 1000;
-          onTrouble(null);
-          onEvent(event);
+          await onEvent(event);
         }
       }
     } catch (e) {
@@ -233,6 +243,9 @@ const ROUTES = [
 
 async function route() {
   for (const stop of cleanups.splice(0)) stop();
+  const leaving = new AbortController();
+  routeSignal = leaving.signal;
+  cleanups.push(() => leaving.abort());
   notice(null);
   const signedIn = Boolean(sessionStorage.getItem(KEY));
   document.getElementById("nav").hidden = !signedIn;
@@ -262,11 +275,16 @@ function viewSignIn() {
   const message = sessionStorage.getItem("clipfit.signin-message");
   sessionStorage.removeItem("clipfit.signin-message");
   const input = h("input", { type: "password", id: "api-key", name: "api-key",
-    autocomplete: "off", placeholder: "cfk_…", required: true });
+    autocomplete: "new-password", placeholder: "cfk_…", required: true, spellcheck: false });
   const status = h("div");
   if (message) status.append(errorView(new ApiError(401, message)));
   const form = h("form", { class: "card signin", onsubmit: async (e) => {
     e.preventDefault();
+    if (!/^[\x21-\x7e]+$/.test(input.value.trim())) {
+      status.replaceChildren(errorView(new ApiError(0, "an API key is printable ASCII with no "
+        + "spaces (it starts with cfk_)")));
+      return;
+    }
     sessionStorage.setItem(KEY, input.value.trim());
     status.replaceChildren(h("p", { class: "sub", text: "Checking the key…" }));
     try {
@@ -283,7 +301,8 @@ function viewSignIn() {
     route();
   } },
   h("h1", { text: "Sign in" }),
-  h("p", { text: "Paste an API key. It stays in this browser tab and is forgotten when the tab closes." }),
+  h("p", { text: "Paste an API key. The page keeps it in this tab only, until you sign out "
+    + "or close the tab." }),
   h("label", { for: "api-key", text: "API key" }), input,
   h("div", { class: "row", style: "margin-top:1rem" },
     h("button", { type: "submit", text: "Sign in" })),
@@ -294,22 +313,57 @@ function viewSignIn() {
 
 // ---------------------------------------------------------------- new job
 
-function isHidden(path) {
-  return path.split("/").some((p) => p.startsWith(".") || p === "__MACOSX");
+// The server's reading rules (clipfit_core/data.py), applied to a list of relative paths so
+// that the preview shows what will be trained: hidden entries and __MACOSX are skipped;
+// sub-folders, images and manifest.csv count; a root holding one folder of folders (or of
+// a manifest) is read inside it; each folder is a class ("a_b" is "a b"), its images at any
+// depth below it are the class's; images beside the class folders make the upload refused.
+const IMAGE_SUFFIXES = [".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"];
+const MANIFEST = "manifest.csv";
+
+function isImage(name) {
+  return IMAGE_SUFFIXES.some((s) => name.toLowerCase().endsWith(s));
 }
 
-// A chosen folder: files as "root/class/…/name"; the class is the first folder below the
-// root. Returns { kind, items: [{ file, path, cls }], loose: [paths outside a class folder] }.
-function fromFolder(pairs) {
-  const items = [];
-  const loose = [];
-  for (const [file, full] of pairs) {
-    const parts = full.split("/").filter(Boolean);
-    if (isHidden(full)) continue;
-    if (parts.length < 3) { loose.push(parts.slice(1).join("/") || full); continue; }
-    items.push({ file, path: parts.slice(1).join("/"), cls: parts[1] });
+function readTree(pairs) {  // pairs: [file or null, "relative/path/name"]
+  const root = { dirs: new Map(), files: new Map() };
+  let skipped = 0;
+  for (const [file, path] of pairs) {
+    const parts = path.split("/").filter(Boolean);
+    if (!parts.length || parts.some((p) => p.startsWith(".") || p === "__MACOSX")) continue;
+    let node = root;
+    for (const part of parts.slice(0, -1)) {
+      if (!node.dirs.has(part)) node.dirs.set(part, { dirs: new Map(), files: new Map() });
+      node = node.dirs.get(part);
+    }
+    const name = parts[parts.length - 1];
+    if (isImage(name) || name === MANIFEST) node.files.set(name, { file, path: parts.join("/") });
+    else skipped += 1;
   }
-  return { kind: "folder", items, loose };
+  let top = root;
+  if (root.dirs.size === 1 && root.files.size === 0) {
+    const [only] = root.dirs.values();
+    if (only.files.has(MANIFEST) || (only.dirs.size && !only.files.size)) top = only;
+  }
+  if (top.files.has(MANIFEST)) return { items: [], loose: [], manifest: true, skipped };
+  const items = [];
+  const walk = (node, cls) => {
+    for (const [, entry] of [...node.files].sort(([a], [b]) => (a < b ? -1 : 1))) {
+      if (entry.path.split("/").pop() !== MANIFEST) items.push({ ...entry, cls });
+    }
+    for (const [, child] of [...node.dirs].sort(([a], [b]) => (a < b ? -1 : 1))) walk(child, cls);
+  };
+  for (const [name, dir] of [...top.dirs].sort(([a], [b]) => (a < b ? -1 : 1))) {
+    walk(dir, name.replaceAll("_", " "));
+  }
+  const loose = [...top.files.values()].map((e) => e.path);
+  return { items, loose, manifest: false, skipped };
+}
+
+// A chosen folder: paths start with the folder's own name, which is the root.
+function fromFolder(pairs) {
+  const inside = pairs.map(([file, full]) => [file, full.split("/").slice(1).join("/")]);
+  return { kind: "folder", ...readTree(inside) };
 }
 
 async function zipNames(file) {
@@ -341,19 +395,8 @@ async function zipNames(file) {
 }
 
 async function fromZip(file) {
-  const names = (await zipNames(file)).filter((n) => !n.endsWith("/") && !isHidden(n));
-  const manifest = names.some((n) => n.split("/").pop() === "manifest.csv");
-  let paths = names.map((n) => n.split("/"));
-  const tops = new Set(paths.map((p) => p[0]));
-  if (tops.size === 1 && paths.every((p) => p.length >= 3)) paths = paths.map((p) => p.slice(1));
-  const items = [];
-  const loose = [];
-  for (const p of paths) {
-    if (p.length < 2) loose.push(p.join("/"));
-    else items.push({ file: null, path: p.join("/"), cls: p[0] });
-  }
-  return { kind: "zip", file, items: manifest ? [] : items, loose: manifest ? [] : loose,
-    manifest };
+  const names = (await zipNames(file)).filter((n) => !n.endsWith("/"));
+  return { kind: "zip", file, ...readTree(names.map((n) => [null, n])) };
 }
 
 async function readEntries(entry, prefix, out) {
@@ -383,7 +426,7 @@ async function fromDrop(dataTransfer) {
       + "themselves, or a zip");
   }
   const pairs = [];
-  // one folder dropped: its sub-folders are the classes; several: each one is a class
+  // one folder dropped: it is the root; several: each one is a class folder
   const prefix = folders.length === 1 ? "" : "dropped/";
   for (const entry of folders) await readEntries(entry, prefix, pairs);
   return fromFolder(pairs);
@@ -419,6 +462,8 @@ async function viewNew() {
   let picked = null;
   let problemsByPath = new Map();
   let otherProblems = [];
+  let sending = false;
+  let idempotencyKey = null;  // one per selection: a retried upload cannot make two jobs
 
   const preview = h("div", { id: "preview" });
   const status = h("div", { id: "submit-status" });
@@ -438,7 +483,7 @@ async function viewNew() {
     const card = h("div", { class: "card" }, h("div", { class: "head" },
       h("div", {}, h("h2", { style: "margin:0", text: "What will be sent" }),
         h("p", { class: "sub", text: title })),
-      h("button", { type: "button", class: "quiet", text: "Clear",
+      h("button", { type: "button", class: "quiet", text: "Clear", disabled: sending,
         onclick: () => { picked = null; problemsByPath = new Map(); otherProblems = [];
           renderPreview(); status.replaceChildren(); } })));
     if (otherProblems.length) {
@@ -451,8 +496,12 @@ async function viewNew() {
     }
     if (picked.loose.length) {
       card.append(h("ul", { class: "problems" }, h("li", { text: `${picked.loose.length} `
-        + `file(s) are not inside a class folder and will not be sent: `
-        + picked.loose.slice(0, 5).join(", ") })));
+        + "image(s) lie beside the class folders, which the service refuses: move them into "
+        + `a class folder (${picked.loose.slice(0, 5).join(", ")})` })));
+    }
+    if (picked.skipped) {
+      card.append(h("p", { class: "sub", text: `${picked.skipped} file(s) that are not images `
+        + `(${IMAGE_SUFFIXES.join(" ")}) are left out.` }));
     }
     if (classes.size) {
       const rows = [];
@@ -472,8 +521,10 @@ async function viewNew() {
   }
 
   async function take(promise) {
+    if (sending) return;
     try {
       picked = await promise;
+      idempotencyKey = randomKey();
       problemsByPath = new Map();
       otherProblems = [];
       status.replaceChildren();
@@ -523,10 +574,29 @@ async function viewNew() {
   const submit = h("button", { type: "submit", id: "submit-job", text: "Start training" });
   const form = h("form", { class: "card", id: "job-form", onsubmit: async (e) => {
     e.preventDefault();
+    const refuse = (message) => status.replaceChildren(errorView(new ApiError(0, message)));
+    if (sending) return;
     if (!picked || (!picked.items.length && !picked.manifest)) {
-      status.replaceChildren(errorView(new ApiError(0, "choose a folder or a zip of images first")));
+      refuse("choose a folder or a zip of images first");
       return;
     }
+    if (picked.kind === "folder" && picked.loose.length) {
+      refuse("move the images that lie beside the class folders into a class folder first");
+      return;
+    }
+    const size = picked.kind === "zip" ? picked.file.size
+      : picked.items.reduce((sum, i) => sum + i.file.size, 0);
+    if (size > cat.limits.max_request_bytes) {
+      refuse(`this upload is ${bytes(size)}; the service takes at most `
+        + `${bytes(cat.limits.max_request_bytes)} per job`);
+      return;
+    }
+    if (picked.items.length > cat.limits.max_images) {
+      refuse(`${picked.items.length} images; the service takes at most `
+        + `${cat.limits.max_images} per job`);
+      return;
+    }
+    const sent = picked;
     const body = new FormData();
     if (picked.kind === "zip") {
       body.append("dataset", picked.file, picked.file.name);
@@ -539,26 +609,33 @@ async function viewNew() {
     for (const el of form.querySelectorAll("input[name], select[name]")) {
       if (el.value !== "") body.append(el.name, el.value);
     }
-    submit.disabled = true;
+    submit.disabled = sending = true;
+    renderPreview();
     const meter = h("div", { class: "meter" }, h("div"));
-    status.replaceChildren(h("p", { class: "sub", text: "Uploading…" }), meter);
+    const what = h("p", { class: "sub", text: "Uploading…" });
+    status.replaceChildren(what, meter);
     try {
-      const job = await upload("/v1/jobs", body, { "Idempotency-Key": randomKey() },
-        (f) => { meter.firstChild.style.width = `${(100 * f).toFixed(0)}%`; });
+      const job = await upload("/v1/jobs", body, { "Idempotency-Key": idempotencyKey },
+        (f) => {
+          meter.firstChild.style.width = `${(100 * f).toFixed(0)}%`;
+          if (f >= 1) what.textContent = "Checking every image…";
+        }, routeSignal);
       location.hash = `#/jobs/${job.id}`;
     } catch (err) {
-      submit.disabled = false;
+      if (err.name === "AbortError") return;
+      submit.disabled = sending = false;
       problemsByPath = new Map();
       otherProblems = [];
-      const paths = picked.items.map((i) => i.path).sort((a, b) => b.length - a.length);
       for (const p of err.problems) {
-        const path = paths.find((x) => p.includes(x));
-        if (path) {
+        // a problem names its file (cut to 40 characters when long); some name several
+        const paths = sent.items.map((i) => i.path).filter((x) => p.includes(x)
+          || (x.length > 40 && p.includes(x.slice(0, 40))));
+        for (const path of paths) {
           if (!problemsByPath.has(path)) problemsByPath.set(path, []);
-          problemsByPath.get(path).push(p.replace(path, "").replace(/^[\s:'"]+/, "") || p);
-        } else {
-          otherProblems.push(p);
+          const quoted = [path, `'${path}'`].find((x) => p.startsWith(`${x}: `));
+          problemsByPath.get(path).push(quoted ? p.slice(quoted.length + 2) : p);
         }
+        if (!paths.length) otherProblems.push(p);
       }
       renderPreview();
       const summary = new ApiError(err.status, err.problems.length
@@ -612,8 +689,9 @@ async function viewJobs() {
     }
     return answer.data;
   }
-  more.onclick = () => page(false);
-  const first = await page(true);
+  let extended = false;  // once older pages are loaded, the list stops refreshing itself
+  more.onclick = () => { extended = true; page(false); };
+  let first = await page(true);
   show(h("div", { class: "head" }, h("h1", { text: "Jobs" }),
     h("a", { class: "button", href: "#/new", text: "New job" })),
   h("div", { class: "card" }, h("table", { id: "jobs" }, h("thead", {}, h("tr", {},
@@ -621,10 +699,15 @@ async function viewJobs() {
     h("th", { class: "hide-narrow", text: "base model" }),
     h("th", { class: "hide-narrow", text: "created" }))), body),
   h("div", { class: "row", style: "margin-top:.8rem" }, more)));
-  if (first.some((j) => !FINISHED.has(j.status))) {  // keep the first page current
-    const timer = setInterval(() => page(true).catch(() => {}), 3000);
-    cleanups.push(() => clearInterval(timer));
-  }
+  let timer = null;
+  const refresh = async () => {  // keeps the first page current while some job is not done
+    if (!extended && first.some((j) => !FINISHED.has(j.status))) {
+      try { first = await page(true); } catch { /* shown on the next try */ }
+      timer = setTimeout(refresh, 3000);
+    }
+  };
+  timer = setTimeout(refresh, 3000);
+  cleanups.push(() => clearTimeout(timer));
 }
 
 function lossCurve(points) {
@@ -744,20 +827,22 @@ async function viewJob(jobId) {
   const controller = new AbortController();
   cleanups.push(() => controller.abort());
   followEvents(jobId, async (event) => {
-    if (event.kind === "progress") {
+    if (event.kind === "progress") {  // replayed history included: no request per event
       const p = event.payload;
       points.push([p.total_steps ? p.step : p.epoch, p.loss]);
       curve.update();
       progress(p);
+      return;
     }
-    if (event.kind !== "progress" || job.status !== "running") {
-      job = await api(`/v1/jobs/${enc(jobId)}`, { signal: controller.signal });
-      render();
-    }
+    job = await api(`/v1/jobs/${enc(jobId)}`, { signal: controller.signal });
+    progress(job.progress);
+    render();
   }, controller.signal, (message) => {
     trouble.hidden = !message;
     trouble.textContent = message || "";
-  }).catch((e) => { if (e.name !== "AbortError") notice(sentence(e.message)); });
+  }, () => FINISHED.has(job.status)).catch((e) => {
+    if (e.name !== "AbortError") notice(sentence(e.message));
+  });
 }
 
 // ---------------------------------------------------------------- adapters
@@ -793,8 +878,52 @@ async function viewAdapters() {
   answer.next_cursor ? h("p", { class: "sub", text: "Showing the newest 200." }) : null);
 }
 
+function evaluationCard(report) {
+  if (!report) return null;
+  const { evaluation, calibration: cal } = report;
+  const zero = evaluation.zero_shot.per_class;
+  const rows = evaluation.tuned.per_class.map((t, i) => h("tr", { "data-class": t.class },
+    h("td", { text: t.class }), h("td", { class: "num", text: t.images }),
+    h("td", { class: "num", text: pct(zero[i].recall) }), h("td", { class: "num", text: pct(t.recall) }),
+    h("td", { class: "num", text: t.recall_gain === null ? "—"
+      : `${t.recall_gain >= 0 ? "+" : ""}${(100 * t.recall_gain).toFixed(1)}` }),
+    h("td", { class: "num hide-narrow", text: pct(zero[i].precision) }),
+    h("td", { class: "num hide-narrow", text: pct(t.precision) })));
+  const parts = [h("h2", { style: "margin-top:0", text: "Per class, on the held-out images" }),
+    h("table", { id: "evaluation" }, h("thead", {}, h("tr", {}, h("th", { text: "class" }),
+      h("th", { class: "num", text: "images" }), h("th", { class: "num", text: "zero-shot recall" }),
+      h("th", { class: "num", text: "tuned recall" }), h("th", { class: "num", text: "gain (points)" }),
+      h("th", { class: "num hide-narrow", text: "zero-shot precision" }),
+      h("th", { class: "num hide-narrow", text: "tuned precision" }))), h("tbody", {}, rows))];
+  const names = evaluation.classnames;
+  if (names.length <= 20) {
+    const matrix = evaluation.tuned.confusion_matrix;
+    parts.push(h("details", {}, h("summary", { text: "Confusion matrix (tuned; rows: true class, "
+      + "columns: predicted)" }), h("table", { id: "confusion" },
+      h("thead", {}, h("tr", {}, h("th"), names.map((n) => h("th", { class: "num", text: n })))),
+      h("tbody", {}, matrix.map((row, i) => h("tr", {}, h("th", { text: names[i] }),
+        row.map((v) => h("td", { class: "num", text: v }))))))));
+  }
+  if (cal) {
+    parts.push(h("p", { class: "sub", id: "calibration" }, `Calibration: temperature `
+      + `${cal.temperature}, expected calibration error ${pct(cal.ece_before)} → `
+      + `${pct(cal.ece_after)}. `, cal.threshold === null ? "No rejection threshold." : `With `
+      + `"unknown" on, images whose top probability is below ${pct(cal.threshold)} are answered `
+      + `"unknown" (on the held-out images: ${pct(cal.held_out_rejected_right)} of the right `
+      + `answers${cal.held_out_rejected_wrong === null ? "" : `, ${pct(cal.held_out_rejected_wrong)} `
+      + "of the wrong ones"}).`));
+  }
+  return h("div", { class: "card" }, parts);
+}
+
 async function viewAdapter(adapterId) {
   const a = await api(`/v1/adapters/${enc(adapterId)}`);
+  let report = null;
+  try {
+    report = await api(`/v1/adapters/${enc(adapterId)}/evaluation`);
+  } catch (e) {
+    if (e.status !== 404) throw e;  // 404: no held-out split, no report
+  }
   const { zero, tuned } = accuracies(a);
   const gain = zero !== null && tuned !== null ? `${(100 * (tuned - zero)).toFixed(1)} points`
     : "—";
@@ -841,6 +970,7 @@ async function viewAdapter(adapterId) {
     h("div", { class: "stats" }, stat("acc-zero", pct(zero), "zero-shot"),
       stat("acc-tuned", pct(tuned), "tuned"), stat("acc-gain", gain, "gain"),
       stat("acc-classes", String(a.classnames.length), "classes"))),
+  evaluationCard(report),
   h("div", { class: "grid2" },
     h("div", { class: "card" }, h("h2", { style: "margin-top:0", text: "Classes" }),
       h("div", { class: "chips" }, a.classnames.map((c) => h("span", { class: "chip", text: c })))),
@@ -870,8 +1000,11 @@ async function viewTry(adapterId) {
   const classesInput = h("input", { type: "text", id: "zero-classes",
     placeholder: "cat, dog, bird" });
   const topK = h("input", { type: "number", id: "top-k", value: 5, min: 1, max: 1000 });
+  const rejectUnknown = h("input", { type: "checkbox", id: "reject-unknown" });
   const adapterPart = h("div", { class: "fields" }, h("div", {},
-    h("label", { for: "adapter", text: "adapter" }), adapterSelect));
+    h("label", { for: "adapter", text: "adapter" }), adapterSelect),
+  h("div", {}, h("label", { class: "choice", style: "margin-top:1.6rem" }, rejectUnknown,
+    "answer \"unknown\" below the adapter's threshold")));
   const zeroPart = h("div", { class: "fields" },
     h("div", {}, h("label", { for: "zero-model", text: "base model" }), modelSelect),
     h("div", {}, h("label", { for: "zero-classes", text: "classes" },
@@ -907,31 +1040,36 @@ async function viewTry(adapterId) {
       status.replaceChildren(errorView(new ApiError(0, "choose at least one image")));
       return;
     }
+    const sent = images;
     const body = new FormData();
-    for (const f of images) body.append("images", f, f.name);
+    for (const f of sent) body.append("images", f, f.name);
     if (useAdapter.checked) body.append("adapter_id", adapterSelect.value);
     else {
       body.append("base_model", modelSelect.value);
       body.append("classes", classesInput.value);
     }
     body.append("top_k", topK.value || "5");
+    if (useAdapter.checked && rejectUnknown.checked) body.append("reject_unknown", "true");
     run.disabled = true;
     status.replaceChildren(h("p", { class: "sub", text: "Classifying…" }));
     try {
       const answer = await api("/v1/classify", { method: "POST", body });
       status.replaceChildren();
+      urls.splice(0).forEach((u) => URL.revokeObjectURL(u));
       results.replaceChildren(...answer.predictions.map((p, i) => {
-        const url = URL.createObjectURL(images[i]);
+        const url = URL.createObjectURL(sent[i]);
         urls.push(url);
-        return h("div", { class: "card result", "data-image": images[i].name },
-          h("img", { src: url, alt: images[i].name }),
-          h("div", { class: "bars" }, h("div", { class: "top", text: p.label }),
+        return h("div", { class: "card result", "data-image": sent[i].name },
+          h("img", { src: url, alt: sent[i].name }),
+          h("div", { class: "bars" }, h("div", { class: p.unknown ? "top unknown" : "top",
+            text: p.unknown ? `unknown (best guess: ${p.top_k[0].label})` : p.label }),
             p.top_k.map((l) => h("div", { class: "bar-row" },
               h("div", { class: "fill" }, h("div", { style: `width:${(100 * l.prob).toFixed(1)}%` }),
                 h("span", { text: l.label })),
               h("div", { class: "pct", text: pct(l.prob) })))));
       }));
     } catch (err) {
+      if (err.name === "AbortError") return;
       status.replaceChildren(errorView(err));
     } finally {
       run.disabled = false;
