@@ -17,7 +17,7 @@ from pydantic import (
     create_model,
 )
 
-from clipfit_core.config import TrainConfig, input_name
+from clipfit_core.config import AUTO, AUTO_FIELDS, TrainConfig, input_name
 
 # The database keeps naive UTC; answers say so (RFC 3339: "2026-11-29T06:52:18Z").
 Timestamp = Annotated[datetime, AfterValidator(
@@ -36,6 +36,9 @@ class JobFormBase(BaseModel):
     base_model: str | None = Field(None, description="one of the allowed base models "
                                    "(default: the first)")
     name: str | None = Field(None, max_length=200)
+    parent_adapter_id: str | None = Field(
+        None, max_length=300, description="warm start: begin from this adapter's values (its "
+        "id, name@VERSION or name@alias; the same base model; new classes allowed)")
 
     LISTS: ClassVar[tuple[str, ...]] = ("images", "labels")
 
@@ -48,10 +51,16 @@ class JobFormBase(BaseModel):
         """``classes`` split at commas (each name trimmed), or None when not given."""
         return [c.strip() for c in self.classes.split(",")] if self.classes else None
 
+    def train_values(self) -> dict[str, Any]:
+        """The spec's exposed fields as sent; AUTO_FIELDS may be ``"auto"``."""
+        return {f.name: getattr(self, f.name) for f in TrainConfig.exposed_fields()}
+
     def train_config(self) -> TrainConfig:
-        """The training spec (raises ValueError naming every bad value)."""
-        return TrainConfig(**{f.name: getattr(self, f.name)
-                              for f in TrainConfig.exposed_fields()})
+        """The training spec, ``auto`` values at their defaults until the upload is read
+        (raises ValueError naming every bad value)."""
+        values = self.train_values()
+        return TrainConfig(**{k: TrainConfig.__dataclass_fields__[k].default if v == AUTO
+                              else v for k, v in values.items()})
 
 
 _JSON_SCHEMA_BOUNDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum",
@@ -65,9 +74,11 @@ def _form_field(f) -> tuple[type, object]:
     request's out-of-bounds values are reported together with all its other problems."""
     alias = input_name(f)
     bounds = {_JSON_SCHEMA_BOUNDS[k]: v for k, v in f.metadata["bounds"].items()}
-    return type(f.default), Field(f.default, description=f.metadata["help"],
-                                  json_schema_extra=bounds or None,
-                                  **({"alias": alias} if alias != f.name else {}))
+    kind, help_ = type(f.default), f.metadata["help"]
+    if f.name in AUTO_FIELDS:
+        kind, help_ = kind | Literal["auto"], f"{help_}; or auto (see README)"
+    return kind, Field(f.default, description=help_, json_schema_extra=bounds or None,
+                       **({"alias": alias} if alias != f.name else {}))
 
 
 JobCreateForm = create_model(
@@ -130,6 +141,7 @@ class AdapterPublic(BaseModel):
     id: str
     name: str | None
     job_id: str | None
+    version: int | None = Field(None, description="1, 2, ... per name (None: unnamed)")
     base_model: str
     base_fingerprint: str
     classnames: list[str]
@@ -151,7 +163,9 @@ class AdaptersPublic(BaseModel):
 class ClassifyOptions(BaseModel):
     """What to classify with: an adapter, or a base model and class names (zero-shot)."""
 
-    adapter_id: str | None = Field(None, description="a trained adapter")
+    adapter_id: str | None = Field(None, description="a trained adapter: its id, "
+                                   "name@VERSION or name@alias")
+    adapter: str | None = Field(None, description="the same as adapter_id")
     base_model: str | None = Field(None, description="zero-shot: an allowed base model")
     template: str | None = Field(None, description="template name or a string with {} "
                                  "(default: the adapter's, or 'default')")

@@ -27,6 +27,7 @@ from clipfit_core.config import TrainConfig, prepare_training_set
 from clipfit_core.data import FewShotDataset, Sample, load_dataset
 from clipfit_core.models import create_base_model
 from clipfit_core.train import train_clipfit
+from registry.settings import Settings
 
 from .domains import export
 
@@ -82,8 +83,10 @@ def main() -> None:
     parser.add_argument("--novel", type=int, default=3, help="classes kept out of training")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--cache-dir", help="weights directory (default: Settings().weights_dir:"
+                        " CLIPFIT_WEIGHTS_DIR or .env, else ~/.cache/clipfit/weights)")
     args = parser.parse_args()
-    base = create_base_model("clipfit-mini")
+    base = create_base_model("clipfit-mini", cache_dir=args.cache_dir or Settings().weights_dir)
     with tempfile.TemporaryDirectory() as tmp:
         train_dir = export("blur", Path(tmp) / "train", split="train", per_class=16)
         test_dir = export("blur", Path(tmp) / "test", split="test", per_class=50)

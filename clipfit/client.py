@@ -106,6 +106,7 @@ class Adapter:
     base_model: str
     classnames: list[str]
     name: str | None = None
+    version: int | None = None
     job_id: str | None = None
     metrics: dict = field(default_factory=dict)
     hyperparameters: dict = field(default_factory=dict)
@@ -158,6 +159,7 @@ class Client:
             self.http.headers["Authorization"] = f"Bearer {api_key}"
         self.jobs = Jobs(self)
         self.adapters = Adapters(self)
+        self.aliases = Aliases(self)
 
     def __enter__(self) -> Self:
         return self
@@ -369,6 +371,40 @@ class Jobs:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job.status} after {timeout:.0f} s")
             time.sleep(poll)
+
+
+@dataclass
+class Alias:
+    name: str
+    alias: str
+    adapter_id: str
+    version: int | None = None
+    reference: str | None = None  # name@alias: what classify(adapter=...) takes
+    updated_at: str | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+class Aliases:
+    """``name@alias`` pointers at one version of a named adapter."""
+
+    def __init__(self, client: Client):
+        self._c = client
+
+    def set(self, name: str, alias: str, *, version: int | None = None,
+            adapter_id: str | None = None) -> Alias:
+        """Create or move ``name@alias`` (rollback: set it back to the previous version)."""
+        body = {"name": name, "version": version, "adapter_id": adapter_id}
+        return _typed(Alias, self._c.request(
+            "PUT", f"/v1/aliases/{alias}", json={k: v for k, v in body.items() if v is not None},
+            idempotent=True).json())
+
+    def list(self, *, name: str | None = None) -> list[Alias]:
+        params = {"name": name} if name else {}
+        return [_typed(Alias, a)
+                for a in self._c.get_json("/v1/aliases", params=params)["data"]]
+
+    def delete(self, name: str, alias: str) -> None:
+        self._c.request("DELETE", f"/v1/aliases/{alias}", params={"name": name})
 
 
 class Adapters:

@@ -5,6 +5,7 @@
     clipfit remote adapters ls | adapters show ID | adapters evaluation ID
     clipfit remote adapters download ID [--format delta|open_clip] [-o FILE]
     clipfit remote adapters import ZIP [--name N]
+    clipfit remote aliases set NAME ALIAS VERSION | aliases ls [--name N] | aliases rm NAME ALIAS
     clipfit remote adapters delete ID
     clipfit remote classify IMAGE... --adapter ID [--reject-unknown | --threshold P]
                                                        (or --model M --classes a,b,c)
@@ -24,7 +25,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from clipfit_core.config import TrainConfig, input_name
+from clipfit_core.config import AUTO_FIELDS, TrainConfig, input_name
 
 from .client import DEFAULT_URL, ApiError, Client, Job, folder_summary
 
@@ -104,6 +105,8 @@ def cmd_jobs(args) -> int:
                   + ", ".join(f"{c} {n}" for c, n in counts.items()) + ")", file=sys.stderr)
         hyper = {input_name(f): getattr(args, f.name) for f in TrainConfig.exposed_fields()
                  if getattr(args, f.name) is not None}  # the API's field names ("lambda")
+        if args.parent:
+            hyper["parent_adapter_id"] = args.parent
         job = client.jobs.create(source, base_model=args.model, name=args.name, **hyper)
         if not args.json:
             print(f"job {job.id} {job.status}", file=sys.stderr)
@@ -143,6 +146,13 @@ def _show_job(job: Job) -> None:
         print(f"  adapter {job.adapter_id}")
 
 
+def _number_or_auto(kind):
+    def parse(text: str):
+        return text if text == "auto" else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def cmd_adapters(args) -> int:
     client = connect(args)
     if args.adapters_command == "ls":
@@ -150,7 +160,8 @@ def cmd_adapters(args) -> int:
         _print(args, [a.raw for a in adapters], lambda: [
             print(f"{a.id}\t{a.base_model}\t{len(a.classnames)} classes\t"
                   f"zero-shot {_pct(a.metrics.get('zero_shot_val_accuracy'))}\t"
-                  f"tuned {_pct(a.metrics.get('val_accuracy'))}\t{a.name or ''}")
+                  f"tuned {_pct(a.metrics.get('val_accuracy'))}\t{a.name or ''}"
+                  + (f" v{a.version}" if a.version else ""))
             for a in adapters])
         return 0
     if args.adapters_command == "show":
@@ -180,6 +191,24 @@ def cmd_adapters(args) -> int:
         return 0
     client.adapters.delete(args.id)
     _print(args, {"deleted": args.id}, lambda: print(f"deleted adapter {args.id}"))
+    return 0
+
+
+def cmd_aliases(args) -> int:
+    client = connect(args)
+    if args.aliases_command == "set":
+        a = client.aliases.set(args.name, args.alias, version=args.version)
+        _print(args, a.raw, lambda: print(f"{a.reference} -> version {a.version} "
+                                          f"(adapter {a.adapter_id})"))
+        return 0
+    if args.aliases_command == "ls":
+        rows = client.aliases.list(name=args.name)
+        _print(args, [a.raw for a in rows], lambda: [
+            print(f"{a.reference}\tversion {a.version}\t{a.adapter_id}") for a in rows])
+        return 0
+    client.aliases.delete(args.name, args.alias)
+    _print(args, {"deleted": f"{args.name}@{args.alias}"},
+           lambda: print(f"deleted alias {args.name}@{args.alias}"))
     return 0
 
 
@@ -250,9 +279,13 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
     for f in TrainConfig.exposed_fields():
         kwargs = {"dest": f.name, "default": None,
                   "help": f"{f.metadata['help']} (default: the service's, {f.default})"}
-        if not isinstance(f.default, str):
+        if f.name in AUTO_FIELDS:  # a number, or auto (the service picks it)
+            kwargs["type"] = _number_or_auto(type(f.default))
+        elif not isinstance(f.default, str):
             kwargs["type"] = type(f.default)
         c.add_argument("--" + input_name(f).replace("_", "-"), **kwargs)
+    c.add_argument("--parent", help="warm start from this adapter (id, NAME@VERSION or "
+                   "NAME@ALIAS)")
     how = c.add_mutually_exclusive_group()
     how.add_argument("--watch", action="store_true", help="follow progress until it ends")
     how.add_argument("--wait", action="store_true", help="wait quietly until it ends")
@@ -284,10 +317,23 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--name")
     a.add_parser("delete", help="delete an adapter").add_argument("id")
 
+    al = groups.add_parser("aliases", help="name@alias pointers at adapter versions")
+    al.set_defaults(remote_func=cmd_aliases)
+    sub_al = al.add_subparsers(dest="aliases_command", required=True)
+    st = sub_al.add_parser("set", help="create or move NAME@ALIAS to VERSION (rollback: "
+                           "set it back)")
+    st.add_argument("name")
+    st.add_argument("alias")
+    st.add_argument("version", type=int)
+    sub_al.add_parser("ls", help="the tenant's aliases").add_argument("--name")
+    rm = sub_al.add_parser("rm", help="delete NAME@ALIAS")
+    rm.add_argument("name")
+    rm.add_argument("alias")
+
     k = groups.add_parser("classify", help="classify image files")
     k.set_defaults(remote_func=cmd_classify)
     k.add_argument("images", nargs="+")
-    k.add_argument("--adapter", help="an adapter id")
+    k.add_argument("--adapter", help="an adapter: its id, NAME@VERSION or NAME@ALIAS")
     k.add_argument("--model", help="zero-shot: a base model")
     k.add_argument("--classes", help="comma-separated classes (zero-shot, or other classes "
                    "for an adapter)")

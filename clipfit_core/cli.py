@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .classify import Classifier, resolve_templates
-from .config import TrainConfig, input_name, prepare_training_set
+from .config import AUTO, AUTO_FIELDS, TrainConfig, input_name, prepare_training_set, with_auto
 from .data import DatasetError, check_readable, load_dataset
 from .delta import CONFIG_NAME, WEIGHTS_NAME, Delta, DeltaError
 from .evaluate import accuracy, per_class_accuracy
@@ -60,11 +60,16 @@ def cmd_params(args) -> int:
 
 
 def cmd_train(args) -> int:
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in _train_flags()})
+    values = {f.name: getattr(args, f.name) for f in _train_flags()}
+    TrainConfig(**{k: 1 if k in AUTO_FIELDS and v == AUTO else v  # bad values first
+                   for k, v in values.items()})
     dataset = load_dataset(args.data)
     check_readable(dataset)
-    dataset, val = prepare_training_set(dataset, config)
     base = _load_base(args)
+    config, autos = with_auto(values, dataset, base_model=base.spec)
+    if autos:
+        print("auto: " + ", ".join(f"{k} {getattr(config, k)}" for k in autos), file=sys.stderr)
+    dataset, val = prepare_training_set(dataset, config)
     counts = dataset.counts()
     print(f"training {base.spec} on {len(dataset)} images, {len(counts)} classes "
           f"({min(counts.values())}-{max(counts.values())} per class)"
@@ -203,6 +208,13 @@ def _train_flags() -> list[dataclasses.Field]:
     return TrainConfig.exposed_fields() + TrainConfig.runtime_fields()
 
 
+def _or_auto(kind):
+    def parse(text: str):
+        return AUTO if text == AUTO else kind(text)
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     """One flag per user-set field of the training spec, with the spec's default and help."""
     for f in _train_flags():
@@ -210,7 +222,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                   f"(default: {f.default})"}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
-        if not isinstance(f.default, str):
+        if f.name in AUTO_FIELDS:
+            kwargs["type"] = _or_auto(type(f.default))
+            kwargs["help"] = kwargs["help"][:-1] + "; or auto)"
+        elif not isinstance(f.default, str):
             kwargs["type"] = type(f.default)
         p.add_argument("--" + input_name(f).replace("_", "-"), **kwargs)
 

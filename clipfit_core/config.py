@@ -153,3 +153,44 @@ def prepare_training_set(
         val = val if len(val) else None
     train = sample_few_shot(train, config.shots, seed=config.seed)
     return train, val
+
+
+# ``auto`` hyperparameters: the rule (README, "auto hyperparameters"). Bases pretrained here
+# (small models, far from their pretraining) take the replication study's recipe; others
+# the paper's rate, with epochs from a budget of steps like the paper's ImageNet run.
+AUTO = "auto"
+AUTO_FIELDS = ("epochs", "lr", "batch_size")
+SMALL_BASES = ("clipfit-tiny", "clipfit-mini")
+PAPER_BATCH = 32
+STEP_BUDGET = 5000  # ImageNet in the paper: 16,000 images / 32 x 10 epochs
+EPOCH_RANGE = (10, 100)  # the paper's two settings (large datasets, the others)
+
+
+def auto_values(*, base_model: str, train_images: int, batch_size: int | None = None
+                ) -> dict[str, int | float]:
+    """The ``auto`` value of each of AUTO_FIELDS for a base model and a training set size
+    (after the validation split and the shots); ``batch_size`` when the user set it."""
+    batch = batch_size or max(1, min(PAPER_BATCH, train_images))
+    arch = base_model.split(":", 1)[0].strip()
+    if arch in SMALL_BASES:  # the replication's recipe (lr 0.1, 30 epochs)
+        return {"epochs": 30, "lr": 0.1, "batch_size": batch}
+    steps_per_epoch = max(1, math.ceil(train_images / batch))
+    low, high = EPOCH_RANGE
+    return {"epochs": min(high, max(low, round(STEP_BUDGET / steps_per_epoch))), "lr": 0.002,
+            "batch_size": batch}
+
+
+def with_auto(values: dict[str, Any], dataset: FewShotDataset, *, base_model: str
+              ) -> tuple[TrainConfig, list[str]]:
+    """A spec from field values where any of AUTO_FIELDS may be ``"auto"``, resolved for
+    ``dataset`` (the whole labelled set: the split and the shots are drawn here as training
+    will draw them). Returns the spec and the names that were ``auto``."""
+    autos = [k for k in AUTO_FIELDS if values.get(k) == AUTO]
+    if not autos:
+        return TrainConfig(**values), []
+    defaults = {k: TrainConfig.__dataclass_fields__[k].default for k in autos}
+    draft = TrainConfig(**(values | defaults))
+    train, _ = prepare_training_set(dataset, draft)
+    chosen = auto_values(base_model=base_model, train_images=len(train),
+                         batch_size=None if "batch_size" in autos else draft.batch_size)
+    return TrainConfig(**(values | {k: chosen[k] for k in autos})), autos

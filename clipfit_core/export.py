@@ -32,6 +32,29 @@ OPEN_CLIP_CONFIG = "open_clip_config.json"
 CLASSES_NAME = "clipfit_classes.json"
 MAX_CONFIG_BYTES = 4 * 1024 * 1024  # classes, templates and the evaluation report
 MAX_WEIGHTS_BYTES = 64 * 1024 * 1024  # a ViT-L/14 delta is about 0.5 MB
+MAX_MEMBERS = 10  # the two files, and what a zip tool adds (folders, __MACOSX, .DS_Store)
+
+
+MAX_NESTING = 8  # the evaluation report is the deepest part: 5 levels
+
+
+def nesting(value, limit: int = MAX_NESTING) -> int:
+    """How deeply lists and objects nest in ``value``, counted without recursion and no
+    further than ``limit + 1``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            stack.extend((child, level + 1)
+                         for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 def merged_state_dict(base: BaseModel, delta: Delta) -> dict[str, torch.Tensor]:
@@ -73,7 +96,8 @@ def write_open_clip(base: BaseModel, delta: Delta, directory: str | Path) -> Pat
         "classnames": delta.config.classnames, "templates": delta.config.templates,
         "calibration": delta.config.calibration,
         "load": f"open_clip.create_model_and_transforms({arch!r}, "
-                f"pretrained='{OPEN_CLIP_WEIGHTS}')",
+                f"pretrained='{OPEN_CLIP_WEIGHTS}', image_mean={list(base.mean)}, "
+                f"image_std={list(base.std)}, image_interpolation={base.interpolation!r})",
     }, indent=2) + "\n")
     return directory
 
@@ -99,7 +123,13 @@ def read_delta_zip(data: bytes) -> Delta:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
         raise DeltaError(f"not a zip archive ({type(e).__name__})") from e
-    members = {Path(m.filename).name: m for m in archive.infolist()
+    entries = archive.infolist()
+    if len(entries) > MAX_MEMBERS:
+        raise DeltaError(f"the zip has {len(entries)} entries; a delta zip has 2")
+    names = [Path(m.filename).name for m in entries if not m.is_dir()]
+    if len(names) != len(set(names)):
+        raise DeltaError("the zip holds two files of the same name")
+    members = {Path(m.filename).name: m for m in entries
                if not m.is_dir() and not Path(m.filename).name.startswith(".")
                and "__MACOSX" not in m.filename}
     problems = []
@@ -116,13 +146,16 @@ def read_delta_zip(data: bytes) -> Delta:
     if problems:
         raise DeltaError("; ".join(problems))
     try:
-        config = json.loads(archive.read(members[CONFIG_NAME]).decode("utf-8"))
+        config = json.loads(archive.read(members[CONFIG_NAME]).decode("utf-8"),
+                            parse_constant=_no_constants)
         weights = archive.read(members[WEIGHTS_NAME])
     except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, ValueError,
             EOFError) as e:
         raise DeltaError(f"the zip cannot be read ({type(e).__name__})") from e
     if not isinstance(config, dict):
         raise DeltaError(f"{CONFIG_NAME} is not a JSON object")
+    if nesting(config) > MAX_NESTING:
+        raise DeltaError(f"{CONFIG_NAME} nests deeper than {MAX_NESTING} levels")
     if config.get("method") != METHOD:
         raise DeltaError(f"{CONFIG_NAME}: method must be {METHOD!r}")
     required = ("base_model", "base_fingerprint", "classnames", "templates")

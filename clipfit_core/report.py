@@ -100,27 +100,32 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return min(MAX_TEMPERATURE, max(MIN_TEMPERATURE, t)) if math.isfinite(t) else 1.0
 
 
-def calibration(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+def calibration(logits: torch.Tensor, labels: torch.Tensor) -> dict | None:
     """Temperature, calibration error before and after, and the rejection threshold with
     what it turns away on the held-out split."""
     logits, labels = logits.detach().float().cpu(), labels.cpu()
+    if not torch.isfinite(logits).all():  # a diverged run: nothing to calibrate
+        return None
     n = logits.shape[-1]
-    temperature = fit_temperature(logits, labels)
+    temperature = round(fit_temperature(logits, labels), 5)
     before, after = logits.softmax(-1), (logits / temperature).softmax(-1)
     top, preds = after.max(-1)
     right = preds == labels
     threshold = None
     if right.any():
-        threshold = float(torch.quantile(top[right], 1 - KEEP_CORRECT))
+        # "lower": one of the right answers' own values, so a small split does not turn away
+        # more than its share; rounded down, so that value itself is kept
+        exact = float(torch.quantile(top[right], 1 - KEEP_CORRECT, interpolation="lower"))
+        threshold = math.floor(exact * 1e5) / 1e5
     rejected = top < threshold if threshold is not None else torch.zeros_like(right)
     return {
         "method": "temperature scaling on the held-out split",
-        "temperature": _rounded(temperature, 5),
+        "temperature": temperature,
         "ece_before": _rounded(multiclass_calibration_error(
             before, labels, num_classes=n, n_bins=ECE_BINS)),
         "ece_after": _rounded(multiclass_calibration_error(
             after, labels, num_classes=n, n_bins=ECE_BINS)),
-        "threshold": _rounded(threshold, 5),
+        "threshold": threshold,
         "threshold_rule": f"the {round(100 * (1 - KEEP_CORRECT))}th percentile of the "
                           "calibrated top probability of the held-out images labelled right",
         "held_out_rejected_right": _rounded(rejected[right].float().mean())
@@ -140,12 +145,10 @@ def stored_problems(config: dict) -> list[str]:
     if cal is not None:
         t, thr = (cal.get("temperature"), cal.get("threshold")) if isinstance(cal, dict) \
             else (None, None)
-        if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) \
-                or not MIN_TEMPERATURE <= t <= MAX_TEMPERATURE:
+        if not _number_in(t, MIN_TEMPERATURE, MAX_TEMPERATURE):
             problems.append(f"calibration.temperature must be a number from {MIN_TEMPERATURE} "
                             f"to {MAX_TEMPERATURE}")
-        if thr is not None and (not isinstance(thr, (int, float)) or isinstance(thr, bool)
-                                or not 0 <= thr <= 1):
+        if thr is not None and not _number_in(thr, 0, 1):
             problems.append("calibration.threshold must be null or a number from 0 to 1")
     report = config.get("evaluation")
     if report is not None:
@@ -155,7 +158,9 @@ def stored_problems(config: dict) -> list[str]:
             part = report.get(side) if ok else None
             ok = ok and isinstance(part, dict) and isinstance(part.get("per_class"), list) \
                 and len(part["per_class"]) == n \
-                and all(isinstance(c, dict) for c in part["per_class"]) \
+                and all(isinstance(c, dict) and all(
+                    isinstance(v, (str, int, float, type(None))) for v in c.values())
+                    for c in part["per_class"]) \
                 and isinstance(part.get("confusion_matrix"), list) \
                 and len(part["confusion_matrix"]) == n \
                 and all(isinstance(row, list) and len(row) == n
@@ -165,3 +170,13 @@ def stored_problems(config: dict) -> list[str]:
             problems.append("evaluation does not have the shape of a clipfit report for these "
                             "classes")
     return problems
+
+
+def _number_in(value, low: float, high: float) -> bool:
+    """A real number (not a bool) from ``low`` to ``high``, however large or odd its type."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value)) and low <= float(value) <= high
+    except OverflowError:  # an integer too large for a float
+        return False

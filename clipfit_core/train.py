@@ -162,6 +162,7 @@ def train_clipfit(
     should_cancel: Callable[[], bool] | None = None,
     resume: Checkpoint | None = None,
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
+    init: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ClipFit on ``train_set``; return the delta. The base model is left as it was.
 
@@ -169,7 +170,9 @@ def train_clipfit(
     is kept (the last one on ties). ``on_checkpoint`` receives a checkpoint after every epoch;
     a run given one as ``resume`` (same data, config and base) continues from it and ends
     with the same delta, bit for bit, as a run that never stopped (CPU; on CUDA, up to the
-    kernels' own nondeterminism).
+    kernels' own nondeterminism). ``init`` (a previous delta's tensors on the same base) is a
+    warm start: training begins from those values instead of the base's; the zero-shot
+    baseline and ``alpha`` still refer to the base.
     """
     if len(train_set) == 0:
         raise ValueError("training set is empty")
@@ -183,7 +186,8 @@ def train_clipfit(
         with torch.random.fork_rng(devices=rng_devices), frozen_attention_layout(model):
             torch.manual_seed(config.seed)
             return _train(base, train_set, val_set, config, classnames, templates, params,
-                          on_progress, should_cancel, start, resume, on_checkpoint, originals)
+                          on_progress, should_cancel, start, resume, on_checkpoint, originals,
+                          init)
     finally:
         restore(base, originals)
         model.requires_grad_(False)
@@ -191,7 +195,8 @@ def train_clipfit(
 
 
 def _train(base, train_set, val_set, config, classnames, templates, params,
-           on_progress, should_cancel, start, resume, on_checkpoint, originals) -> TrainResult:
+           on_progress, should_cancel, start, resume, on_checkpoint, originals,
+           init=None) -> TrainResult:
     model, device = base.model, base.device
     n_templates = len(templates)
     tokens = tokenize_prompts(base, classnames, templates)
@@ -211,6 +216,10 @@ def _train(base, train_set, val_set, config, classnames, templates, params,
     step, seen, train_start, first_epoch = 0, 0, time.perf_counter(), 0
     if resume is None:
         zero_shot_val = val_eval() if val_eval is not None else None  # before the first step
+        if init is not None:  # a warm start: from a previous delta's values, not the base's
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(init[name].to(p.device, p.dtype))
     else:  # go on where the checkpoint stopped, with its random states
         with torch.no_grad():
             for name, p in params.items():

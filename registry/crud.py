@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, selectinload
 from .models import (
     FINISHED,
     Adapter,
+    AdapterAlias,
     ApiKey,
     Blob,
     Dataset,
@@ -390,8 +391,11 @@ def store_adapter(
 ) -> Adapter:
     """The adapter of a job, and the job marked succeeded, in the caller's transaction."""
     digest = put_blob(session, data=weights)
+    name = name or job.name
     adapter = Adapter(
-        tenant_id=job.tenant_id, job_id=job.id, name=name or job.name, base_model=config["base_model"],
+        tenant_id=job.tenant_id, job_id=job.id, name=name,
+        version=next_version(session, tenant_id=job.tenant_id, name=name),
+        base_model=config["base_model"],
         base_fingerprint=config["base_fingerprint"], classnames=config["classnames"],
         templates=config["templates"], hyperparameters=config.get("hyperparameters", {}),
         metrics=metrics, config=config, trainable_count=config.get("trainable_count", 0),
@@ -402,12 +406,81 @@ def store_adapter(
     return adapter
 
 
+def next_version(session: Session, *, tenant_id: str, name: str | None) -> int | None:
+    """The next version number of ``name`` in the tenant (None for an unnamed adapter). The
+    tenant's row is locked first, so concurrent stores of one name number one after the
+    other (PostgreSQL; SQLite has one writer at a time anyway)."""
+    if name is None:
+        return None
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    last = session.scalar(select(func.max(Adapter.version))
+                          .where(Adapter.tenant_id == tenant_id, Adapter.name == name))
+    return (last or 0) + 1
+
+
+def resolve_adapter(session: Session, *, tenant_id: str, reference: str) -> Adapter | None:
+    """An adapter by id, ``name@VERSION`` or ``name@alias`` (split at the last ``@``)."""
+    if "@" not in reference:
+        return get_adapter(session, adapter_id=reference, tenant_id=tenant_id)
+    name, tag = reference.rsplit("@", 1)
+    if tag.isdigit():
+        return session.scalar(select(Adapter).where(
+            Adapter.tenant_id == tenant_id, Adapter.name == name, Adapter.version == int(tag)))
+    alias = get_alias(session, tenant_id=tenant_id, name=name, alias=tag)
+    return session.get(Adapter, alias.adapter_id) if alias is not None else None
+
+
+def get_alias(session: Session, *, tenant_id: str, name: str, alias: str) -> AdapterAlias | None:
+    return session.scalar(select(AdapterAlias).where(
+        AdapterAlias.tenant_id == tenant_id, AdapterAlias.name == name,
+        AdapterAlias.alias == alias))
+
+
+def set_alias(session: Session, *, tenant_id: str, name: str, alias: str,
+              adapter: Adapter) -> AdapterAlias:
+    """Point ``name@alias`` at ``adapter`` (created, or moved), in the caller's transaction."""
+    row = session.scalar(select(AdapterAlias).where(
+        AdapterAlias.tenant_id == tenant_id, AdapterAlias.name == name,
+        AdapterAlias.alias == alias).with_for_update())
+    if row is None:
+        row = AdapterAlias(tenant_id=tenant_id, name=name, alias=alias, adapter_id=adapter.id)
+        session.add(row)
+    else:
+        row.adapter_id, row.updated_at = adapter.id, utcnow()
+    session.flush()
+    return row
+
+
+def list_aliases(session: Session, *, tenant_id: str, name: str | None = None
+                 ) -> list[AdapterAlias]:
+    query = select(AdapterAlias).where(AdapterAlias.tenant_id == tenant_id)
+    if name is not None:
+        query = query.where(AdapterAlias.name == name)
+    return list(session.scalars(query.order_by(AdapterAlias.name, AdapterAlias.alias)))
+
+
+def delete_alias(session: Session, *, tenant_id: str, name: str, alias: str) -> bool:
+    row = get_alias(session, tenant_id=tenant_id, name=name, alias=alias)
+    if row is None:
+        return False
+    session.delete(row)
+    session.flush()
+    return True
+
+
+def aliases_of(session: Session, *, adapter_id: str) -> list[AdapterAlias]:
+    return list(session.scalars(select(AdapterAlias).where(
+        AdapterAlias.adapter_id == adapter_id)))
+
+
 def import_adapter(session: Session, *, tenant_id: str, weights: bytes, config: dict[str, Any],
                    name: str | None = None) -> Adapter:
     """An adapter trained elsewhere (no job), in the caller's transaction."""
     digest = put_blob(session, data=weights)
     adapter = Adapter(
-        tenant_id=tenant_id, job_id=None, name=name, base_model=config["base_model"],
+        tenant_id=tenant_id, job_id=None, name=name,
+        version=next_version(session, tenant_id=tenant_id, name=name),
+        base_model=config["base_model"],
         base_fingerprint=config["base_fingerprint"], classnames=config["classnames"],
         templates=config["templates"], hyperparameters=config.get("hyperparameters", {}),
         metrics=config.get("metrics", {}), config=config,

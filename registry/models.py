@@ -168,12 +168,15 @@ class JobEvent(Base):
 
 class Adapter(Base):
     __tablename__ = "adapters"
-    __table_args__ = (UniqueConstraint("job_id"),)
+    __table_args__ = (UniqueConstraint("job_id"),
+                      UniqueConstraint("tenant_id", "name", "version",
+                                       name="uq_adapters_name_version"))
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", name="fk_adapters_tenant"),
                                            index=True)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     name: Mapped[str | None] = mapped_column(String(200))
+    version: Mapped[int | None]  # 1, 2, ... per (tenant, name); None without a name
     base_model: Mapped[str] = mapped_column(String(500))
     base_fingerprint: Mapped[str] = mapped_column(String(64))
     classnames: Mapped[list[str]]
@@ -186,6 +189,22 @@ class Adapter(Base):
     size_bytes: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     job: Mapped[Job | None] = relationship(back_populates="adapter")
+
+
+class AdapterAlias(Base):
+    """``name@alias``: one version of a named adapter, moved in one transaction."""
+
+    __tablename__ = "adapter_aliases"
+    __table_args__ = (UniqueConstraint("tenant_id", "name", "alias",
+                                       name="uq_adapter_aliases_name_alias"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", name="fk_aliases_tenant"),
+                                           index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    alias: Mapped[str] = mapped_column(String(40))
+    adapter_id: Mapped[str] = mapped_column(ForeignKey("adapters.id", name="fk_aliases_adapter"),
+                                            index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 WEBHOOK_EVENTS = ("job.succeeded", "job.failed", "job.cancelled", "adapter.deleted")

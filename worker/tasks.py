@@ -15,6 +15,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from clipfit_core.config import TrainConfig, prepare_training_set
 from clipfit_core.data import FewShotDataset, Sample
+from clipfit_core.delta import Delta, check_compatible
 from clipfit_core.models import BaseModel, create_base_model, resolve_device
 from clipfit_core.train import Checkpoint, TrainingCancelled, train_clipfit
 from registry import crud
@@ -69,11 +70,12 @@ def train_job(self: TrainTask, job_id: str) -> str:
         classnames, images = crud.training_images(s, job=job)
         spec, name = job.base_model, job.name
         hyperparameters, templates = job.hyperparameters, job.templates
+        parent = _parent_delta(s, job)
     with Heartbeat(self, job_id, attempt) as beat:
         try:  # a stored spec this version refuses fails the job (with the reason), like any error
             config = TrainConfig.from_dict(hyperparameters, templates=templates)
             adapter_metrics, delta = _train(self, job_id, attempt, spec, config, classnames,
-                                            images, beat, resume)
+                                            images, beat, resume, parent)
         except TrainingCancelled:
             return _end(self, job_id, attempt, JobStatus.cancelled)
         except Exception as e:  # the job failed; the worker lives on
@@ -153,9 +155,27 @@ class Heartbeat:
         self._thread.join(5)
 
 
+def _parent_delta(session, job) -> tuple[str, Delta | None] | None:
+    """(id, delta) of the warm start's parent (``parent_adapter_id``); the delta is None
+    when the parent was deleted before the job ran."""
+    parent_id = job.hyperparameters.get("parent_adapter_id")
+    if not parent_id:
+        return None
+    adapter = crud.get_adapter(session, adapter_id=parent_id, tenant_id=job.tenant_id)
+    if adapter is None:
+        return parent_id, None
+    return parent_id, Delta.from_bytes(crud.get_blob(session, sha256=adapter.weights_sha256),
+                                       adapter.config)
+
+
 def _train(task: TrainTask, job_id: str, attempt: int, spec: str, config: TrainConfig,
-           classnames, images, beat: Heartbeat, resume: tuple[int, bytes] | None):
+           classnames, images, beat: Heartbeat, resume: tuple[int, bytes] | None,
+           parent: tuple[str, Delta | None] | None = None):
+    if parent is not None and parent[1] is None:
+        raise ValueError(f"the parent adapter {parent[0]} was deleted before the job ran")
     base = task.base_model(spec)
+    if parent is not None:
+        check_compatible(base, parent[1])  # same weights and tensors, else a DeltaError
     dataset = FewShotDataset(classnames, [Sample(data, label, name)
                                           for data, label, name in images])
     dataset, val = prepare_training_set(dataset, config)
@@ -202,7 +222,10 @@ def _train(task: TrainTask, job_id: str, attempt: int, spec: str, config: TrainC
     result = train_clipfit(
         base, dataset, config, val_set=val, on_progress=on_progress,
         should_cancel=should_cancel, on_checkpoint=on_checkpoint,
-        resume=Checkpoint.from_bytes(resume[1]) if resume is not None else None)
+        resume=Checkpoint.from_bytes(resume[1]) if resume is not None else None,
+        init=parent[1].tensors if parent is not None else None)
+    if parent is not None:
+        result.delta.config.hyperparameters["parent_adapter_id"] = parent[0]
     # the held-out accuracies (zero-shot, best epoch) come from the training run itself
     metrics = result.delta.config.metrics
     metrics |= {"train_images": len(dataset), "seconds": round(result.seconds, 2),

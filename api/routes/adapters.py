@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import tempfile
 import threading
@@ -16,10 +17,17 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from clipfit_core.delta import CONFIG_NAME, WEIGHTS_NAME, Delta, DeltaError, check_compatible
-from clipfit_core.export import read_delta_zip, write_open_clip, zip_directory
+from clipfit_core.delta import (
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    WEIGHTS_NAME,
+    Delta,
+    DeltaError,
+    check_compatible,
+)
+from clipfit_core.export import nesting, read_delta_zip, write_open_clip, zip_directory
 from clipfit_core.models import WeightsUnavailableError
-from clipfit_core.prompts import classname_problems, shorten, template_problem
+from clipfit_core.prompts import classname_problems, resolve_templates, shorten
 from clipfit_core.report import stored_problems
 from registry import crud
 
@@ -96,6 +104,7 @@ def download_adapter(adapter_id: str, session: SessionDep, inference: InferenceD
         base = inference.base(adapter.base_model)
         write_open_clip(base, Delta.from_bytes(weights, config), folder / "model")
         target = zip_directory(folder / "model", folder / "export.zip")
+        shutil.rmtree(folder / "model")  # only the zip stays on disk while it is sent
     except WeightsUnavailableError as e:
         _cleanup(folder)
         raise HTTPException(503, detail="the base model's weights are not installed on this "
@@ -138,33 +147,7 @@ async def import_adapter(request: Request, session: SessionDep, settings: Settin
     if name is not None and (not isinstance(name, str) or len(name) > 200):
         raise _refused(["name: at most 200 characters"])
     data = await upload.read()
-    try:
-        delta = read_delta_zip(data)
-    except DeltaError as e:
-        raise _refused([str(e)]) from e
-    config = delta.config_dict()
-    problems = classname_problems(config["classnames"], max_count=settings.max_classes) \
-        if _strings(config["classnames"]) else ["classnames must be a list of strings"]
-    if not _strings(config["templates"]) or not config["templates"]:
-        problems.append("templates must be a non-empty list of strings")
-    else:
-        problems += [p for t in config["templates"] if (p := template_problem(t))]
-    problems += [f"{key} must be a JSON object" for key in ("hyperparameters", "metrics")
-                 if not isinstance(config.get(key), dict)]
-    problems += stored_problems(config)
-    spec = config["base_model"]
-    if not isinstance(spec, str) or spec not in settings.allowed_base_models:
-        problems.append(f"base_model {shorten(spec)} is not allowed here; allowed: "
-                        f"{settings.allowed_base_models}")
-    if problems:
-        raise _refused(problems)
-    try:  # loading the base (first use) and comparing take a while: off the event loop
-        await run_in_threadpool(lambda: check_compatible(inference.base(spec), delta))
-    except WeightsUnavailableError as e:
-        raise HTTPException(503, detail="the base model's weights are not installed on this "
-                            "server; the operator's log says more") from e
-    except DeltaError as e:
-        raise _refused([str(e)]) from e
+    delta = await run_in_threadpool(_checked_import, data, settings, inference)
 
     def store():
         if settings.max_adapters and crud.count_active_jobs(
@@ -173,11 +156,79 @@ async def import_adapter(request: Request, session: SessionDep, settings: Settin
             raise too_many(f"the limit of {settings.max_adapters} stored adapters (with those "
                            "being trained) is reached: delete some", 3600)
         adapter = crud.import_adapter(session, tenant_id=principal.tenant_id,
-                                      weights=delta.to_bytes(), config=config, name=name)
+                                      weights=delta.to_bytes(), config=delta.config_dict(),
+                                      name=name)
         session.commit()
         return adapter
 
     return await run_in_threadpool(store)
+
+
+IMPORTS = threading.BoundedSemaphore(2)  # reading and checking a zip: bounded work at once
+
+
+def _checked_import(data: bytes, settings, inference) -> Delta:
+    """The uploaded delta, or 422 naming every problem (503 when the base cannot load).
+    Blocking work: run off the event loop."""
+    if not IMPORTS.acquire(timeout=30):
+        raise HTTPException(503, headers={"Retry-After": "5"},
+                            detail="other imports are being checked; retry shortly")
+    try:
+        try:
+            delta = read_delta_zip(data)
+        except DeltaError as e:
+            raise _refused([str(e)]) from e
+        config = delta.config_dict()
+        problems = _config_problems(config, settings)
+        if problems:
+            raise _refused(problems)
+        try:  # loading the base (first use) and comparing take a while
+            check_compatible(inference.base(config["base_model"]), delta)
+        except WeightsUnavailableError as e:
+            raise HTTPException(503, detail="the base model's weights are not installed on "
+                                "this server; the operator's log says more") from e
+        except DeltaError as e:
+            raise _refused([str(e)]) from e
+        return delta
+    finally:
+        IMPORTS.release()
+
+
+def _config_problems(config: dict, settings) -> list[str]:
+    """A delta config from elsewhere, held to what the service itself writes."""
+    problems = []
+    classes = config["classnames"]
+    if not _strings(classes) or len(classes) < 2:
+        problems.append("classnames must be a list of at least 2 strings")
+    else:
+        problems += classname_problems(classes, max_count=settings.max_classes)
+    if not _strings(config["templates"]) or not config["templates"]:
+        problems.append("templates must be a non-empty list of strings")
+    else:
+        try:
+            resolve_templates(config["templates"])  # each one's form, and how many
+        except ValueError as e:
+            problems.append(str(e))
+    for key in ("hyperparameters", "metrics"):
+        value = config.get(key)
+        if not isinstance(value, dict) or nesting(value) > 3 or len(json.dumps(value)) > 65536:
+            problems.append(f"{key} must be a JSON object of at most 3 levels and 64 KB")
+    fingerprint = config["base_fingerprint"]
+    if not isinstance(fingerprint, str) or not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
+        problems.append("base_fingerprint must be 64 hexadecimal digits")
+    for key in ("arch", "pretrained"):
+        if not isinstance(config.get(key), str | None) or len(config.get(key) or "") > 500:
+            problems.append(f"{key} must be a string of at most 500 characters")
+    if not isinstance(config.get("format_version"), int) or isinstance(
+            config.get("format_version"), bool) or not 1 <= config["format_version"] \
+            <= FORMAT_VERSION:
+        problems.append(f"format_version must be from 1 to {FORMAT_VERSION}")
+    problems += stored_problems(config)
+    spec = config["base_model"]
+    if not isinstance(spec, str) or spec not in settings.allowed_base_models:
+        problems.append(f"base_model {shorten(spec)} is not allowed here; allowed: "
+                        f"{settings.allowed_base_models}")
+    return problems
 
 
 def _strings(values) -> bool:
@@ -188,9 +239,16 @@ def _refused(problems: list[str]) -> HTTPException:
     return HTTPException(422, detail={"message": "invalid adapter", "problems": problems})
 
 
-@router.delete("/{adapter_id}", status_code=204)
+@router.delete("/{adapter_id}", status_code=204,
+               responses={409: {"description": "an alias points at the adapter"}})
 def delete_adapter(adapter_id: str, session: SessionDep, inference: InferenceDep,
                    principal: Trainer):
+    pointing = crud.aliases_of(session, adapter_id=adapter_id)
+    if pointing and crud.get_adapter(session, adapter_id=adapter_id,
+                                     tenant_id=principal.tenant_id) is not None:
+        names = ", ".join(f"{a.name}@{a.alias}" for a in pointing[:5])
+        raise HTTPException(409, detail=f"{names} point(s) at this adapter: move or delete "
+                            "the alias first")
     if not crud.delete_adapter(session, adapter_id=adapter_id, tenant_id=principal.tenant_id):
         raise not_found("adapter", adapter_id)
     session.commit()

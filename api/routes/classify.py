@@ -76,8 +76,15 @@ class ImageProblems(Exception):
 def _adapter_and_delta(session, engine, adapter_id: str, tenant_id: str
                        ) -> tuple[AdapterInfo | None, Delta | None]:
     """The tenant's adapter and its delta: recently looked up ones from memory (no database
-    round trip per request); when the database is away, a resident one."""
+    round trip per request); when the database is away, a resident one. A reference
+    (``name@alias``, ``name@3``) is resolved in the database on every request, so moving an
+    alias takes effect at once."""
     try:
+        if "@" in adapter_id:
+            row = crud.resolve_adapter(session, tenant_id=tenant_id, reference=adapter_id)
+            if row is None:
+                return None, None
+            adapter_id = row.id
         adapter = engine.recent_adapter(adapter_id, tenant_id)
         if adapter is None:
             row = crud.get_adapter(session, adapter_id=adapter_id, tenant_id=tenant_id)
@@ -111,13 +118,16 @@ async def classify(request: Request, session: SessionDep, settings: SettingsDep,
     if len(images) > settings.max_images:
         problems.append(f"{len(images)} images, the limit is {settings.max_images}")
     delta, adapter = None, None
-    if body.adapter_id:
+    reference = body.adapter_id or body.adapter
+    if body.adapter_id and body.adapter and body.adapter_id != body.adapter:
+        problems.append("give adapter or adapter_id, not two different adapters")
+    if reference:
         # off the event loop (a pool wait must not stall other requests); the session is
         # closed right after, so no connection is held while the request waits for the model
         adapter, delta = await run_in_threadpool(
-            _adapter_and_delta, session, engine, body.adapter_id, principal.tenant_id)
+            _adapter_and_delta, session, engine, reference, principal.tenant_id)
         if adapter is None:
-            raise not_found("adapter", body.adapter_id)
+            raise not_found("adapter", reference)
         spec, classnames, templates = adapter.base_model, adapter.classnames, adapter.templates
         if requested:
             classnames = requested  # the paper's new-class use: tuned model, other classes
@@ -133,7 +143,7 @@ async def classify(request: Request, session: SessionDep, settings: SettingsDep,
             templates = resolve_templates(body.template)
         except ValueError as e:
             problems.append(str(e))
-    temperature, threshold = _calibration(body, adapter, requested, problems)
+    temperature, threshold = _calibration(body, adapter, requested, templates, problems)
 
     def decode_all() -> list[tuple]:
         return [decode_image(data, name, settings) for name, data in images]
@@ -176,11 +186,13 @@ async def classify(request: Request, session: SessionDep, settings: SettingsDep,
 
 
 def _calibration(body, adapter: AdapterInfo | None, requested: list[str] | None,
-                 problems: list[str]) -> tuple[float, float | None]:
+                 templates, problems: list[str]) -> tuple[float, float | None]:
     """(temperature, threshold) for this request. The adapter's temperature and threshold
-    were fitted on its held-out split for its own classes, so they apply to those only."""
+    were fitted on its held-out split for its own classes and templates, so they apply to
+    those only."""
     fitted = (adapter.config.get("calibration") or {}) if adapter is not None else {}
-    own_classes = adapter is not None and (not requested or requested == adapter.classnames)
+    own_classes = adapter is not None and (not requested or requested == adapter.classnames) \
+        and (not body.template or templates == adapter.templates)
     temperature = 1.0
     if body.calibrated and own_classes and fitted.get("temperature"):
         temperature = float(fitted["temperature"])
@@ -191,7 +203,7 @@ def _calibration(body, adapter: AdapterInfo | None, requested: list[str] | None,
                             "a threshold")
         elif not own_classes:
             problems.append("reject_unknown uses the threshold fitted for the adapter's own "
-                            "classes; with other classes give a threshold")
+                            "classes and templates; with others give a threshold")
         elif fitted.get("threshold") is None:
             problems.append("this adapter has no rejection threshold (it kept no held-out "
                             "images, or was trained before thresholds); give a threshold")

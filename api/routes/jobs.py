@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 from datetime import timedelta
@@ -15,7 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from clipfit_core.config import TrainConfig
+from clipfit_core.config import AUTO, TrainConfig, with_auto
+from clipfit_core.data import FewShotDataset, Sample
 from clipfit_core.prompts import classname_problems, shorten
 from registry import crud
 from registry.models import FINISHED, JobStatus, utcnow
@@ -62,10 +64,23 @@ async def create_job(
     await run_in_threadpool(check_job_quotas, request, session, settings, principal,
                             len(zipped or b"") + sum(len(data) for _, data in files))
     allowed = settings.allowed_base_models
-    base_model = allowed[0] if form.base_model is None else form.base_model
+    parent = None
+    if form.parent_adapter_id:
+        parent = await run_in_threadpool(crud.resolve_adapter, session,
+                                         tenant_id=principal.tenant_id,
+                                         reference=form.parent_adapter_id)
+        if parent is None:
+            problems.append(f"parent_adapter_id {shorten(form.parent_adapter_id)}: no such "
+                            "adapter")
+        elif form.base_model is not None and form.base_model != parent.base_model:
+            problems.append(f"parent_adapter_id: that adapter was trained on "
+                            f"{shorten(parent.base_model)}, not {shorten(form.base_model)}; "
+                            "leave base_model out or give the same")
+    base_model = (parent.base_model if parent is not None else allowed[0]) \
+        if form.base_model is None else form.base_model
     if base_model not in allowed:
         problems.append(f"base_model {shorten(base_model)} is not allowed; allowed: {allowed}")
-    if form.epochs > settings.max_epochs:
+    if form.epochs != AUTO and form.epochs > settings.max_epochs:
         problems.append(f"epochs {form.epochs} exceeds the limit {settings.max_epochs}")
     config = None
     try:
@@ -80,7 +95,9 @@ async def create_job(
     # decoding every image and writing the rows are blocking work: off the event loop
     job, created = await run_in_threadpool(
         _validate_and_store, session, settings, problems, zipped, files, form.labels or [],
-        class_list, config, (idempotency_key, digest), tenant_id=principal.tenant_id,
+        class_list, config, form.train_values() | (
+            {"parent_adapter_id": parent.id} if parent is not None else {}),
+        (idempotency_key, digest), tenant_id=principal.tenant_id,
         base_model=base_model, name=form.name)
     if created:
         try:
@@ -173,8 +190,8 @@ def _undo(session, job_id: str) -> None:
 
 
 def _validate_and_store(session, settings, problems, zipped, files, labels, class_list,
-                        config: TrainConfig | None, idempotency: tuple[str | None, str],
-                        **job_fields):
+                        config: TrainConfig | None, values: dict,
+                        idempotency: tuple[str | None, str], **job_fields):
     """(job, True) once stored and committed; (job, False) for an idempotent repeat."""
     try:
         if zipped is not None:
@@ -185,7 +202,14 @@ def _validate_and_store(session, settings, problems, zipped, files, labels, clas
         problems = problems + e.problems
     if problems or config is None:
         raise invalid_job(problems)
-    hyperparameters = config.to_dict()
+    parent_id = values.pop("parent_adapter_id", None)
+    config, autos = with_auto(values, FewShotDataset(training.classnames, [
+        Sample(data, label, name) for data, label, name in training.images]),
+        base_model=job_fields["base_model"])
+    if config.epochs > settings.max_epochs:  # only an auto value can get here
+        config = dataclasses.replace(config, epochs=settings.max_epochs)
+    hyperparameters = config.to_dict() | ({"auto": autos} if autos else {}) | (
+        {"parent_adapter_id": parent_id} if parent_id else {})
     templates = hyperparameters.pop("templates")  # a column of its own
     key, digest = idempotency
     tenant_id = job_fields["tenant_id"]

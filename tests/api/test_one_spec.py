@@ -7,7 +7,7 @@ import pytest
 
 from api.schemas import JobCreateForm
 from clipfit.cli import build_parser
-from clipfit_core.config import TrainConfig, input_name
+from clipfit_core.config import AUTO_FIELDS, TrainConfig, input_name
 from registry.settings import Settings
 
 EXPOSED = TrainConfig.exposed_fields()
@@ -39,7 +39,9 @@ def test_api_schema_publishes_the_specs_defaults_bounds_and_help():
     names = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
     for f in EXPOSED:
         prop = schema[input_name(f)]
-        assert prop["default"] == f.default and prop["description"] == f.metadata["help"]
+        auto = "; or auto (see README)" if f.name in AUTO_FIELDS else ""  # int | "auto"
+        assert prop["default"] == f.default
+        assert prop["description"] == f.metadata["help"] + auto
         for kind, bound in f.metadata["bounds"].items():
             assert prop[names[kind]] == bound, (f.name, kind)
     assert "lambda" in schema and "template" in schema  # the public names

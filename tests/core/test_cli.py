@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from clipfit_core import cli
 from clipfit_core.delta import CONFIG_NAME, WEIGHTS_NAME
 
@@ -105,3 +107,16 @@ def test_module_entry_point_reports_version():
     out = subprocess.run([sys.executable, "-m", "clipfit", "--version"],
                          capture_output=True, text=True, check=False)
     assert out.returncode == 0 and out.stdout.startswith("clipfit ")
+
+
+def test_train_with_auto_hyperparameters(capsys, tmp_path, colour_train):
+    code, _, err = run(capsys, "train", colour_train, "--model", "clipfit-tiny", "--out",
+                         tmp_path / "d", "--epochs", "auto", "--lr", "auto", "--quiet")
+    assert code == 0, err
+    assert "auto: epochs 30, lr 0.1" in err
+    info = json.loads((tmp_path / "d" / CONFIG_NAME).read_text())
+    assert (info["hyperparameters"]["epochs"], info["hyperparameters"]["lr"]) == (30, 0.1)
+    with pytest.raises(SystemExit) as e:  # argparse's own refusal
+        run(capsys, "train", colour_train, "--model", "clipfit-tiny", "--out", tmp_path / "e",
+            "--epochs", "often")
+    assert e.value.code == 2 and "invalid int value: 'often'" in capsys.readouterr().err

@@ -60,3 +60,35 @@ def test_prepare_splits_then_samples(colour_train):
     assert val_all.samples == val.samples
     everything, none = prepare_training_set(data, TrainConfig(val_fraction=0, shots=10_000))
     assert none is None and everything.samples == data.samples
+
+
+def test_auto_values_follow_the_documented_rule():
+    from clipfit_core.config import auto_values
+
+    # bases pretrained here: the replication's recipe; batch at most the training set
+    assert auto_values(base_model="clipfit-mini", train_images=130) == \
+        {"epochs": 30, "lr": 0.1, "batch_size": 32}
+    assert auto_values(base_model="clipfit-tiny:/w/x.pt", train_images=12)["batch_size"] == 12
+    # others: the paper's rate; epochs from 5,000 steps, between 10 and 100
+    vit = {n: auto_values(base_model="ViT-B-16:openai", train_images=n) for n in
+           (160, 3200, 16000, 64000)}
+    assert [v["epochs"] for v in vit.values()] == [100, 50, 10, 10]
+    assert {v["lr"] for v in vit.values()} == {0.002}
+    assert auto_values(base_model="ViT-B-16:openai", train_images=3200,
+                       batch_size=64)["epochs"] == 100  # 50 steps an epoch
+
+
+def test_with_auto_resolves_for_the_training_images_it_will_use(colour_train):
+    from clipfit_core.config import with_auto
+    from clipfit_core.data import load_dataset
+
+    data = load_dataset(colour_train)  # 4 classes x 16
+    values = {"epochs": "auto", "lr": "auto", "batch_size": "auto", "val_fraction": 0.25}
+    config, autos = with_auto(values, data, base_model="ViT-B-16:openai")
+    assert autos == ["epochs", "lr", "batch_size"]
+    # 48 training images after the split: batch 32, 2 steps an epoch, 2,500 -> 100 epochs
+    assert (config.epochs, config.lr, config.batch_size) == (100, 0.002, 32)
+    config, autos = with_auto({"epochs": 7, "lr": 0.01}, data, base_model="clipfit-tiny")
+    assert autos == [] and (config.epochs, config.lr) == (7, 0.01)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        with_auto({"epochs": "auto", "lr": -1}, data, base_model="clipfit-tiny")

@@ -83,3 +83,15 @@ def test_an_error_free_small_split_does_not_drive_the_temperature_to_zero():
     t = fit_temperature(logits, labels)
     assert 0.3 < t < 1.0  # sharper than T = 1 (every answer right), but held by the prior
     assert calibration(logits, labels)["held_out_rejected_wrong"] is None  # none were wrong
+
+
+def test_a_small_split_keeps_its_right_answers_and_nan_logits_are_not_calibrated():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(7, 3, generator=g) * 3
+    labels = logits.argmax(-1)  # seven right answers
+    result = calibration(logits, labels)
+    # the threshold is the smallest right answer's own value (rounded down): none turned away
+    assert result["held_out_rejected_right"] == 0.0
+    top = (logits / result["temperature"]).softmax(-1).max(-1).values
+    assert (top >= result["threshold"]).all()
+    assert calibration(torch.full((4, 3), float("nan")), torch.tensor([0, 1, 2, 0])) is None

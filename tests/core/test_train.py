@@ -181,6 +181,8 @@ def test_a_run_resumed_from_a_checkpoint_ends_bit_identical(tiny, colour_train):
     for name, t in straight.tensors.items():
         assert torch.equal(resumed.tensors[name], t), name
     assert resumed.config.metrics == straight.config.metrics
+    assert resumed.config.evaluation == straight.config.evaluation
+    assert resumed.config.calibration == straight.config.calibration
 
 
 def test_the_training_attention_layout_changes_no_value_and_is_removed(tiny):

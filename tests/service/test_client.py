@@ -190,6 +190,11 @@ def test_remote_cli(server, key, trained, colour_set, tmp_path, capsys, monkeypa
     assert code == 0 and copy["id"] != job.adapter_id and copy["name"] == "copy"
     code, out, _ = remote("adapters", "delete", copy["id"])
     assert code == 0
+    code, out, _ = remote("--json", "jobs", "create", str(colour_set), "--epochs", "1",
+                          "--lr", "auto", "--parent", job.adapter_id)
+    warm = json.loads(out)
+    assert code == 0 and warm["hyperparameters"]["parent_adapter_id"] == job.adapter_id
+    assert warm["hyperparameters"]["auto"] == ["lr"] and warm["hyperparameters"]["lr"] == 0.1
     image = colour_set / "green" / "0002.png"
     code, out, _ = remote("--json", "classify", str(image), "--adapter", job.adapter_id)
     assert code == 0 and json.loads(out)[0]["label"] == "green"

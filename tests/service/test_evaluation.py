@@ -74,7 +74,8 @@ def test_evaluation_report_calibration_and_unknown(api, start_worker, sets):
 
     # the rules: the adapter's threshold is for its own classes and calibrated probabilities
     files, _ = image_files(known)
-    for fields, words in [({"classes": "red,green"}, "with other classes give a threshold"),
+    for fields, words in [({"classes": "red,green"}, "with others give a threshold"),
+                          ({"template": "a blurry photo of {}."}, "with others give a threshold"),
                           ({"calibrated": "false"}, "leave calibrated on"),
                           ({}, None)]:
         r = api.post("/v1/classify", files=files[:1], data={

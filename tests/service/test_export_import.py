@@ -91,7 +91,13 @@ def test_a_downloaded_delta_imports_as_an_equal_adapter(api, trained, colour_set
     assert r.status_code == 201, r.text
     imported = r.json()
     assert imported["id"] != trained["id"] and imported["job_id"] is None
-    assert imported["name"] == "moved here" and imported["sha256"] == trained["sha256"]
+    assert imported["name"] == "moved here"
+    # the same tensors (the file is written anew: its header's key order may differ)
+    from safetensors.torch import load
+    tensors = [load(_unzip(api.get(f"/v1/adapters/{a}/download").content)[
+        "adapter_model.safetensors"]) for a in (trained["id"], imported["id"])]
+    assert tensors[0].keys() == tensors[1].keys()
+    assert all(torch.equal(tensors[0][k], tensors[1][k]) for k in tensors[0])
     assert imported["classnames"] == trained["classnames"]
     report = api.get(f"/v1/adapters/{imported['id']}/evaluation").json()
     assert report["evaluation"] == api.get(
@@ -130,6 +136,20 @@ def test_imports_are_checked_before_anything_is_stored(api, trained):
         ({"config": {"method": "lora"}}, "method must be 'clipfit'"),
         ({"weights": b"not safetensors"}, "cannot be read"),
     ]
+    deep: dict = {}
+    for _ in range(300):
+        deep = {"x": [deep]}
+    cases += [
+        ({"config": {"metrics": deep}}, "nests deeper than 8 levels"),
+        ({"config": {"metrics": {"a": {"b": {"c": {"d": 1}}}}}}, "at most 3 levels"),
+        ({"config": {"classnames": []}}, "at least 2"),
+        ({"config": {"templates": ["a {}"] + [f"photo {i} of {{}}" for i in range(150)]}},
+         "the limit is 100"),
+        ({"config": {"base_fingerprint": 12345}}, "64 hexadecimal digits"),
+        ({"config": {"format_version": "zzz"}}, "format_version"),
+        ({"config": {"calibration": {"temperature": 10 ** 400, "threshold": 0.5}}},
+         "temperature"),
+    ]
     # a delta of another shape: clipfit-tiny's tensors, one dropped
     from safetensors.torch import load, save
     tensors = load(parts["adapter_model.safetensors"])
@@ -140,6 +160,24 @@ def test_imports_are_checked_before_anything_is_stored(api, trained):
         assert r.status_code == 422 and words in r.text, (changes, r.text)
     r = api.post("/v1/adapters", files={"file": ("d.zip", b"PK\x03\x04 broken")})
     assert r.status_code == 422 and "not a zip" in r.text
+    nan = parts["adapter_config.json"].replace(b'"method"', b'"x": NaN, "method"')
+    r = attempt(config={})  # the untouched config imports...
+    assert r.status_code == 201
+    assert api.delete(f"/v1/adapters/{r.json()['id']}").status_code == 204
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:  # ...but not with NaN in it, nor with 11 entries
+        z.writestr("adapter_config.json", nan)
+        z.writestr("adapter_model.safetensors", parts["adapter_model.safetensors"])
+    r = api.post("/v1/adapters", files={"file": ("d.zip", buf.getvalue())})
+    assert r.status_code == 422 and "cannot be read" in r.text
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in parts.items():
+            z.writestr(name, data)
+        for i in range(9):
+            z.writestr(f".hidden{i}", b"")
+    r = api.post("/v1/adapters", files={"file": ("d.zip", buf.getvalue())})
+    assert r.status_code == 422 and "11 entries" in r.text
     assert count(api, Adapter) == before  # nothing was stored
 
     reader = new_key(api, ["read"])
@@ -155,3 +193,31 @@ def test_imports_are_checked_before_anything_is_stored(api, trained):
 def test_export_formats_are_checked(api, trained):
     r = api.get(f"/v1/adapters/{trained['id']}/download", params={"format": "onnx"})
     assert r.status_code == 422 and "format" in r.text
+
+
+def test_a_warm_start_from_a_stored_adapter(api, trained, colour_set):
+    files, labels = image_files(colour_set)
+    r = api.post("/v1/jobs", files=files, data={
+        "labels": labels, "epochs": "1", "val_fraction": "0.25", "seed": "2",
+        "parent_adapter_id": trained["id"]})  # base_model from the parent
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["hyperparameters"]["parent_adapter_id"] == trained["id"]
+    assert job["base_model"] == trained["base_model"]
+    job = wait_for(api, job["id"], lambda j: j["status"] in FINISHED)
+    assert job["status"] == "succeeded", job
+    child = api.get(f"/v1/adapters/{job['adapter_id']}").json()
+    assert child["hyperparameters"]["parent_adapter_id"] == trained["id"]
+    # one warm-up epoch from the parent's values: already as good as the parent
+    assert child["metrics"]["val_accuracy"] >= trained["metrics"]["val_accuracy"] - 0.1
+    assert child["metrics"]["val_accuracy"] > child["metrics"]["zero_shot_val_accuracy"]
+
+    for reference, words in [("nope", "no such adapter"), ("to export@9", "no such adapter")]:
+        r = api.post("/v1/jobs", files=files, data={"labels": labels,
+                                                    "parent_adapter_id": reference})
+        assert r.status_code == 422 and words in r.text, r.text
+    r = api.post("/v1/jobs", files=files, data={  # by name and version, base given
+        "labels": labels, "epochs": "1", "base_model": "clipfit-tiny",
+        "parent_adapter_id": f"to export@{trained['version']}"})
+    assert r.status_code == 202 and \
+        r.json()["hyperparameters"]["parent_adapter_id"] == trained["id"]

@@ -306,3 +306,18 @@ def test_a_stored_spec_this_version_refuses_fails_the_job(api, start_worker, db_
     start_worker()
     done = wait_for(api, job.id, lambda j: j["status"] in FINISHED, timeout=120)
     assert done["status"] == "failed" and "seed must be >= 0" in done["error"], done
+
+
+def test_auto_hyperparameters_are_resolved_and_echoed(api, colour_set):
+    files, labels = image_files(colour_set)
+    r = api.post("/v1/jobs", files=files, data={
+        "labels": labels, "base_model": "clipfit-tiny", "epochs": "auto", "lr": "auto",
+        "val_fraction": "0.25"})
+    assert r.status_code == 202, r.text
+    hp = r.json()["hyperparameters"]
+    assert hp["auto"] == ["epochs", "lr"]  # batch_size was not auto: stays 32
+    assert (hp["epochs"], hp["lr"], hp["batch_size"]) == (30, 0.1, 32)
+    r = api.post("/v1/jobs", files=files, data={
+        "labels": labels, "base_model": "clipfit-tiny", "epochs": "sometimes"})
+    assert r.status_code == 422 and "epochs" in r.text
+

@@ -221,9 +221,15 @@ def test_a_zip_is_previewed_and_sent_as_the_dataset(page, key, colour_set, tmp_p
     expect(page.locator("#classes tbody tr")).to_have_count(4)
     expect(page.locator('tr[data-class="yellow"] td.num')).to_have_text("16")
     page.fill("#job-name", "from a zip")
-    page.fill("#hp-epochs", "1")
+    page.check("#hp-epochs-auto")  # the service picks epochs and lr (README's rule)
+    page.click("summary")
+    page.check("#hp-lr-auto")
     page.click("#submit-job")
     expect(page.locator("h1")).to_have_text("from a zip", timeout=60_000)
+    facts = page.locator("dl.facts")
+    expect(facts).to_contain_text("epochs30")  # clipfit-tiny: the replication's recipe
+    expect(facts).to_contain_text("lr0.1")
+    expect(facts).to_contain_text("autoepochs,lr")
     expect(page.locator("#job-status [data-status]")).to_have_text("succeeded",
                                                                    timeout=120_000)
 

@@ -5,7 +5,8 @@
 
 const KEY = "clipfit.key";
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
-const FORM_BASE = new Set(["images", "labels", "dataset", "classes", "base_model", "name"]);
+const FORM_BASE = new Set(["images", "labels", "dataset", "classes", "base_model", "name",
+  "parent_adapter_id"]);
 const MAIN_FIELDS = ["epochs", "template"];  // shown at once; the rest under "Advanced"
 const view = document.getElementById("view");
 let cleanups = [];  // what leaving the current view must stop (streams, timers, object URLs)
@@ -435,15 +436,22 @@ async function fromDrop(dataTransfer) {
 function numberField(key, prop, limits) {
   const max = key === "epochs" && limits ? Math.min(prop.maximum ?? Infinity, limits.max_epochs)
     : prop.maximum;
+  const variants = prop.anyOf || [];
+  const type = prop.type ?? variants.map((t) => t.type).find((t) => t !== "string");
   const input = h("input", { type: "number", id: `hp-${key}`, name: key,
     value: prop.default, min: prop.minimum ?? prop.exclusiveMinimum, max,
-    step: prop.type === "integer" ? "1" : "any", required: true });
+    step: type === "integer" ? "1" : "any", required: true });
+  // epochs, lr and batch_size also take "auto": the service picks them (README's rule)
+  const auto = variants.some((t) => t.const === "auto" || (t.enum || []).includes("auto"))
+    ? h("label", { class: "choice auto" }, h("input", { type: "checkbox", id: `hp-${key}-auto`,
+      name: key, value: "auto", onchange: (e) => { input.disabled = e.target.checked; } }),
+    "auto") : null;
   const low = prop.minimum !== undefined ? `${prop.minimum}`
     : prop.exclusiveMinimum !== undefined ? `above ${prop.exclusiveMinimum}` : null;
   const range = low !== null && max !== undefined ? ` (${low} to ${max})`
     : low !== null ? ` (${low} or more)` : max !== undefined ? ` (at most ${max})` : "";
   return h("div", {}, h("label", { for: input.id }, key,
-    h("span", { class: "hint", text: `${prop.description || ""}${range}` })), input);
+    h("span", { class: "hint", text: `${prop.description || ""}${range}` })), input, auto);
 }
 
 function templateField(prop, templates) {
@@ -607,6 +615,7 @@ async function viewNew() {
       }
     }
     for (const el of form.querySelectorAll("input[name], select[name]")) {
+      if (el.disabled || (el.type === "checkbox" && !el.checked)) continue;
       if (el.value !== "") body.append(el.name, el.value);
     }
     submit.disabled = sending = true;
@@ -858,7 +867,8 @@ async function viewAdapters() {
     const { zero, tuned } = accuracies(a);
     return h("tr", { class: "link", "data-adapter": a.id,
       onclick: () => { location.hash = `#/adapters/${a.id}`; } },
-    h("td", {}, h("a", { href: `#/adapters/${a.id}`, text: a.name || a.id.slice(0, 8) })),
+    h("td", {}, h("a", { href: `#/adapters/${a.id}`, text: a.name
+      ? `${a.name}${a.version ? ` v${a.version}` : ""}` : a.id.slice(0, 8) })),
     h("td", { class: "num", text: a.classnames.length }),
     h("td", { class: "num", text: pct(zero) }), h("td", { class: "num", text: pct(tuned) }),
     h("td", { class: "hide-narrow", text: a.base_model }),
@@ -952,7 +962,8 @@ async function viewAdapter(adapterId) {
       } catch (e) { status.replaceChildren(errorView(e)); }
     } });
   const m = a.metrics || {};
-  const facts = [["id", a.id], ["base model", a.base_model],
+  const facts = [["id", a.id], ...(a.version ? [["reference", `${a.name}@${a.version}`]] : []),
+    ["base model", a.base_model],
     ["templates", a.templates.join(" | ")], ["trained numbers", a.trainable_count.toLocaleString()],
     ["size", bytes(a.size_bytes)], ["held-out images", m.val_images ?? "none"],
     ["training images", m.train_images ?? "—"], ["training time", duration(m.seconds)],

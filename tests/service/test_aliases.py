@@ -1,0 +1,112 @@
+"""Versions per name and aliases (name@alias) through the service (PostgreSQL): adapters are
+brought in by import, so no training is needed."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import pytest
+import torch
+
+from clipfit_core.delta import CONFIG_NAME, WEIGHTS_NAME, Delta, DeltaConfig
+from clipfit_core.models import create_base_model
+from clipfit_core.params import trainable_parameters
+
+from .conftest import image_files, new_key
+
+
+def _delta_zip(base, seed: int, classnames: list[str]) -> bytes:
+    g = torch.Generator().manual_seed(seed)
+    tensors = {n: p.detach().cpu() + 0.3 * torch.randn(p.shape, generator=g)
+               for n, p in trainable_parameters(base.model).items()}
+    delta = Delta(tensors, DeltaConfig(
+        base_model="clipfit-tiny", base_fingerprint=base.fingerprint, classnames=classnames,
+        templates=["a photo of a {}."], arch=base.arch))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(CONFIG_NAME, json.dumps(delta.config_dict()))
+        z.writestr(WEIGHTS_NAME, delta.to_bytes())
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def versions(api):
+    base = create_base_model("clipfit-tiny")
+    made = []
+    for seed, name in [(1, "shades"), (2, "shades"), (3, "other")]:
+        r = api.post("/v1/adapters", data={"name": name}, files={
+            "file": ("d.zip", _delta_zip(base, seed, ["red", "green", "blue", "yellow"]))})
+        assert r.status_code == 201, r.text
+        made.append(r.json())
+    return made
+
+
+def _answer(api, colour_set, adapter: str) -> list:
+    files, _ = image_files(colour_set)
+    r = api.post("/v1/classify", data={"adapter": adapter, "top_k": "4"}, files=files[::8])
+    assert r.status_code == 200, r.text
+    return [p["top_k"] for p in r.json()["predictions"]]
+
+
+def test_versions_number_each_name(versions):
+    assert [(a["name"], a["version"]) for a in versions] == \
+        [("shades", 1), ("shades", 2), ("other", 1)]
+
+
+def test_an_alias_moves_in_one_step_and_rolls_back(api, versions, colour_set):
+    v1, v2 = versions[0], versions[1]
+    by_id = {v["version"]: _answer(api, colour_set, v["id"]) for v in (v1, v2)}
+    assert by_id[1] != by_id[2]  # the two versions answer differently
+    assert _answer(api, colour_set, "shades@2") == by_id[2]
+
+    r = api.put("/v1/aliases/production", json={"name": "shades", "version": 1})
+    assert r.status_code == 200, r.text
+    assert r.json()["adapter_id"] == v1["id"] and r.json()["reference"] == "shades@production"
+    assert _answer(api, colour_set, "shades@production") == by_id[1]
+
+    engine = api.app.state.inference
+    misses = engine.delta_misses
+    r = api.put("/v1/aliases/production", json={"name": "shades", "version": 2})
+    assert r.json()["version"] == 2
+    assert _answer(api, colour_set, "shades@production") == by_id[2]  # at once
+    assert _answer(api, colour_set, v1["id"]) == by_id[1]  # the old version still serves...
+    assert engine.delta_misses == misses  # ...from memory: the move evicted nothing
+    api.put("/v1/aliases/production", json={"name": "shades", "adapter_id": v1["id"]})
+    assert _answer(api, colour_set, "shades@production") == by_id[1]  # rolled back
+
+    listed = api.get("/v1/aliases", params={"name": "shades"}).json()["data"]
+    assert [(a["alias"], a["version"]) for a in listed] == [("production", 1)]
+    # the adapter an alias points at cannot be deleted until the alias moves or goes
+    r = api.delete(f"/v1/adapters/{v1['id']}")
+    assert r.status_code == 409 and "shades@production" in r.text
+    assert api.delete("/v1/aliases/production", params={"name": "shades"}).status_code == 204
+    assert api.get("/v1/aliases").json()["data"] == []
+
+
+def test_alias_refusals(api, versions, colour_set):
+    other = versions[2]
+    for alias, body, status, words in [
+        ("3", {"name": "shades", "version": 1}, 422, "pattern"),
+        ("Prod", {"name": "shades", "version": 1}, 422, "pattern"),
+        ("staging", {"name": "shades"}, 422, "either version or adapter_id"),
+        ("staging", {"name": "shades", "version": 9}, 404, "not found"),
+        ("staging", {"name": "shades", "adapter_id": other["id"]}, 422, "is named 'other'"),
+    ]:
+        r = api.put(f"/v1/aliases/{alias}", json=body)
+        assert r.status_code == status and words in r.text, (alias, body, r.text)
+    files, _ = image_files(colour_set)
+    r = api.post("/v1/classify", data={"adapter": "shades@nowhere"}, files=files[:1])
+    assert r.status_code == 404
+    r = api.post("/v1/classify", data={"adapter": "shades@1", "adapter_id": "shades@2"},
+                 files=files[:1])
+    assert r.status_code == 422 and "not two different adapters" in r.text
+    # another tenant sees none of it
+    api.put("/v1/aliases/live", json={"name": "shades", "version": 1})
+    stranger = {"Authorization": f"Bearer {new_key(api, ['admin'], tenant='strangers')}"}
+    assert api.get("/v1/aliases", headers=stranger).json()["data"] == []
+    r = api.post("/v1/classify", data={"adapter": "shades@live"}, files=files[:1],
+                 headers=stranger)
+    assert r.status_code == 404
+    api.delete("/v1/aliases/live", params={"name": "shades"})
