@@ -7,18 +7,20 @@ Keyword-only arguments; ``None`` when nothing is found; the caller owns the tran
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from .models import (
     FINISHED,
     Adapter,
     AdapterAlias,
+    AdapterName,
     ApiKey,
     Blob,
     Dataset,
@@ -412,10 +414,19 @@ def next_version(session: Session, *, tenant_id: str, name: str | None) -> int |
     other (PostgreSQL; SQLite has one writer at a time anyway)."""
     if name is None:
         return None
-    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
-    last = session.scalar(select(func.max(Adapter.version))
-                          .where(Adapter.tenant_id == tenant_id, Adapter.name == name))
-    return (last or 0) + 1
+    # FOR NO KEY UPDATE: serializes numbering per tenant without blocking the inserts that
+    # merely reference the tenant (they take FOR KEY SHARE)
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id)
+                    .with_for_update(key_share=True))
+    counter = AdapterName.tenant_id == tenant_id, AdapterName.name == name
+    # the write comes first, so SQLite takes its write lock before anything is read
+    bumped = session.execute(update(AdapterName).where(*counter)
+                             .values(last_version=AdapterName.last_version + 1))
+    if bumped.rowcount == 0:
+        session.add(AdapterName(tenant_id=tenant_id, name=name, last_version=1))
+        session.flush()
+        return 1
+    return session.scalar(select(AdapterName.last_version).where(*counter))
 
 
 def resolve_adapter(session: Session, *, tenant_id: str, reference: str) -> Adapter | None:
@@ -423,7 +434,7 @@ def resolve_adapter(session: Session, *, tenant_id: str, reference: str) -> Adap
     if "@" not in reference:
         return get_adapter(session, adapter_id=reference, tenant_id=tenant_id)
     name, tag = reference.rsplit("@", 1)
-    if tag.isdigit():
+    if re.fullmatch(r"[0-9]{1,9}", tag):  # ASCII digits only; aliases start with a letter
         return session.scalar(select(Adapter).where(
             Adapter.tenant_id == tenant_id, Adapter.name == name, Adapter.version == int(tag)))
     alias = get_alias(session, tenant_id=tenant_id, name=name, alias=tag)

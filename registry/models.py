@@ -191,6 +191,17 @@ class Adapter(Base):
     job: Mapped[Job | None] = relationship(back_populates="adapter")
 
 
+class AdapterName(Base):
+    """The last version number given to a name: versions are never reused, even after the
+    adapter that had one is deleted (``name@3`` never changes meaning)."""
+
+    __tablename__ = "adapter_names"
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", name="fk_adapter_names_tenant"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    last_version: Mapped[int]
+
+
 class AdapterAlias(Base):
     """``name@alias``: one version of a named adapter, moved in one transaction."""
 

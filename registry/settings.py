@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     max_classes: int = Field(1000, ge=2, description="classes per job or request")
     max_image_pixels: int = 40_000_000
     max_archive_members: int = 10_000
-    max_epochs: int = 200
+    max_epochs: int = Field(200, ge=1)
     job_timeout_seconds: int = 6 * 3600
     visibility_timeout_seconds: int = Field(
         0, description="broker redelivery delay for unacknowledged jobs; 0: job timeout + 1 h")

@@ -70,10 +70,12 @@ def train_job(self: TrainTask, job_id: str) -> str:
         classnames, images = crud.training_images(s, job=job)
         spec, name = job.base_model, job.name
         hyperparameters, templates = job.hyperparameters, job.templates
-        parent = _parent_delta(s, job)
+        tenant_id = job.tenant_id
     with Heartbeat(self, job_id, attempt) as beat:
         try:  # a stored spec this version refuses fails the job (with the reason), like any error
             config = TrainConfig.from_dict(hyperparameters, templates=templates)
+            parent = _parent_delta(self, hyperparameters.get("parent_adapter_id"), tenant_id,
+                                   resumed=resume is not None)
             adapter_metrics, delta = _train(self, job_id, attempt, spec, config, classnames,
                                             images, beat, resume, parent)
         except TrainingCancelled:
@@ -155,26 +157,28 @@ class Heartbeat:
         self._thread.join(5)
 
 
-def _parent_delta(session, job) -> tuple[str, Delta | None] | None:
-    """(id, delta) of the warm start's parent (``parent_adapter_id``); the delta is None
-    when the parent was deleted before the job ran."""
-    parent_id = job.hyperparameters.get("parent_adapter_id")
+def _parent_delta(task: TrainTask, parent_id: str | None, tenant_id: str, *,
+                  resumed: bool) -> tuple[str, Delta | None] | None:
+    """(id, delta) of the warm start's parent (``parent_adapter_id``), read inside the
+    job's error handling (a failure fails the job). A resumed attempt needs only the id: its
+    checkpoint holds the values. The delta is None when the parent was deleted."""
     if not parent_id:
         return None
-    adapter = crud.get_adapter(session, adapter_id=parent_id, tenant_id=job.tenant_id)
-    if adapter is None:
+    if resumed:
         return parent_id, None
-    return parent_id, Delta.from_bytes(crud.get_blob(session, sha256=adapter.weights_sha256),
-                                       adapter.config)
+    with session_scope(task.engine) as s:
+        adapter = crud.get_adapter(s, adapter_id=parent_id, tenant_id=tenant_id)
+        weights = crud.get_blob(s, sha256=adapter.weights_sha256) if adapter else None
+        if weights is None:
+            raise ValueError(f"the parent adapter {parent_id} was deleted before the job ran")
+        return parent_id, Delta.from_bytes(weights, adapter.config)
 
 
 def _train(task: TrainTask, job_id: str, attempt: int, spec: str, config: TrainConfig,
            classnames, images, beat: Heartbeat, resume: tuple[int, bytes] | None,
            parent: tuple[str, Delta | None] | None = None):
-    if parent is not None and parent[1] is None:
-        raise ValueError(f"the parent adapter {parent[0]} was deleted before the job ran")
     base = task.base_model(spec)
-    if parent is not None:
+    if parent is not None and parent[1] is not None:
         check_compatible(base, parent[1])  # same weights and tensors, else a DeltaError
     dataset = FewShotDataset(classnames, [Sample(data, label, name)
                                           for data, label, name in images])
@@ -223,7 +227,7 @@ def _train(task: TrainTask, job_id: str, attempt: int, spec: str, config: TrainC
         base, dataset, config, val_set=val, on_progress=on_progress,
         should_cancel=should_cancel, on_checkpoint=on_checkpoint,
         resume=Checkpoint.from_bytes(resume[1]) if resume is not None else None,
-        init=parent[1].tensors if parent is not None else None)
+        init=parent[1].tensors if parent is not None and parent[1] is not None else None)
     if parent is not None:
         result.delta.config.hyperparameters["parent_adapter_id"] = parent[0]
     # the held-out accuracies (zero-shot, best epoch) come from the training run itself

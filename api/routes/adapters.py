@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
+from sqlalchemy.exc import IntegrityError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
@@ -249,8 +250,14 @@ def delete_adapter(adapter_id: str, session: SessionDep, inference: InferenceDep
         names = ", ".join(f"{a.name}@{a.alias}" for a in pointing[:5])
         raise HTTPException(409, detail=f"{names} point(s) at this adapter: move or delete "
                             "the alias first")
-    if not crud.delete_adapter(session, adapter_id=adapter_id, tenant_id=principal.tenant_id):
-        raise not_found("adapter", adapter_id)
-    session.commit()
+    try:
+        if not crud.delete_adapter(session, adapter_id=adapter_id,
+                                   tenant_id=principal.tenant_id):
+            raise not_found("adapter", adapter_id)
+        session.commit()
+    except IntegrityError as e:  # an alias was pointed at it meanwhile
+        session.rollback()
+        raise HTTPException(409, detail="an alias was pointed at this adapter meanwhile: move "
+                            "or delete the alias first") from e
     inference.forget(adapter_id)
     return Response(status_code=204)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import IntegrityError
 
 from clipfit_core.prompts import shorten
 from registry import crud
@@ -63,9 +64,14 @@ def set_alias(alias: AliasName, body: AliasSet, session: SessionDep, principal: 
         problem = (f"adapter {adapter.id} is named {shorten(adapter.name)}, not "
                    f"{shorten(body.name)}")
         raise HTTPException(422, detail={"message": "invalid alias", "problems": [problem]})
-    row = crud.set_alias(session, tenant_id=tenant, name=body.name, alias=alias,
-                         adapter=adapter)
-    session.commit()
+    try:
+        row = crud.set_alias(session, tenant_id=tenant, name=body.name, alias=alias,
+                             adapter=adapter)
+        session.commit()
+    except IntegrityError as e:  # created by a concurrent request, or the adapter deleted
+        session.rollback()
+        raise HTTPException(409, detail=f"{body.name}@{alias} or its adapter changed "
+                            "concurrently; retry") from e
     return _public(session, row)
 
 

@@ -120,7 +120,7 @@ async def classify(request: Request, session: SessionDep, settings: SettingsDep,
     delta, adapter = None, None
     reference = body.adapter_id or body.adapter
     if body.adapter_id and body.adapter and body.adapter_id != body.adapter:
-        problems.append("give adapter or adapter_id, not two different adapters")
+        raise _invalid(["give adapter or adapter_id, not two different adapters"])
     if reference:
         # off the event loop (a pool wait must not stall other requests); the session is
         # closed right after, so no connection is held while the request waits for the model

@@ -1,4 +1,4 @@
-"""adapter versions per name, and aliases (name@alias) pointing at one version
+"""adapter versions per name (never reused: adapter_names), and aliases (name@alias)
 
 Revision ID: 0006
 Revises: 0005
@@ -32,6 +32,17 @@ def upgrade() -> None:
         counters[(tenant, name)] = counters.get((tenant, name), 0) + 1
         connection.execute(adapters.update().where(adapters.c.id == ident)
                            .values(version=counters[(tenant, name)]))
+    names = op.create_table(
+        'adapter_names',
+        sa.Column('tenant_id', sa.String(length=32), nullable=False),
+        sa.Column('name', sa.String(length=200), nullable=False),
+        sa.Column('last_version', sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], name='fk_adapter_names_tenant'),
+        sa.PrimaryKeyConstraint('tenant_id', 'name'),
+    )
+    if counters:
+        op.bulk_insert(names, [{"tenant_id": t, "name": n, "last_version": v}
+                               for (t, n), v in counters.items()])
     op.create_table(
         'adapter_aliases',
         sa.Column('id', sa.String(length=32), nullable=False),
@@ -53,6 +64,7 @@ def downgrade() -> None:
     op.drop_index('ix_adapter_aliases_adapter_id', table_name='adapter_aliases')
     op.drop_index('ix_adapter_aliases_tenant_id', table_name='adapter_aliases')
     op.drop_table('adapter_aliases')
+    op.drop_table('adapter_names')
     with op.batch_alter_table('adapters') as batch:
         batch.drop_constraint('uq_adapters_name_version', type_='unique')
         batch.drop_column('version')

@@ -50,9 +50,22 @@ def _answer(api, colour_set, adapter: str) -> list:
     return [p["top_k"] for p in r.json()["predictions"]]
 
 
-def test_versions_number_each_name(versions):
+def test_versions_number_each_name_and_are_never_reused(api, versions, colour_set):
     assert [(a["name"], a["version"]) for a in versions] == \
         [("shades", 1), ("shades", 2), ("other", 1)]
+    base = create_base_model("clipfit-tiny")
+    third = api.post("/v1/adapters", data={"name": "other"}, files={
+        "file": ("d.zip", _delta_zip(base, 4, ["red", "green"]))}).json()
+    assert third["version"] == 2
+    assert api.delete(f"/v1/adapters/{third['id']}").status_code == 204
+    again = api.post("/v1/adapters", data={"name": "other"}, files={
+        "file": ("d.zip", _delta_zip(base, 5, ["red", "green"]))}).json()
+    assert again["version"] == 3  # other@2 was deleted: its number is not given again
+    files, _ = image_files(colour_set)
+    for reference in ("other@2", "other@\u00b2", "other@" + "9" * 30):
+        r = api.post("/v1/classify", data={"adapter": reference}, files=files[:1])
+        assert r.status_code == 404, (reference, r.text)  # never a 500
+    assert api.delete(f"/v1/adapters/{again['id']}").status_code == 204
 
 
 def test_an_alias_moves_in_one_step_and_rolls_back(api, versions, colour_set):
