@@ -24,7 +24,7 @@ from .limits import BodyLimitMiddleware
 from .metrics import MetricsMiddleware
 from .queue import JobQueue
 from .quotas import Quotas
-from .routes import adapters, admin, aliases, classify, health, jobs, models, webhooks
+from .routes import adapters, admin, aliases, classify, datasets, health, jobs, models, webhooks
 from .schemas import ERROR_RESPONSES
 from .web import mount_page
 
@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimitMiddleware, settings=settings)  # outermost: before parsing
 
-    for module in (jobs, adapters, aliases, classify, models, webhooks, admin, health):
+    for module in (jobs, datasets, adapters, aliases, classify, models, webhooks, admin, health):
         app.include_router(module.router)
     mount_page(app)
 

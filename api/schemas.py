@@ -36,6 +36,8 @@ class JobFormBase(BaseModel):
     base_model: str | None = Field(None, description="one of the allowed base models "
                                    "(default: the first)")
     name: str | None = Field(None, max_length=200)
+    dataset_id: str | None = Field(None, max_length=32, description="train on a stored "
+                                   "dataset (/v1/datasets) instead of uploading images")
     parent_adapter_id: str | None = Field(
         None, max_length=300, description="warm start: begin from this adapter's values (its "
         "id, name@VERSION or name@alias; the same base model; new classes allowed)")

@@ -70,8 +70,10 @@ def decode_image(data: bytes, name: str, settings: Settings) -> tuple[Image.Imag
 
 
 def from_files(files: list[tuple[str, bytes]], labels: list[str],
-               classes: list[str] | None, settings: Settings) -> TrainingSet:
-    """Images sent one by one, each with its label."""
+               classes: list[str] | None, settings: Settings, *,
+               min_classes: int = 2) -> TrainingSet:
+    """Images sent one by one, each with its label (at least ``min_classes`` classes: a
+    training set needs two, images added to a stored dataset may be of one)."""
     problems = []
     if not files:
         problems.append("no images: send 'images' files with one 'labels' value each, "
@@ -90,7 +92,7 @@ def from_files(files: list[tuple[str, bytes]], labels: list[str],
         unreadable = [p for name, data, _ in rows
                       if (p := try_decode(data, name, max_pixels=settings.max_image_pixels)[1])]
         raise UploadError(e.problems + unreadable) from e
-    return _checked(dataset, settings)
+    return _checked(dataset, settings, min_classes)
 
 
 def archive_problems(archive: zipfile.ZipFile, settings: Settings) -> list[str]:
@@ -126,7 +128,8 @@ def archive_problems(archive: zipfile.ZipFile, settings: Settings) -> list[str]:
     return problems
 
 
-def from_zip(data: bytes, classes: list[str] | None, settings: Settings) -> TrainingSet:
+def from_zip(data: bytes, classes: list[str] | None, settings: Settings, *,
+             min_classes: int = 2) -> TrainingSet:
     """A zip of one folder per class (at any depth below it, optionally under one top
     folder) or a ``manifest.csv`` of ``path,label`` rows: the archive's entries, size, paths
     and methods are checked before anything in it is read."""
@@ -141,16 +144,16 @@ def from_zip(data: bytes, classes: list[str] | None, settings: Settings) -> Trai
         dataset = read_zip(archive, classes, max_rows=settings.max_images)
     except DatasetError as e:
         raise UploadError(e.problems) from e
-    return _checked(dataset, settings)
+    return _checked(dataset, settings, min_classes)
 
 
-def _checked(dataset: FewShotDataset, settings: Settings) -> TrainingSet:
+def _checked(dataset: FewShotDataset, settings: Settings, min_classes: int = 2) -> TrainingSet:
     """The service's own limits on a parsed dataset; each distinct image decoded once."""
     if len(dataset) > settings.max_images:  # before decoding any of them
         raise UploadError([f"{len(dataset)} images, the limit is {settings.max_images}"])
     problems = []
-    if len(dataset.classnames) < 2:
-        problems.append(f"need at least 2 classes, got {len(dataset.classnames)}")
+    if len(dataset.classnames) < min_classes:
+        problems.append(f"need at least {min_classes} classes, got {len(dataset.classnames)}")
     problems += classname_problems(dataset.classnames, max_count=settings.max_classes)
     seen: set[bytes] = set()
     for sample in dataset.samples:

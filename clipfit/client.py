@@ -160,6 +160,7 @@ class Client:
         self.jobs = Jobs(self)
         self.adapters = Adapters(self)
         self.aliases = Aliases(self)
+        self.datasets = Datasets(self)
 
     def __enter__(self) -> Self:
         return self
@@ -274,7 +275,7 @@ class Jobs:
     def __init__(self, client: Client):
         self._c = client
 
-    def create(self, source: str | Path | Iterable[tuple[str | Path, str]], *,
+    def create(self, source: str | Path | Iterable[tuple[str | Path, str]] | None = None, *,
                base_model: str | None = None, name: str | None = None,
                classes: Iterable[str] | None = None, idempotency_key: str | None = None,
                **hyperparameters: Any) -> Job:
@@ -284,7 +285,9 @@ class Jobs:
         for ``lambda``, ``crop_min``, ``alpha``, ...)."""
         data: dict[str, Any] = {}
         files: list = []
-        if isinstance(source, (str, Path)):
+        if source is None:  # a stored dataset: dataset_id=... among the keyword arguments
+            pass
+        elif isinstance(source, (str, Path)):
             path = Path(source)
             if path.is_dir():
                 files.append(("dataset", (f"{path.name or 'dataset'}.zip", zip_folder(path),
@@ -371,6 +374,51 @@ class Jobs:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job.status} after {timeout:.0f} s")
             time.sleep(poll)
+
+
+def _upload(source: str | Path | Iterable[tuple[str | Path, str]]) -> tuple[list, dict]:
+    """(files, form data) for a folder per class, a zip, or (image path, label) pairs."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if path.is_dir():
+            return [("dataset", (f"{path.name or 'dataset'}.zip", zip_folder(path),
+                                 "application/zip"))], {}
+        if path.is_file():
+            return [("dataset", (path.name, path.read_bytes(), "application/zip"))], {}
+        raise FileNotFoundError(f"{path}: no such folder or zip file")
+    files, labels = [], []
+    for image, label in source:
+        image = Path(image)
+        files.append(("images", (image.name, image.read_bytes(), "application/octet-stream")))
+        labels.append(label)
+    return files, {"labels": labels}
+
+
+class Datasets:
+    """Stored image sets: train jobs on them with ``jobs.create(dataset_id=...)``."""
+
+    def __init__(self, client: Client):
+        self._c = client
+
+    def create(self, source: str | Path | Iterable[tuple[str | Path, str]]) -> dict:
+        files, data = _upload(source)
+        return self._c.request("POST", "/v1/datasets", files=files, data=data).json()
+
+    def list(self, *, limit: int = 50) -> list[dict]:
+        return self._c.get_json("/v1/datasets", params={"limit": limit})["data"]
+
+    def get(self, dataset_id: str) -> dict:
+        return self._c.get_json(f"/v1/datasets/{dataset_id}")
+
+    def add(self, dataset_id: str, source: str | Path | Iterable[tuple[str | Path, str]]
+            ) -> dict:
+        """More images (new classes allowed); refused while a job trains on the dataset."""
+        files, data = _upload(source)
+        return self._c.request("POST", f"/v1/datasets/{dataset_id}/images", files=files,
+                               data=data).json()
+
+    def delete(self, dataset_id: str) -> None:
+        self._c.request("DELETE", f"/v1/datasets/{dataset_id}")
 
 
 @dataclass

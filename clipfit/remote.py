@@ -6,6 +6,7 @@
     clipfit remote adapters download ID [--format delta|open_clip] [-o FILE]
     clipfit remote adapters import ZIP [--name N]
     clipfit remote aliases set NAME ALIAS VERSION | aliases ls [--name N] | aliases rm NAME ALIAS
+    clipfit remote datasets create DIR | ls | show ID | add ID DIR | rm ID;  jobs create --dataset ID
     clipfit remote adapters delete ID
     clipfit remote classify IMAGE... --adapter ID [--reject-unknown | --threshold P]
                                                        (or --model M --classes a,b,c)
@@ -98,8 +99,10 @@ def watch(client: Client, job: Job, as_json: bool) -> Job:
 def cmd_jobs(args) -> int:
     client = connect(args)
     if args.jobs_command == "create":
-        source = Path(args.source)
-        if source.is_dir() and not args.json:
+        if (args.source is None) == (args.dataset is None):
+            raise ValueError("give a folder or zip, or --dataset ID")
+        source = Path(args.source) if args.source else None
+        if source is not None and source.is_dir() and not args.json:
             counts = folder_summary(source)
             print(f"{source}: {len(counts)} classes, {sum(counts.values())} images ("
                   + ", ".join(f"{c} {n}" for c, n in counts.items()) + ")", file=sys.stderr)
@@ -107,6 +110,8 @@ def cmd_jobs(args) -> int:
                  if getattr(args, f.name) is not None}  # the API's field names ("lambda")
         if args.parent:
             hyper["parent_adapter_id"] = args.parent
+        if args.dataset:
+            hyper["dataset_id"] = args.dataset
         job = client.jobs.create(source, base_model=args.model, name=args.name, **hyper)
         if not args.json:
             print(f"job {job.id} {job.status}", file=sys.stderr)
@@ -194,6 +199,28 @@ def cmd_adapters(args) -> int:
     return 0
 
 
+def cmd_datasets(args) -> int:
+    client = connect(args)
+    if args.datasets_command in ("create", "add"):
+        d = client.datasets.create(Path(args.source)) if args.datasets_command == "create" \
+            else client.datasets.add(args.id, Path(args.source))
+    elif args.datasets_command == "ls":
+        rows = client.datasets.list()
+        _print(args, rows, lambda: [print(f"{d['id']}\t{d['images']} images\t"
+                                          f"{len(d['classnames'])} classes\t{d['jobs']} jobs")
+                                    for d in rows])
+        return 0
+    elif args.datasets_command == "show":
+        d = client.datasets.get(args.id)
+    else:
+        client.datasets.delete(args.id)
+        _print(args, {"deleted": args.id}, lambda: print(f"deleted dataset {args.id}"))
+        return 0
+    _print(args, d, lambda: print(f"dataset {d['id']}: {d['images']} images, " + ", ".join(
+        f"{c} {n}" for c, n in d["counts"].items())))
+    return 0
+
+
 def cmd_aliases(args) -> int:
     client = connect(args)
     if args.aliases_command == "set":
@@ -273,7 +300,9 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
     jobs = groups.add_parser("jobs", help="training jobs").add_subparsers(
         dest="jobs_command", required=True)
     c = jobs.add_parser("create", help="upload a folder per class (or a zip) and train")
-    c.add_argument("source", help="a folder with one sub-folder per class, or a .zip")
+    c.add_argument("source", nargs="?", help="a folder with one sub-folder per class, or a "
+                   ".zip (or --dataset)")
+    c.add_argument("--dataset", help="train on a stored dataset instead (its id)")
     c.add_argument("--model", help="base model (default: the service's first)")
     c.add_argument("--name")
     for f in TrainConfig.exposed_fields():
@@ -316,6 +345,18 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
     i.add_argument("zip")
     i.add_argument("--name")
     a.add_parser("delete", help="delete an adapter").add_argument("id")
+
+    ds = groups.add_parser("datasets", help="stored image sets to train jobs on")
+    ds.set_defaults(remote_func=cmd_datasets)
+    sub_ds = ds.add_subparsers(dest="datasets_command", required=True)
+    sub_ds.add_parser("create", help="upload a folder per class (or a zip)").add_argument(
+        "source")
+    sub_ds.add_parser("ls", help="the tenant's datasets")
+    sub_ds.add_parser("show", help="one dataset: classes and counts").add_argument("id")
+    add = sub_ds.add_parser("add", help="add a folder's images (new classes allowed)")
+    add.add_argument("id")
+    add.add_argument("source")
+    sub_ds.add_parser("rm", help="delete a dataset no job used").add_argument("id")
 
     al = groups.add_parser("aliases", help="name@alias pointers at adapter versions")
     al.set_defaults(remote_func=cmd_aliases)

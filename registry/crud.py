@@ -141,44 +141,123 @@ def get_blob(session: Session, *, sha256: str) -> bytes | None:
 def create_job(
     session: Session, *, tenant_id: str, classnames: Sequence[str],
     images: Sequence[tuple[bytes, int, str]], base_model: str, templates: Sequence[str],
-    hyperparameters: dict[str, Any], name: str | None = None,
+    hyperparameters: dict[str, Any], name: str | None = None, dataset: Dataset | None = None,
 ) -> Job:
-    """A dataset (images as (bytes, label, filename)) and its queued job, of ``tenant_id``."""
-    dataset = Dataset(tenant_id=tenant_id, classnames=list(classnames))
-    session.add(dataset)
-    session.flush()
-    for position, (data, label, filename) in enumerate(images):
-        session.add(DatasetImage(dataset_id=dataset.id, position=position, label=label,
-                                 filename=filename[:512], blob_sha256=put_blob(session, data=data)))
+    """A dataset (images as (bytes, label, filename)) and its queued job, of ``tenant_id``;
+    with ``dataset``, the job trains on that stored dataset instead (``images`` unused)."""
+    if dataset is None:
+        dataset = create_dataset(session, tenant_id=tenant_id, classnames=classnames,
+                                 images=images)
     job = Job(tenant_id=tenant_id, dataset_id=dataset.id, base_model=base_model,
               templates=list(templates), hyperparameters=dict(hyperparameters), name=name,
               status=JobStatus.queued.value, enqueued_at=utcnow())
     session.add(job)
     session.flush()
-    add_event(session, job_id=job.id, kind="queued", payload={"images": len(images)})
+    add_event(session, job_id=job.id, kind="queued", payload={
+        "images": len(images) if images else dataset_size(session, dataset_id=dataset.id)})
     return job
 
 
-def delete_job(session: Session, *, job_id: str) -> bool:
-    """Remove a job that never ran, with its events, its dataset and the image blobs no other
-    dataset uses (the API undoes a job it could not enqueue)."""
+def create_dataset(session: Session, *, tenant_id: str, classnames: Sequence[str],
+                   images: Sequence[tuple[bytes, int, str]]) -> Dataset:
+    """A stored image set (images as (bytes, label, filename)), in the caller's
+    transaction; equal images share one blob."""
+    dataset = Dataset(tenant_id=tenant_id, classnames=list(classnames))
+    session.add(dataset)
+    session.flush()
+    _add_images(session, dataset_id=dataset.id, start=0, images=images)
+    return dataset
+
+
+def _add_images(session: Session, *, dataset_id: str, start: int,
+                images: Sequence[tuple[bytes, int, str]]) -> None:
+    for position, (data, label, filename) in enumerate(images, start=start):
+        session.add(DatasetImage(dataset_id=dataset_id, position=position, label=label,
+                                 filename=filename[:512], blob_sha256=put_blob(session, data=data)))
+    session.flush()
+
+
+def add_dataset_images(session: Session, *, dataset: Dataset, classnames: Sequence[str],
+                       images: Sequence[tuple[bytes, int, str]]) -> None:
+    """More images (labels index ``classnames``: the dataset's, then any new ones)."""
+    dataset.classnames = list(classnames)
+    start = session.scalar(select(func.coalesce(func.max(DatasetImage.position) + 1, 0))
+                           .where(DatasetImage.dataset_id == dataset.id))
+    _add_images(session, dataset_id=dataset.id, start=start, images=images)
+
+
+def get_dataset(session: Session, *, dataset_id: str,
+                tenant_id: str | None = None) -> Dataset | None:
+    dataset = session.get(Dataset, dataset_id)
+    return dataset if dataset is not None and tenant_id in (None, dataset.tenant_id) else None
+
+
+def list_datasets(session: Session, *, tenant_id: str, limit: int = 50) -> list[Dataset]:
+    return list(session.scalars(select(Dataset).where(Dataset.tenant_id == tenant_id)
+                                .order_by(Dataset.created_at.desc(), Dataset.id.desc())
+                                .limit(limit)))
+
+
+def dataset_counts(session: Session, *, dataset_id: str) -> dict[int, int]:
+    """Images per label."""
+    return dict(session.execute(select(DatasetImage.label, func.count())
+                                .where(DatasetImage.dataset_id == dataset_id)
+                                .group_by(DatasetImage.label)).all())
+
+
+def dataset_size(session: Session, *, dataset_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(DatasetImage)
+                          .where(DatasetImage.dataset_id == dataset_id))
+
+
+def count_dataset_jobs(session: Session, *, dataset_id: str, unfinished: bool = False) -> int:
+    query = select(func.count()).select_from(Job).where(Job.dataset_id == dataset_id)
+    if unfinished:
+        query = query.where(Job.status.not_in(FINISHED))
+    return session.scalar(query)
+
+
+def dataset_images(session: Session, *, dataset_id: str) -> list[tuple[bytes, int, str]]:
+    """(bytes, label, filename) of every image, in stored order."""
+    rows = session.execute(
+        select(Blob.data, DatasetImage.label, DatasetImage.filename)
+        .join(DatasetImage, DatasetImage.blob_sha256 == Blob.sha256)
+        .where(DatasetImage.dataset_id == dataset_id)
+        .order_by(DatasetImage.position))
+    return [tuple(row) for row in rows]
+
+
+def delete_dataset(session: Session, *, dataset: Dataset) -> None:
+    """A dataset no job uses, with the image blobs no other dataset uses."""
+    _drop_dataset(session, dataset_id=dataset.id)
+
+
+def delete_job(session: Session, *, job_id: str, keep_dataset: bool = False) -> bool:
+    """Remove a job that never ran, with its events and (unless ``keep_dataset``: a stored
+    dataset the job was given) its dataset and the image blobs no other dataset uses (the
+    API undoes a job it could not enqueue)."""
     job = session.get(Job, job_id)
     if job is None:
         return False
     dataset_id = job.dataset_id
-    digests = set(session.scalars(select(DatasetImage.blob_sha256)
-                                  .where(DatasetImage.dataset_id == dataset_id)))
     session.execute(delete(JobEvent).where(JobEvent.job_id == job_id))
     session.execute(delete(IdempotencyKey).where(IdempotencyKey.job_id == job_id))
     session.delete(job)
     session.flush()
+    if not keep_dataset:
+        _drop_dataset(session, dataset_id=dataset_id)
+    return True
+
+
+def _drop_dataset(session: Session, *, dataset_id: str) -> None:
+    digests = set(session.scalars(select(DatasetImage.blob_sha256)
+                                  .where(DatasetImage.dataset_id == dataset_id)))
     session.execute(delete(DatasetImage).where(DatasetImage.dataset_id == dataset_id))
     session.execute(delete(Dataset).where(Dataset.id == dataset_id))
     still_used = set(session.scalars(select(DatasetImage.blob_sha256)
                                      .where(DatasetImage.blob_sha256.in_(digests))))
     if digests - still_used:
         session.execute(delete(Blob).where(Blob.sha256.in_(digests - still_used)))
-    return True
 
 
 def get_job(session: Session, *, job_id: str, tenant_id: str | None = None) -> Job | None:

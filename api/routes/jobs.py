@@ -20,7 +20,7 @@ from clipfit_core.config import AUTO, TrainConfig, with_auto
 from clipfit_core.data import FewShotDataset, Sample
 from clipfit_core.prompts import classname_problems, shorten
 from registry import crud
-from registry.models import FINISHED, JobStatus, utcnow
+from registry.models import FINISHED, Dataset, JobStatus, utcnow
 
 from ..auth import Reader, Trainer
 from ..deps import QueueDep, SessionDep, SettingsDep, not_found, page_next, page_start
@@ -34,7 +34,7 @@ from ..schemas import (
     JobsPublic,
     validation_problems,
 )
-from ..uploads import UploadError, capped, from_files, from_zip
+from ..uploads import TrainingSet, UploadError, capped, from_files, from_zip
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -92,9 +92,20 @@ async def create_job(
         problems += classname_problems(class_list, max_count=settings.max_classes)
     if form.dataset is not None and form.images:
         problems.append("send either 'images' + 'labels' or one 'dataset' zip, not both")
+    stored = None
+    if form.dataset_id is not None:
+        if form.dataset is not None or form.images or form.labels or form.classes:
+            problems.append("dataset_id: the images and classes come from the stored dataset; "
+                            "send no images, labels, zip or classes with it")
+        stored = await run_in_threadpool(crud.get_dataset, session, dataset_id=form.dataset_id,
+                                         tenant_id=principal.tenant_id)
+        if stored is None:
+            problems.append(f"dataset_id {shorten(form.dataset_id)}: no such dataset")
+            raise invalid_job(problems)
     # decoding every image and writing the rows are blocking work: off the event loop
     job, created = await run_in_threadpool(
-        _validate_and_store, session, settings, problems, zipped, files, form.labels or [],
+        _validate_and_store, session, settings, problems, stored or zipped, files,
+        form.labels or [],
         class_list, config, form.train_values() | (
             {"parent_adapter_id": parent.id} if parent is not None else {}),
         (idempotency_key, digest), tenant_id=principal.tenant_id,
@@ -104,7 +115,7 @@ async def create_job(
             queue.enqueue(job.id)  # only after the commit: a worker always finds the job
         except Exception as e:
             log.exception("could not enqueue job %s; removing it", job.id)
-            await run_in_threadpool(_undo, session, job.id)
+            await run_in_threadpool(_undo, session, job.id, stored is not None)
             raise HTTPException(503, detail=f"the job queue is unreachable ({type(e).__name__});"
                                 " nothing was stored, try again later",
                                 headers={"Retry-After": "5"}) from e
@@ -183,9 +194,9 @@ def invalid_job(problems: list[str]) -> HTTPException:
                                       "problems": capped(problems)})
 
 
-def _undo(session, job_id: str) -> None:
+def _undo(session, job_id: str, keep_dataset: bool = False) -> None:
     session.rollback()
-    crud.delete_job(session, job_id=job_id)
+    crud.delete_job(session, job_id=job_id, keep_dataset=keep_dataset)
     session.commit()
 
 
@@ -193,8 +204,12 @@ def _validate_and_store(session, settings, problems, zipped, files, labels, clas
                         config: TrainConfig | None, values: dict,
                         idempotency: tuple[str | None, str], **job_fields):
     """(job, True) once stored and committed; (job, False) for an idempotent repeat."""
+    stored = zipped if isinstance(zipped, Dataset) else None  # a stored dataset, not a zip
     try:
-        if zipped is not None:
+        if stored is not None:
+            training = TrainingSet(list(stored.classnames),
+                                   crud.dataset_images(session, dataset_id=stored.id))
+        elif zipped is not None:
             training = from_zip(zipped, class_list, settings)
         else:
             training = from_files(files, labels, class_list, settings)
@@ -214,9 +229,10 @@ def _validate_and_store(session, settings, problems, zipped, files, labels, clas
     key, digest = idempotency
     tenant_id = job_fields["tenant_id"]
     try:
-        job = crud.create_job(session, classnames=training.classnames, images=training.images,
+        job = crud.create_job(session, classnames=training.classnames,
+                              images=[] if stored is not None else training.images,
                               templates=templates, hyperparameters=hyperparameters,
-                              **job_fields)
+                              dataset=stored, **job_fields)
         if key:
             crud.record_idempotency(session, tenant_id=tenant_id, key=key,
                                     request_hash=digest, job_id=job.id)

@@ -195,6 +195,15 @@ def test_remote_cli(server, key, trained, colour_set, tmp_path, capsys, monkeypa
     warm = json.loads(out)
     assert code == 0 and warm["hyperparameters"]["parent_adapter_id"] == job.adapter_id
     assert warm["hyperparameters"]["auto"] == ["lr"] and warm["hyperparameters"]["lr"] == 0.1
+    code, out, _ = remote("--json", "datasets", "create", str(colour_set))
+    dataset = json.loads(out)
+    assert code == 0 and dataset["images"] == 64
+    code, out, _ = remote("--json", "jobs", "create", "--dataset", dataset["id"], "--epochs", "1")
+    assert code == 0 and json.loads(out)["status"] == "queued"
+    code, out, _ = remote("datasets", "show", dataset["id"])
+    assert code == 0 and "64 images" in out and "blue 16" in out
+    code, _, err = remote("datasets", "rm", dataset["id"])
+    assert code == 1 and "409" in err  # a job used it: kept
     image = colour_set / "green" / "0002.png"
     code, out, _ = remote("--json", "classify", str(image), "--adapter", job.adapter_id)
     assert code == 0 and json.loads(out)[0]["label"] == "green"

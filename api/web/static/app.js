@@ -6,7 +6,7 @@
 const KEY = "clipfit.key";
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 const FORM_BASE = new Set(["images", "labels", "dataset", "classes", "base_model", "name",
-  "parent_adapter_id"]);
+  "parent_adapter_id", "dataset_id"]);
 const MAIN_FIELDS = ["epochs", "template"];  // shown at once; the rest under "Advanced"
 const view = document.getElementById("view");
 let cleanups = [];  // what leaving the current view must stop (streams, timers, object URLs)
