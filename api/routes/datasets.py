@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, UploadFile
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from registry import crud
@@ -174,6 +175,11 @@ def delete_dataset(dataset_id: str, session: SessionDep, principal: Trainer):
     if used:
         raise HTTPException(409, detail=f"{used} job(s) used this dataset; it is kept with "
                             "them")
-    crud.delete_dataset(session, dataset=dataset)
-    session.commit()
+    try:
+        crud.delete_dataset(session, dataset=dataset)
+        session.commit()
+    except IntegrityError as e:  # a job was given it meanwhile
+        session.rollback()
+        raise HTTPException(409, detail="a job was given this dataset meanwhile; it is kept "
+                            "with it") from e
     return Response(status_code=204)

@@ -237,10 +237,12 @@ def _validate_and_store(session, settings, problems, zipped, files, labels, clas
             crud.record_idempotency(session, tenant_id=tenant_id, key=key,
                                     request_hash=digest, job_id=job.id)
         session.commit()
-    except IntegrityError:  # the same idempotency key, raced in by a concurrent request
+    except IntegrityError as e:  # the same idempotency key, raced in by a concurrent request
         session.rollback()
         job = _idempotent_job(session, settings, tenant_id, key, digest) if key else None
         if job is None:
+            if stored is not None:  # or the stored dataset, deleted meanwhile
+                raise invalid_job(["dataset_id: the dataset was deleted meanwhile"]) from e
             raise
         return job, False
     return job, True
