@@ -283,26 +283,7 @@ class Jobs:
         ``.zip`` (folder-per-class or with ``manifest.csv``), or ``(image path, label)``
         pairs. Hyperparameters go by their API names (``epochs``, ``lr``, ``lambda_``
         for ``lambda``, ``crop_min``, ``alpha``, ...)."""
-        data: dict[str, Any] = {}
-        files: list = []
-        if source is None:  # a stored dataset: dataset_id=... among the keyword arguments
-            pass
-        elif isinstance(source, (str, Path)):
-            path = Path(source)
-            if path.is_dir():
-                files.append(("dataset", (f"{path.name or 'dataset'}.zip", zip_folder(path),
-                                          "application/zip")))
-            elif path.is_file():
-                files.append(("dataset", (path.name, path.read_bytes(), "application/zip")))
-            else:
-                raise FileNotFoundError(f"{path}: no such folder or zip file")
-        else:
-            data["labels"] = []
-            for image, label in source:
-                image = Path(image)
-                files.append(("images", (image.name, image.read_bytes(),
-                                         "application/octet-stream")))
-                data["labels"].append(label)
+        files, data = _upload(source) if source is not None else ([], {})
         for key, value in {"base_model": base_model, "name": name, **hyperparameters}.items():
             if value is not None:
                 data[key.rstrip("_")] = str(value)

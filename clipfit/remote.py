@@ -26,7 +26,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from clipfit_core.config import AUTO_FIELDS, TrainConfig, input_name
+from clipfit_core.config import AUTO_FIELDS, TrainConfig, input_name, number_or_auto
 
 from .client import DEFAULT_URL, ApiError, Client, Job, folder_summary
 
@@ -149,13 +149,6 @@ def _show_job(job: Job) -> None:
         print(f"  error: {job.error}")
     if job.adapter_id:
         print(f"  adapter {job.adapter_id}")
-
-
-def _number_or_auto(kind):
-    def parse(text: str):
-        return text if text == "auto" else kind(text)
-    parse.__name__ = kind.__name__
-    return parse
 
 
 def cmd_adapters(args) -> int:
@@ -309,7 +302,7 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
         kwargs = {"dest": f.name, "default": None,
                   "help": f"{f.metadata['help']} (default: the service's, {f.default})"}
         if f.name in AUTO_FIELDS:  # a number, or auto (the service picks it)
-            kwargs["type"] = _number_or_auto(type(f.default))
+            kwargs["type"] = number_or_auto(type(f.default))
         elif not isinstance(f.default, str):
             kwargs["type"] = type(f.default)
         c.add_argument("--" + input_name(f).replace("_", "-"), **kwargs)

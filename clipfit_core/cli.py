@@ -14,7 +14,15 @@ from tqdm import tqdm
 
 from . import __version__
 from .classify import Classifier, resolve_templates
-from .config import AUTO, AUTO_FIELDS, TrainConfig, input_name, prepare_training_set, with_auto
+from .config import (
+    AUTO,
+    AUTO_FIELDS,
+    TrainConfig,
+    input_name,
+    number_or_auto,
+    prepare_training_set,
+    with_auto,
+)
 from .data import DatasetError, check_readable, load_dataset
 from .delta import CONFIG_NAME, WEIGHTS_NAME, Delta, DeltaError
 from .evaluate import accuracy, per_class_accuracy
@@ -208,13 +216,6 @@ def _train_flags() -> list[dataclasses.Field]:
     return TrainConfig.exposed_fields() + TrainConfig.runtime_fields()
 
 
-def _or_auto(kind):
-    def parse(text: str):
-        return AUTO if text == AUTO else kind(text)
-    parse.__name__ = kind.__name__  # argparse names the type in its error message
-    return parse
-
-
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     """One flag per user-set field of the training spec, with the spec's default and help."""
     for f in _train_flags():
@@ -223,7 +224,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         if f.name in AUTO_FIELDS:
-            kwargs["type"] = _or_auto(type(f.default))
+            kwargs["type"] = number_or_auto(type(f.default))
             kwargs["help"] = kwargs["help"][:-1] + "; or auto)"
         elif not isinstance(f.default, str):
             kwargs["type"] = type(f.default)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,6 +165,14 @@ SMALL_BASES = ("clipfit-tiny", "clipfit-mini")
 PAPER_BATCH = 32
 STEP_BUDGET = 5000  # ImageNet in the paper: 16,000 images / 32 x 10 epochs
 EPOCH_RANGE = (10, 100)  # the paper's two settings (large datasets, the others)
+
+
+def number_or_auto(kind: type) -> Callable[[str], Any]:
+    """A command-line type: ``kind(text)``, or ``"auto"`` as it is."""
+    def parse(text: str):
+        return AUTO if text == AUTO else kind(text)
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
 
 
 def auto_values(*, base_model: str, train_images: int, batch_size: int | None = None

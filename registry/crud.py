@@ -302,12 +302,7 @@ def training_images(
     session: Session, *, job: Job
 ) -> tuple[list[str], list[tuple[bytes, int, str]]]:
     """The job's class names and its images as (bytes, label, filename), in stored order."""
-    rows = session.execute(
-        select(Blob.data, DatasetImage.label, DatasetImage.filename)
-        .join(DatasetImage, DatasetImage.blob_sha256 == Blob.sha256)
-        .where(DatasetImage.dataset_id == job.dataset_id)
-        .order_by(DatasetImage.position))
-    return list(job.dataset.classnames), [tuple(row) for row in rows]
+    return list(job.dataset.classnames), dataset_images(session, dataset_id=job.dataset_id)
 
 
 def add_event(session: Session, *, job_id: str, kind: str, payload: dict[str, Any]) -> JobEvent:

@@ -20,7 +20,7 @@ from clipfit_core.config import AUTO, TrainConfig, with_auto
 from clipfit_core.data import FewShotDataset, Sample
 from clipfit_core.prompts import classname_problems, shorten
 from registry import crud
-from registry.models import FINISHED, Dataset, JobStatus, utcnow
+from registry.models import FINISHED, JobStatus, utcnow
 
 from ..auth import Reader, Trainer
 from ..deps import QueueDep, SessionDep, SettingsDep, not_found, page_next, page_start
@@ -104,7 +104,7 @@ async def create_job(
             raise invalid_job(problems)
     # decoding every image and writing the rows are blocking work: off the event loop
     job, created = await run_in_threadpool(
-        _validate_and_store, session, settings, problems, stored or zipped, files,
+        _validate_and_store, session, settings, problems, stored, zipped, files,
         form.labels or [],
         class_list, config, form.train_values() | (
             {"parent_adapter_id": parent.id} if parent is not None else {}),
@@ -200,11 +200,10 @@ def _undo(session, job_id: str, keep_dataset: bool = False) -> None:
     session.commit()
 
 
-def _validate_and_store(session, settings, problems, zipped, files, labels, class_list,
+def _validate_and_store(session, settings, problems, stored, zipped, files, labels, class_list,
                         config: TrainConfig | None, values: dict,
                         idempotency: tuple[str | None, str], **job_fields):
     """(job, True) once stored and committed; (job, False) for an idempotent repeat."""
-    stored = zipped if isinstance(zipped, Dataset) else None  # a stored dataset, not a zip
     try:
         if stored is not None:
             training = TrainingSet(list(stored.classnames),

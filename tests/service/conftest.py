@@ -176,3 +176,9 @@ def wait_for(client, job_id: str, predicate, timeout: float = 120.0) -> dict:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out; job is {job}")
         time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def key(server) -> str:
+    """The admin key of the module's ``server`` (a ``clipfit serve`` it starts)."""
+    return server.client.headers["Authorization"].removeprefix("Bearer ")

@@ -26,11 +26,6 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def key(server) -> str:
-    return server.client.headers["Authorization"].removeprefix("Bearer ")
-
-
-@pytest.fixture(scope="module")
 def trained(server, key, colour_set):
     """One job made and watched through the client: (job, its events)."""
     with Client(str(server.client.base_url), key) as cf:

@@ -52,11 +52,6 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def key(server) -> str:
-    return server.client.headers["Authorization"].removeprefix("Bearer ")
-
-
-@pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> Path:
     folder = os.environ.get("CLIPFIT_SCREENSHOTS")
     path = Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
