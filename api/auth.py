@@ -12,8 +12,8 @@ from cachetools import TTLCache
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from registry import crud
 from registry.models import DEFAULT_TENANT, SCOPES
+from registry.tenants import get_key_by_secret, hash_key
 
 _bearer = HTTPBearer(auto_error=False, description="an API key: Authorization: Bearer KEY")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key")
@@ -44,17 +44,17 @@ def authenticate(
         raise HTTPException(401, detail="an API key is required: Authorization: Bearer KEY",
                             headers={"WWW-Authenticate": "Bearer"})
     known: TTLCache = request.app.state.known_keys
-    digest = crud.hash_key(secret[:200])
+    digest = hash_key(secret[:200])
     principal = known.get(digest)
     if principal is None:  # else: a key seen within CLIPFIT_KEY_CACHE_SECONDS
         with request.app.state.sessions() as session:
-            key = crud.get_key_by_secret(session, secret=secret[:200])
+            key = get_key_by_secret(session, secret=secret[:200])
             if key is None:
                 raise HTTPException(401, detail="unknown or revoked API key",
                                     headers={"WWW-Authenticate": "Bearer"})
             principal = Principal(key.tenant_id, frozenset(key.scopes), key.id)
         known[digest] = principal
-    request.app.state.quotas.hit_request(principal.key_id)
+    request.app.state.context.quotas.hit_request(principal.key_id)
     return principal
 
 

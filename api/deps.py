@@ -1,19 +1,21 @@
-"""Request dependencies: the app's settings, a database session per request, the job
-queue and the inference engine (all built once by ``api.app.create_app``)."""
+"""Request dependencies: the app's settings, the use cases' context (database, queue,
+quotas, inference engine; built once by ``api.app.create_app``), a database session for the
+few routes that read directly, and cursor paging."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from clipfit_core.prompts import shorten
 from registry.settings import Settings
+from service.context import Context
+from service.errors import Invalid
 
 from .inference import InferenceEngine
-from .queue import JobQueue
 from .schemas import decode_cursor, encode_cursor
 
 
@@ -21,13 +23,13 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def get_context(request: Request) -> Context:
+    return request.app.state.context
+
+
 def get_db(request: Request) -> Iterator[Session]:
     with request.app.state.sessions() as session:
         yield session
-
-
-def get_queue(request: Request) -> JobQueue:
-    return request.app.state.queue
 
 
 def get_inference(request: Request) -> InferenceEngine:
@@ -36,20 +38,16 @@ def get_inference(request: Request) -> InferenceEngine:
 
 SessionDep = Annotated[Session, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-QueueDep = Annotated[JobQueue, Depends(get_queue)]
+ContextDep = Annotated[Context, Depends(get_context)]
 InferenceDep = Annotated[InferenceEngine, Depends(get_inference)]
 
 
-def not_found(what: str, ident: str) -> HTTPException:
-    return HTTPException(404, detail=f"{what} {shorten(ident)} not found")
-
-
 def page_start(cursor: str | None):
-    """The (created_at, id) a cursor points after; 422 when it is not one of ours."""
+    """The (created_at, id) a cursor points after; ``Invalid`` when it is not one of ours."""
     try:
         return decode_cursor(cursor) if cursor else None
     except ValueError as e:
-        raise HTTPException(422, detail=f"invalid cursor {shorten(cursor)}") from e
+        raise Invalid([f"invalid cursor {shorten(cursor)}"]) from e
 
 
 def page_next(rows: list, limit: int) -> str | None:

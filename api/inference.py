@@ -7,42 +7,22 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from cachetools import LRUCache, TTLCache
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from clipfit_core.classify import Prediction
+from clipfit_core.classify import Prediction, predict
 from clipfit_core.delta import Delta
 from clipfit_core.models import BaseModel, create_base_model, resolve_device
 from clipfit_core.serving import BatchingServer, MixedAdapterModel
 from registry import crud
-from registry.models import Adapter
 from registry.settings import Settings
+from service.adapters import AdapterInfo
 
 DISCONNECT_POLL_SECONDS = 0.25
 INLINE_LOGITS = 1 << 16  # images x classes up to which the answer is computed on the loop
-
-
-@dataclass(frozen=True)
-class AdapterInfo:
-    """What classification needs of an adapter row: kept with its delta, so that a cached
-    adapter keeps answering while the database is away."""
-
-    id: str
-    tenant_id: str
-    base_model: str
-    classnames: list[str]
-    templates: list[str]
-    weights_sha256: str
-    config: dict
-
-    @classmethod
-    def of(cls, row: Adapter) -> AdapterInfo:
-        return cls(row.id, row.tenant_id, row.base_model, list(row.classnames),
-                   list(row.templates), row.weights_sha256, dict(row.config))
 
 
 class ClientGone(Exception):
@@ -179,12 +159,8 @@ class InferenceEngine:
         feats = future.result()
 
         def answer() -> list[Prediction]:
-            logits = model.logits(feats, text)
-            probs = (logits if temperature == 1.0 else logits / temperature).softmax(dim=-1)
-            values, indices = probs.topk(min(top_k, len(classnames)), dim=-1)
-            return [Prediction([classnames[j] for j in idx.tolist()], val.tolist(),
-                               unknown=threshold is not None and val[0].item() < threshold)
-                    for val, idx in zip(values, indices)]
+            return predict(model.logits(feats, text), classnames, temperature=temperature,
+                           threshold=threshold, top_k=top_k)
 
         if feats.shape[0] * len(classnames) <= INLINE_LOGITS:
             return answer()  # a few microseconds: not worth a thread hop

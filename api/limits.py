@@ -4,10 +4,11 @@ anything is buffered or parsed."""
 from __future__ import annotations
 
 from fastapi import HTTPException
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.settings import Settings
+
+from .errors import error_response
 
 
 def too_large(limit: int) -> HTTPException:
@@ -30,8 +31,7 @@ class BodyLimitMiddleware:
         limit = self.settings.max_request_bytes
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > limit:
-            error = too_large(limit)
-            await JSONResponse({"detail": error.detail}, status_code=413)(scope, receive, send)
+            await error_response(413, too_large(limit).detail)(scope, receive, send)
             return
         received = 0
 

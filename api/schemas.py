@@ -97,7 +97,10 @@ class JobPublic(BaseModel):
     status: str
     base_model: str
     templates: list[str]
-    hyperparameters: dict[str, Any]
+    hyperparameters: dict[str, Any] = Field(description="the training spec, auto values "
+                                            "resolved")
+    auto: list[str] | None = Field(None, description="the hyperparameters given as auto")
+    parent_adapter_id: str | None = Field(None, description="the warm start's adapter")
     attempts: int
     cancel_requested: bool
     progress: dict[str, Any] | None
@@ -251,10 +254,15 @@ class Problems(BaseModel):
 
 
 class ErrorPublic(BaseModel):
-    """Every error answer: a sentence, or (422, and some others) a message with a list of
-    problems."""
+    """Every error answer, in one shape (``api.errors``)."""
 
-    detail: str | Problems
+    code: str = Field(description="the kind of error, for programs: invalid, unauthorized, "
+                      "forbidden, not_found, conflict, too_large, over_quota, unavailable, ...")
+    message: str = Field(description="a sentence for people")
+    problems: list[str] = Field(description="every problem found (422: at least one), at "
+                                "most 50 then a count")
+    detail: str | Problems = Field(description="as in 0.1: the sentence, or for 422 the "
+                                   "message with its problems")
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -49,3 +49,8 @@ def session_scope(engine: Engine) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error."""
     with session_factory(engine)() as session, session.begin():
         yield session
+
+
+def owned(query, model, tenant_id: str | None):
+    """Rows of ``tenant_id`` only (None: any tenant, for the workers and admins)."""
+    return query if tenant_id is None else query.where(model.tenant_id == tenant_id)

@@ -118,7 +118,9 @@ class Job(Base):
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
     base_model: Mapped[str] = mapped_column(String(500))
     templates: Mapped[list[str]]
-    hyperparameters: Mapped[dict[str, Any]]
+    hyperparameters: Mapped[dict[str, Any]]  # the training spec, auto values resolved
+    auto: Mapped[list[str] | None] = mapped_column(JSON)  # the fields given as "auto"
+    parent_adapter_id: Mapped[str | None] = mapped_column(String(32))  # the warm start's
     attempts: Mapped[int] = mapped_column(default=0)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -181,7 +183,6 @@ class Adapter(Base):
     base_fingerprint: Mapped[str] = mapped_column(String(64))
     classnames: Mapped[list[str]]
     templates: Mapped[list[str]]
-    hyperparameters: Mapped[dict[str, Any]]
     metrics: Mapped[dict[str, Any]]
     config: Mapped[dict[str, Any]]  # adapter_config.json, as written
     trainable_count: Mapped[int]
@@ -189,6 +190,11 @@ class Adapter(Base):
     size_bytes: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     job: Mapped[Job | None] = relationship(back_populates="adapter")
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """The training spec it was trained with (stored once, in its config)."""
+        return self.config.get("hyperparameters", {})
 
 
 class AdapterName(Base):

@@ -9,19 +9,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("clipfit_core", "registry", "api", "worker", "clipfit")
+PACKAGES = ("clipfit_core", "registry", "service", "api", "worker", "clipfit")
 # what each package may import from the project (besides itself)
 ALLOWED = {
     "clipfit_core": set(),
     "registry": set(),
-    "api": {"clipfit_core", "registry"},
-    "worker": {"clipfit_core", "registry"},
-    "clipfit": {"clipfit_core", "registry", "api", "worker"},
+    "service": {"clipfit_core", "registry"},
+    "api": {"clipfit_core", "registry", "service"},
+    "worker": {"clipfit_core", "registry", "service"},
+    "clipfit": {"clipfit_core", "registry", "service", "api", "worker"},
 }
 FORBIDDEN_THIRD_PARTY = {
     "clipfit_core": {"fastapi", "starlette", "sqlalchemy", "celery", "kombu", "pydantic",
                      "pydantic_settings", "alembic", "redis"},
     "registry": {"fastapi", "starlette", "celery", "kombu", "torch", "open_clip"},
+    "service": {"fastapi", "starlette", "sse_starlette", "uvicorn", "multipart"},
 }
 
 
@@ -59,7 +61,23 @@ def test_no_cycles_between_packages():
     assert not [p for p in PACKAGES if reaches(p, p)]
 
 
-@pytest.mark.parametrize("package", ["clipfit_core", "api", "worker", "registry"])
+def test_routes_only_parse_call_and_answer():
+    """Route handlers reach the database, the queue and the rules through the use cases
+    (``service``), never ``registry`` directly, and none is longer than 40 lines."""
+    offenders = []
+    for path in (ROOT / "api" / "routes").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        if "registry" in imports(path):
+            offenders.append(f"{path.name} imports registry")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.decorator_list:
+                length = node.end_lineno - node.lineno + 1
+                if length > 40:
+                    offenders.append(f"{path.name}:{node.name} has {length} lines")
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("package", ["clipfit_core", "api", "worker", "registry", "service"])
 def test_no_environment_reads_below_the_front_door(package):
     offenders = []
     for path in (ROOT / package).rglob("*.py"):

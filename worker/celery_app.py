@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from celery import Celery
 
-from registry.queue import TRAIN_TASK, celery_config
+from registry.queue import TRAIN_TASK
 from registry.settings import Settings
+from service.queue import create_celery_app
 
 
 def create_worker_app(settings: Settings) -> Celery:
@@ -25,7 +26,4 @@ def create_worker_app(settings: Settings) -> Celery:
 def create_control_app(settings: Settings) -> Celery:
     """A Celery app on the broker without tasks: enough to send, inspect and ping
     (``celery -A worker.main inspect ping``) without importing torch."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)  # the SQLite broker's home
-    app = Celery("clipfit", set_as_current=False)
-    app.conf.update(celery_config(settings))
-    return app
+    return create_celery_app(settings)

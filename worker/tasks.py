@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from clipfit_core.config import TrainConfig, prepare_training_set
-from clipfit_core.data import FewShotDataset, Sample
+from clipfit_core.data import FewShotDataset
 from clipfit_core.delta import Delta, check_compatible
 from clipfit_core.models import BaseModel, create_base_model, resolve_device
 from clipfit_core.train import Checkpoint, TrainingCancelled, train_clipfit
@@ -22,6 +22,7 @@ from registry import crud
 from registry.db import get_engine, session_scope
 from registry.models import JobStatus, utcnow
 from registry.settings import Settings
+from service.jobs import stored_dataset
 
 from .failures import failure_message
 
@@ -67,17 +68,16 @@ def train_job(self: TrainTask, job_id: str) -> str:
         if resume is not None:
             crud.add_event(s, job_id=job_id, kind="resumed",
                            payload={"attempt": attempt, "from_epoch": saved.epoch})
-        classnames, images = crud.training_images(s, job=job)
+        dataset = stored_dataset(s, dataset_id=job.dataset_id)
         spec, name = job.base_model, job.name
         hyperparameters, templates = job.hyperparameters, job.templates
-        tenant_id = job.tenant_id
+        tenant_id, parent_id = job.tenant_id, job.parent_adapter_id
     with Heartbeat(self, job_id, attempt) as beat:
         try:  # a stored spec this version refuses fails the job (with the reason), like any error
             config = TrainConfig.from_dict(hyperparameters, templates=templates)
-            parent = _parent_delta(self, hyperparameters.get("parent_adapter_id"), tenant_id,
-                                   resumed=resume is not None)
-            adapter_metrics, delta = _train(self, job_id, attempt, spec, config, classnames,
-                                            images, beat, resume, parent)
+            parent = _parent_delta(self, parent_id, tenant_id, resumed=resume is not None)
+            adapter_metrics, delta = _train(self, job_id, attempt, spec, config, dataset,
+                                            beat, resume, parent)
         except TrainingCancelled:
             return _end(self, job_id, attempt, JobStatus.cancelled)
         except Exception as e:  # the job failed; the worker lives on
@@ -175,13 +175,11 @@ def _parent_delta(task: TrainTask, parent_id: str | None, tenant_id: str, *,
 
 
 def _train(task: TrainTask, job_id: str, attempt: int, spec: str, config: TrainConfig,
-           classnames, images, beat: Heartbeat, resume: tuple[int, bytes] | None,
+           dataset: FewShotDataset, beat: Heartbeat, resume: tuple[int, bytes] | None,
            parent: tuple[str, Delta | None] | None = None):
     base = task.base_model(spec)
     if parent is not None and parent[1] is not None:
         check_compatible(base, parent[1])  # same weights and tensors, else a DeltaError
-    dataset = FewShotDataset(classnames, [Sample(data, label, name)
-                                          for data, label, name in images])
     dataset, val = prepare_training_set(dataset, config)
     interval = task.settings.progress_interval_seconds
     state = {"last": 0.0, "checked": 0.0, "cancel": False}

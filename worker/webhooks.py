@@ -36,7 +36,7 @@ from registry import crud
 from registry.db import make_engine, session_scope
 from registry.models import WebhookDelivery, WebhookEndpoint, utcnow
 from registry.settings import Settings
-from registry.webhook_urls import url_problem
+from service.webhook_urls import url_problem
 
 log = logging.getLogger(__name__)
 MAX_DELAY_SECONDS = 3600.0

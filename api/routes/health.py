@@ -1,25 +1,37 @@
-"""Liveness, readiness (database and broker reachable) and Prometheus metrics."""
+"""Liveness, readiness (database and broker reachable), the version and Prometheus
+metrics."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
-from pydantic import BaseModel
-from sqlalchemy import text
+from pydantic import BaseModel, Field
 
-from registry import crud
+from clipfit_core.version import __version__ as RELEASE
+from service import status
 
 from ..auth import unless_open
-from ..deps import InferenceDep, QueueDep, SessionDep
+from ..deps import ContextDep, InferenceDep
 from ..metrics import REGISTRY
 
 router = APIRouter(tags=["health"])
+API_VERSION = "v1"  # the prefix of every resource's path
 
 
 @router.get("/healthz")
 def healthz():
-    return {"status": "ok"}
+    return {"status": "ok", "version": RELEASE}
+
+
+class VersionPublic(BaseModel):
+    version: str = Field(description="the clipfit release the service runs", examples=["0.2.0"])
+    api: str = Field(description="the API version: the prefix of its paths", examples=["v1"])
+
+
+@router.get("/v1/version", response_model=VersionPublic, summary="The service's release")
+def version():
+    return VersionPublic(version=RELEASE, api=API_VERSION)
 
 
 class Readiness(BaseModel):
@@ -29,18 +41,8 @@ class Readiness(BaseModel):
 
 @router.get("/readyz", response_model=Readiness,
             responses={503: {"model": Readiness, "description": "a dependency is unreachable"}})
-def readyz(session: SessionDep, queue: QueueDep):
-    checks = {}
-    try:
-        session.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as e:  # noqa: BLE001 (reported as unreachable)
-        checks["database"] = f"unreachable: {type(e).__name__}"
-    try:
-        queue.ping()
-        checks["broker"] = "ok"
-    except Exception as e:  # noqa: BLE001 (reported as unreachable)
-        checks["broker"] = f"unreachable: {type(e).__name__}"
+def readyz(ctx: ContextDep):
+    checks = status.readiness(ctx)
     ok = all(v == "ok" for v in checks.values())
     return JSONResponse(status_code=200 if ok else 503,
                         content={"status": "ok" if ok else "unavailable", "checks": checks})
@@ -49,12 +51,12 @@ def readyz(session: SessionDep, queue: QueueDep):
 @router.get("/metrics", dependencies=[Depends(unless_open("open_metrics", "read"))],
             response_class=Response, responses={200: {
                 "description": "Prometheus text format", "content": {"text/plain": {}}}})
-def metrics(session: SessionDep, queue: QueueDep, engine: InferenceDep):
+def metrics(ctx: ContextDep, engine: InferenceDep):
     scrape = CollectorRegistry()
     jobs = Gauge("clipfit_jobs", "jobs by state", ["status"], registry=scrape)
-    for status, n in crud.count_jobs_by_status(session).items():
-        jobs.labels(status).set(n)
-    depth = queue.depth()
+    for state, n in status.job_counts(ctx).items():
+        jobs.labels(state).set(n)
+    depth = ctx.queue.depth()
     if depth is not None:
         Gauge("clipfit_queue_depth", "messages waiting in the broker",
               registry=scrape).set(depth)

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from api.app import create_app
+from clipfit_core.data import Sample
 from clipfit_core.delta import Delta, DeltaConfig, extract_delta
 from clipfit_core.models import create_base_model
 from registry import crud
@@ -50,7 +51,7 @@ def make_service(tmp_path, n_adapters: int, **overrides):
                                       base_fingerprint=base.fingerprint,
                                       classnames=CLASSES, templates=["a photo of a {}."]))
             job = crud.create_job(s, tenant_id=DEFAULT_TENANT, classnames=CLASSES,
-                                  images=[(png(i), 0, "x.png")], base_model="clipfit-tiny",
+                                  images=[Sample(png(i), 0, "x.png")], base_model="clipfit-tiny",
                                   templates=["a photo of a {}."], hyperparameters={})
             crud.mark_running(s, job_id=job.id)
             ids.append(crud.store_adapter(s, job=job, weights=delta.to_bytes(),

@@ -10,6 +10,7 @@ from PIL import Image
 from sqlalchemy.orm import sessionmaker
 
 from api.app import create_app
+from clipfit_core.data import Sample
 from registry import crud
 from registry.db import get_engine, make_engine, session_scope
 from registry.migrate import upgrade
@@ -40,7 +41,7 @@ def test_database_outage_is_503_and_a_resident_adapter_still_answers(tmp_path, t
     with session_scope(get_engine(settings.sqlalchemy_url)) as s:
         _, key = crud.create_key(s, tenant_id=DEFAULT_TENANT, scopes=["admin"])
         job = crud.create_job(s, tenant_id=DEFAULT_TENANT, classnames=["red", "blue"],
-                              images=[(png(), 0, "r.png")], base_model="clipfit-tiny",
+                              images=[Sample(png(), 0, "r.png")], base_model="clipfit-tiny",
                               templates=["a {}."], hyperparameters={})
         crud.mark_running(s, job_id=job.id)
         adapter_id = crud.store_adapter(s, job=job, weights=delta.to_bytes(),

@@ -2,12 +2,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from clipfit_core.data import Sample
 from registry import crud
 from registry.models import DEFAULT_TENANT, Blob, Dataset, DatasetImage, Job, JobStatus
 
 
 def make_job(session, images=None, tenant_id=DEFAULT_TENANT):
-    images = images or [(b"img-a", 0, "a.png"), (b"img-b", 1, "b.png"), (b"img-a", 1, "c.png")]
+    images = [Sample(*i) for i in images or [(b"img-a", 0, "a.png"), (b"img-b", 1, "b.png"),
+                                               (b"img-a", 1, "c.png")]]
     return crud.create_job(session, tenant_id=tenant_id, classnames=["cat", "dog"],
                            images=images, base_model="clipfit-tiny",
                            templates=["a photo of a {}."], hyperparameters={"epochs": 2},

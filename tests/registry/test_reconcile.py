@@ -2,6 +2,7 @@
 
 from datetime import timedelta
 
+from clipfit_core.data import Sample
 from registry import crud
 from registry.models import DEFAULT_TENANT, JobStatus, utcnow
 from registry.settings import Settings
@@ -10,7 +11,7 @@ from worker.reconcile import reconcile_once
 
 def make_job(session):
     return crud.create_job(session, tenant_id=DEFAULT_TENANT, classnames=["a", "b"],
-                           images=[(b"a", 0, "a.png"), (b"b", 1, "b.png")],
+                           images=[Sample(b"a", 0, "a.png"), Sample(b"b", 1, "b.png")],
                            base_model="clipfit-tiny", templates=["{}"], hyperparameters={})
 
 

@@ -222,6 +222,6 @@ def test_a_job_of_1000_images_is_within_the_documented_limits(api):
     ("", "fallback"), ("..", "fallback"), ("x" * 500, "x" * 200),
 ])
 def test_file_names_are_normalised_before_they_are_stored(name, expected):
-    from api.uploads import clean_filename
+    from service.uploads import clean_filename
 
     assert clean_filename(name, "fallback") == expected

@@ -202,7 +202,8 @@ def test_a_warm_start_from_a_stored_adapter(api, trained, colour_set):
         "parent_adapter_id": trained["id"]})  # base_model from the parent
     assert r.status_code == 202, r.text
     job = r.json()
-    assert job["hyperparameters"]["parent_adapter_id"] == trained["id"]
+    assert job["parent_adapter_id"] == trained["id"] and job["auto"] is None
+    assert "parent_adapter_id" not in job["hyperparameters"]
     assert job["base_model"] == trained["base_model"]
     job = wait_for(api, job["id"], lambda j: j["status"] in FINISHED)
     assert job["status"] == "succeeded", job
@@ -220,4 +221,4 @@ def test_a_warm_start_from_a_stored_adapter(api, trained, colour_set):
         "labels": labels, "epochs": "1", "base_model": "clipfit-tiny",
         "parent_adapter_id": f"to export@{trained['version']}"})
     assert r.status_code == 202 and \
-        r.json()["hyperparameters"]["parent_adapter_id"] == trained["id"]
+        r.json()["parent_adapter_id"] == trained["id"]

@@ -9,6 +9,7 @@ import zipfile
 
 from sqlalchemy import func, select
 
+from clipfit_core.data import Sample
 from registry.models import Adapter, Job, JobEvent
 
 from .conftest import FINISHED, image_files, wait_for, zip_folder
@@ -298,7 +299,7 @@ def test_a_stored_spec_this_version_refuses_fails_the_job(api, start_worker, db_
     from registry import crud
 
     job = crud.create_job(db_session, tenant_id="default", classnames=["a", "b"],
-                          images=[(_png(), 0, "a.png"), (_png(), 1, "b.png")],
+                          images=[Sample(_png(), 0, "a.png"), Sample(_png(), 1, "b.png")],
                           base_model="clipfit-tiny", templates=["a photo of a {}."],
                           hyperparameters={"epochs": 1, "seed": -1})
     db_session.commit()
@@ -315,7 +316,8 @@ def test_auto_hyperparameters_are_resolved_and_echoed(api, colour_set):
         "val_fraction": "0.25"})
     assert r.status_code == 202, r.text
     hp = r.json()["hyperparameters"]
-    assert hp["auto"] == ["epochs", "lr"]  # batch_size was not auto: stays 32
+    assert r.json()["auto"] == ["epochs", "lr"]  # batch_size was not auto: stays 32
+    assert "auto" not in hp and r.json()["parent_adapter_id"] is None
     assert (hp["epochs"], hp["lr"], hp["batch_size"]) == (30, 0.1, 32)
     r = api.post("/v1/jobs", files=files, data={
         "labels": labels, "base_model": "clipfit-tiny", "epochs": "sometimes"})

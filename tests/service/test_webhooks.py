@@ -14,7 +14,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from clipfit.client import Client
-from registry.webhook_urls import url_problem
+from service.webhook_urls import url_problem
 from worker.webhooks import deliver_once, retry_delay, sign
 
 from .conftest import new_key

@@ -1,8 +1,8 @@
 """Each Celery app carries its own settings; the API's sending app runs no tasks."""
 
-from api.queue import JobQueue
 from registry.queue import TRAIN_TASK
 from registry.settings import Settings
+from service.queue import JobQueue
 from worker.celery_app import create_worker_app
 
 

@@ -1,6 +1,6 @@
 """Limits and error collection for uploaded training sets and images. Reading the dataset
 format (folders, manifest.csv, zip) is clipfit_core.data's job; this module only bounds what
-reaches it and turns every problem into one list for a single 422."""
+reaches it and turns every problem into one list (``Invalid``): one answer names them all."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import io
 import posixpath
 import unicodedata
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from PIL import Image
@@ -24,33 +23,12 @@ from clipfit_core.data import (
 from clipfit_core.prompts import classname_problems, shorten
 from registry.settings import Settings
 
-MAX_PROBLEMS = 50  # listed in one answer; the rest are counted
+from .errors import Invalid
+
 MAX_FILENAME_CHARS = 200
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst")
 READABLE_COMPRESSION = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2,
                         zipfile.ZIP_LZMA}
-
-
-class UploadError(ValueError):
-    """Every problem found, so the client can fix them all at once."""
-
-    def __init__(self, problems: list[str]):
-        problems = capped(problems)
-        super().__init__("; ".join(problems))
-        self.problems = problems
-
-
-def capped(problems: list[str]) -> list[str]:
-    """At most MAX_PROBLEMS problems, then how many more there were."""
-    if len(problems) <= MAX_PROBLEMS:
-        return problems
-    return [*problems[:MAX_PROBLEMS], f"... and {len(problems) - MAX_PROBLEMS} more problems"]
-
-
-@dataclass
-class TrainingSet:
-    classnames: list[str]
-    images: list[tuple[bytes, int, str]] = field(default_factory=list)  # (bytes, label, name)
 
 
 def clean_filename(name: str | None, fallback: str) -> str:
@@ -71,7 +49,7 @@ def decode_image(data: bytes, name: str, settings: Settings) -> tuple[Image.Imag
 
 def from_files(files: list[tuple[str, bytes]], labels: list[str],
                classes: list[str] | None, settings: Settings, *,
-               min_classes: int = 2) -> TrainingSet:
+               min_classes: int = 2) -> FewShotDataset:
     """Images sent one by one, each with its label (at least ``min_classes`` classes: a
     training set needs two, images added to a stored dataset may be of one)."""
     problems = []
@@ -83,7 +61,7 @@ def from_files(files: list[tuple[str, bytes]], labels: list[str],
     if len(files) > settings.max_images:
         problems.append(f"{len(files)} images, the limit is {settings.max_images}")
     if problems:
-        raise UploadError(problems)
+        raise Invalid(problems)
     rows = [(clean_filename(name, f"images[{i}]"), data, label.strip())
             for i, ((name, data), label) in enumerate(zip(files, labels))]
     try:
@@ -91,7 +69,7 @@ def from_files(files: list[tuple[str, bytes]], labels: list[str],
     except DatasetError as e:  # report the unreadable images in the same answer
         unreadable = [p for name, data, _ in rows
                       if (p := try_decode(data, name, max_pixels=settings.max_image_pixels)[1])]
-        raise UploadError(e.problems + unreadable) from e
+        raise Invalid(e.problems + unreadable) from e
     return _checked(dataset, settings, min_classes)
 
 
@@ -129,28 +107,29 @@ def archive_problems(archive: zipfile.ZipFile, settings: Settings) -> list[str]:
 
 
 def from_zip(data: bytes, classes: list[str] | None, settings: Settings, *,
-             min_classes: int = 2) -> TrainingSet:
+             min_classes: int = 2) -> FewShotDataset:
     """A zip of one folder per class (at any depth below it, optionally under one top
     folder) or a ``manifest.csv`` of ``path,label`` rows: the archive's entries, size, paths
     and methods are checked before anything in it is read."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
-        raise UploadError([f"dataset: not a zip archive ({type(e).__name__})"]) from e
+        raise Invalid([f"dataset: not a zip archive ({type(e).__name__})"]) from e
     problems = archive_problems(archive, settings)
     if problems:
-        raise UploadError(problems)
+        raise Invalid(problems)
     try:
         dataset = read_zip(archive, classes, max_rows=settings.max_images)
     except DatasetError as e:
-        raise UploadError(e.problems) from e
+        raise Invalid(e.problems) from e
     return _checked(dataset, settings, min_classes)
 
 
-def _checked(dataset: FewShotDataset, settings: Settings, min_classes: int = 2) -> TrainingSet:
+def _checked(dataset: FewShotDataset, settings: Settings,
+             min_classes: int = 2) -> FewShotDataset:
     """The service's own limits on a parsed dataset; each distinct image decoded once."""
     if len(dataset) > settings.max_images:  # before decoding any of them
-        raise UploadError([f"{len(dataset)} images, the limit is {settings.max_images}"])
+        raise Invalid([f"{len(dataset)} images, the limit is {settings.max_images}"])
     problems = []
     if len(dataset.classnames) < min_classes:
         problems.append(f"need at least {min_classes} classes, got {len(dataset.classnames)}")
@@ -166,6 +145,5 @@ def _checked(dataset: FewShotDataset, settings: Settings, min_classes: int = 2) 
         if problem:
             problems.append(problem)
     if problems:
-        raise UploadError(problems)
-    return TrainingSet(dataset.classnames,
-                       [(s.source, s.label, s.name) for s in dataset.samples])
+        raise Invalid(problems)
+    return dataset

@@ -1,5 +1,6 @@
-"""The API's side of the job queue: a thin Celery app that sends ``clipfit.train_job`` by
-name. It imports nothing from ``worker/`` (and so none of the training stack)."""
+"""The job queue: one Celery app factory for every process that sends, inspects or runs
+``clipfit.train_job``, and the sending side the use cases call. Sending imports nothing
+from ``worker/`` (so none of the training stack)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,18 @@ from registry.queue import TRAIN_TASK, celery_config
 from registry.settings import Settings
 
 
+def create_celery_app(settings: Settings, name: str = "clipfit") -> Celery:
+    """A Celery app on the configured broker, without tasks: enough to send, inspect and
+    ping. Workers register ``clipfit.train_job`` on it (``worker.celery_app``)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # the SQLite broker's home
+    app = Celery(name, set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
 class JobQueue:
     def __init__(self, settings: Settings):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)  # the SQLite broker's home
-        self.app = Celery("clipfit-api", set_as_current=False)
-        self.app.conf.update(celery_config(settings))
+        self.app = create_celery_app(settings, "clipfit-api")
 
     def enqueue(self, job_id: str) -> None:
         """Publish the job (raises when the broker is unreachable)."""

@@ -1,0 +1,102 @@
+"""The one place where errors become HTTP answers. Every error answer has one JSON shape:
+
+    {"code": "not_found", "message": "job 12ab not found", "problems": [],
+     "detail": "job 12ab not found"}
+
+``code`` names the kind (stable, for programs), ``message`` is a sentence, ``problems`` lists
+every problem found (422 answers name them all). ``detail`` keeps what clients of 0.1 read:
+the sentence, or for 422 ``{"message", "problems"}``. A database or broker that is away is a
+503 with Retry-After, never a 500."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as KombuOperationalError
+from sqlalchemy.exc import InterfaceError
+from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
+from starlette.exceptions import HTTPException
+
+from service.errors import (
+    Conflict,
+    DomainError,
+    Invalid,
+    NotFound,
+    OverQuota,
+    Unavailable,
+    capped,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS = {Invalid: 422, NotFound: 404, Conflict: 409, OverQuota: 429, Unavailable: 503}
+CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+         405: "method_not_allowed", 409: "conflict", 413: "too_large", 422: "invalid",
+         429: "over_quota", 503: "unavailable"}
+
+
+def error_response(status: int, message: str, *, problems: list[str] | None = None,
+                   code: str | None = None, retry_after: float | None = None,
+                   headers: dict[str, str] | None = None, detail=None) -> JSONResponse:
+    """The answer for an error: the one shape, with Retry-After when retrying can help."""
+    headers = dict(headers or {})
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    listed = capped(problems) if problems else []
+    if detail is None:
+        detail = {"message": message, "problems": listed} if status == 422 else message
+    return JSONResponse(status_code=status, headers=headers, content={
+        "code": code or CODES.get(status, "error"), "message": message, "problems": listed,
+        "detail": detail})
+
+
+def install(app: FastAPI) -> None:
+    """Map domain errors, HTTP errors, validation errors and unreachable dependencies."""
+
+    @app.exception_handler(DomainError)
+    async def domain_error(_request: Request, exc: DomainError):
+        status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 400)
+        return error_response(status, exc.message, code=exc.code,
+                              problems=getattr(exc, "problems", None),
+                              retry_after=exc.retry_after)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException):
+        detail = exc.detail
+        if isinstance(detail, dict):  # a {message, problems} body
+            return error_response(exc.status_code, str(detail.get("message", "")),
+                                  problems=list(detail.get("problems", [])),
+                                  headers=exc.headers)
+        return error_response(exc.status_code, str(detail), headers=exc.headers,
+                              problems=[str(detail)] if exc.status_code == 422 else None,
+                              detail=detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError):
+        problems = [f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
+                    for e in exc.errors()]
+        return error_response(422, "invalid request", problems=problems)
+
+    @app.exception_handler(SQLAlchemyOperationalError)
+    @app.exception_handler(InterfaceError)
+    async def database_unavailable(_request: Request, exc: Exception):
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return error_response(503, "the database is unavailable; nothing was changed, retry "
+                              "shortly", retry_after=5)
+
+    @app.exception_handler(SQLAlchemyTimeoutError)
+    async def database_busy(_request: Request, exc: Exception):
+        log.warning("database connection pool exhausted: %s", type(exc).__name__)
+        return error_response(503, "the database is busy; nothing was changed, retry shortly",
+                              retry_after=2)
+
+    @app.exception_handler(KombuOperationalError)
+    async def broker_unavailable(_request: Request, exc: Exception):
+        log.warning("job queue unavailable: %s", type(exc).__name__)
+        return error_response(503, "the job queue is unavailable; retry shortly",
+                              retry_after=5)

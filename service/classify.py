@@ -1,0 +1,175 @@
+"""Classification with any adapter (by id, ``name@VERSION`` or ``name@alias``), or zero-shot
+over plain class names: the reference resolved, the calibration policy applied, the images
+decoded and classified by the serving engine in shared batches."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from anyio.to_thread import run_sync
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from clipfit_core.prompts import classname_problems, resolve_templates, shorten
+from clipfit_core.serving import Overloaded, ServerClosed
+from registry import adapters as adapter_rows
+
+from .adapters import AdapterInfo, base_model_errors
+from .context import Caller, Context
+from .errors import Invalid, NotFound, Unavailable
+from .uploads import decode_image
+
+INVALID_CLASSIFY = "invalid classification request"
+
+
+@dataclass
+class ClassifyRequest:
+    images: list[tuple[str, bytes]]  # (name, encoded bytes)
+    adapter: str | None = None  # a reference: id, name@VERSION or name@alias
+    base_model: str | None = None
+    classes: list[str] | None = None
+    template: str | None = None
+    top_k: int = 5
+    calibrated: bool = True
+    reject_unknown: bool = False
+    threshold: float | None = None
+    problems: list[str] = field(default_factory=list)  # found while parsing the request
+
+
+@dataclass
+class ClassifyResult:
+    model: str
+    adapter_id: str | None
+    predictions: list[dict]
+    calibrated: bool
+    threshold: float | None
+
+
+def _adapter_and_delta(ctx: Context, caller: Caller, reference: str):
+    """The caller's adapter and its delta: recently looked up ones from memory (no database
+    round trip per request); when the database is away, a resident one. A ``name@alias`` or
+    ``name@3`` is resolved in the database on every request, so moving an alias takes
+    effect at once."""
+    engine, tenant = ctx.inference, caller.tenant_id
+    with ctx.reading() as s:
+        adapter_id = reference
+        try:
+            if "@" in reference:
+                row = adapter_rows.resolve_adapter(s, tenant_id=tenant, reference=reference)
+                if row is None:
+                    raise NotFound("adapter", reference)
+                adapter_id = row.id
+            adapter = engine.recent_adapter(adapter_id, tenant)
+            if adapter is None:
+                row = adapter_rows.get_adapter(s, adapter_id=adapter_id, tenant_id=tenant)
+                if row is None:
+                    raise NotFound("adapter", reference)
+                adapter = engine.remember_adapter(AdapterInfo.of(row))
+            return adapter, engine.delta(s, adapter)
+        except (OperationalError, InterfaceError):
+            adapter = engine.cached_adapter(adapter_id, tenant)
+            if adapter is None:
+                raise
+            return adapter, engine.delta(s, adapter)
+
+
+def calibration_for(request: ClassifyRequest, adapter, templates,
+                    problems: list[str]) -> tuple[float, float | None]:
+    """TEMPORARY: moves to clipfit_core (the one calibration policy). (temperature,
+    threshold): an adapter's fitted values apply to its own classes and templates only."""
+    fitted = (adapter.config.get("calibration") or {}) if adapter is not None else {}
+    requested = request.classes
+    own_classes = adapter is not None and (not requested or requested == adapter.classnames) \
+        and (not request.template or templates == adapter.templates)
+    temperature = 1.0
+    if request.calibrated and own_classes and fitted.get("temperature"):
+        temperature = float(fitted["temperature"])
+    threshold = request.threshold
+    if request.reject_unknown and threshold is None:
+        if adapter is None:
+            problems.append("reject_unknown uses an adapter's threshold; for zero-shot give "
+                            "a threshold")
+        elif not own_classes:
+            problems.append("reject_unknown uses the threshold fitted for the adapter's own "
+                            "classes and templates; with others give a threshold")
+        elif fitted.get("threshold") is None:
+            problems.append("this adapter has no rejection threshold (it kept no held-out "
+                            "images, or was trained before thresholds); give a threshold")
+        elif not request.calibrated:
+            problems.append("the adapter's threshold is on calibrated probabilities: leave "
+                            "calibrated on, or give a threshold")
+        else:
+            threshold = float(fitted["threshold"])
+    return temperature, threshold
+
+
+class _ImageProblems(Exception):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+
+
+async def classify(ctx: Context, caller: Caller, request: ClassifyRequest,
+                   is_disconnected: Callable[[], Awaitable[bool]]) -> ClassifyResult:
+    """The top-k labels per image. Every problem of the request (options and images) is
+    named in one ``Invalid``; a busy or stopping classifier is ``Unavailable``."""
+    settings, problems = ctx.settings, list(request.problems)
+    requested = request.classes
+    if requested is not None:
+        problems += classname_problems(requested, max_count=settings.max_classes)
+    if not request.images:
+        problems.append("no images: send 'images' files (multipart) or base64 strings (JSON)")
+    if len(request.images) > settings.max_images:
+        problems.append(f"{len(request.images)} images, the limit is {settings.max_images}")
+    adapter, delta = None, None
+    if request.adapter:
+        # off the event loop (a pool wait must not stall other requests); the session is
+        # closed right after, so no connection is held while the request waits for the model
+        adapter, delta = await run_sync(_adapter_and_delta, ctx, caller, request.adapter)
+        spec, classnames, templates = adapter.base_model, adapter.classnames, adapter.templates
+        if requested:
+            classnames = requested  # the paper's new-class use: tuned model, other classes
+    else:
+        spec, classnames, templates = request.base_model, requested, None
+        if not spec or not classnames:
+            problems.append("give adapter_id, or base_model and classes for zero-shot")
+        elif spec not in settings.allowed_base_models:
+            problems.append(f"base_model {shorten(spec)} is not allowed; allowed: "
+                            f"{settings.allowed_base_models}")
+    if request.template:
+        try:
+            templates = resolve_templates(request.template)
+        except ValueError as e:
+            problems.append(str(e))
+    temperature, threshold = calibration_for(request, adapter, templates, problems)
+
+    def decode_all() -> list[tuple]:
+        return [decode_image(data, name, settings) for name, data in request.images]
+
+    if problems:  # decoding only to name the images' problems too
+        decoded = await run_sync(decode_all)
+        raise Invalid(problems + [problem for _, problem in decoded if problem],
+                      INVALID_CLASSIFY)
+
+    def load_images() -> list:
+        """Run by the engine off the event loop, with preprocessing, in one hop."""
+        decoded = decode_all()
+        if bad := [problem for _, problem in decoded if problem]:
+            raise _ImageProblems(bad)
+        return [image for image, _ in decoded]
+
+    try:
+        with base_model_errors():
+            predictions = await ctx.inference.classify(
+                spec, load_images, list(classnames), resolve_templates(templates), delta,
+                request.top_k, is_disconnected, temperature=temperature, threshold=threshold)
+    except _ImageProblems as e:
+        raise Invalid(e.problems, INVALID_CLASSIFY) from e
+    except Overloaded as e:
+        raise Unavailable(f"the classifier is busy ({e.queued} images waiting); retry shortly",
+                          retry_after=math.ceil(e.retry_after)) from e
+    except ServerClosed as e:  # the process is shutting down
+        raise Unavailable("the classifier is stopping; retry shortly", retry_after=5) from e
+    return ClassifyResult(model=spec, adapter_id=adapter.id if adapter else None,
+                          predictions=[p.to_dict() for p in predictions],
+                          calibrated=temperature != 1.0, threshold=threshold)

@@ -1,0 +1,68 @@
+"""What every use case runs with: the settings, the database, the job queue and quotas, and
+the caller's identity. Built once per process by its front door (``api.app.create_app``,
+the ``clipfit`` command)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry.db import get_engine, session_factory
+from registry.settings import Settings
+
+from .errors import Conflict
+from .queue import JobQueue
+from .quotas import Quotas
+
+
+class Caller(Protocol):
+    """Who asks: the tenant whose rows a use case may see and change, and the API key (None
+    when authentication is off) that upload quotas are counted on."""
+
+    tenant_id: str
+    key_id: str | None
+
+
+@dataclass
+class Context:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    queue: JobQueue
+    quotas: Quotas
+    inference: Any = None  # the serving engine (api.inference), where this process serves
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, settings: Settings, *, inference: Any = None) -> Context:
+        return cls(settings=settings, sessions=session_factory(get_engine(
+            settings.sqlalchemy_url)), queue=JobQueue(settings), quotas=Quotas(settings),
+            inference=inference)
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for look-ups (nothing is committed)."""
+        with self.sessions() as session:
+            yield session
+
+    @contextmanager
+    def transaction(self, *, conflict: str | None = None) -> Iterator[Session]:
+        """A session whose changes commit together at the end, or not at all. With
+        ``conflict``, a uniqueness or foreign-key race (a concurrent request changed the
+        same rows) is a ``Conflict`` with that sentence."""
+        with self.sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except IntegrityError as e:
+                session.rollback()
+                if conflict is None:
+                    raise
+                raise Conflict(conflict) from e
+            except BaseException:
+                session.rollback()
+                raise

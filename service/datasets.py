@@ -1,0 +1,132 @@
+"""Datasets you can reuse: upload once, train many jobs on it, add images later. Every
+job's upload is a dataset too; a dataset that a job used cannot be deleted, and one a queued
+or running job uses cannot change (that job reads it while it trains)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from clipfit_core.data import FewShotDataset, Sample
+from registry import datasets as dataset_rows
+from registry.models import Dataset
+
+from .context import Caller, Context
+from .errors import Conflict, Invalid, NotFound
+from .uploads import from_files, from_zip
+
+INVALID_DATASET = "invalid dataset"
+
+
+@dataclass
+class Upload:
+    """Images sent one by one with a label each, or one zip (as for a job)."""
+
+    archive: bytes | None = None
+    files: list[tuple[str | None, bytes]] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    classes: list[str] | None = None
+
+    def size(self) -> int:
+        return len(self.archive or b"") + sum(len(data) for _, data in self.files)
+
+
+@dataclass
+class DatasetSummary:
+    id: str
+    classnames: list[str]
+    counts: dict[str, int]
+    images: int
+    jobs: int
+    created_at: object
+
+
+def _read(ctx: Context, caller: Caller, upload: Upload, *, min_classes: int) -> FewShotDataset:
+    """The upload by the job rules (the key's upload quota counted first)."""
+    if upload.archive is not None and upload.files:
+        raise Invalid(["send either 'images' + 'labels' or one 'dataset' zip, not both"],
+                      INVALID_DATASET)
+    ctx.quotas.hit_upload(caller.key_id, upload.size())
+    try:
+        if upload.archive is not None:
+            return from_zip(upload.archive, upload.classes, ctx.settings,
+                            min_classes=min_classes)
+        return from_files(upload.files, upload.labels, upload.classes, ctx.settings,
+                          min_classes=min_classes)
+    except Invalid as e:
+        raise Invalid(e.problems, INVALID_DATASET) from e
+
+
+def _summary(s, dataset: Dataset) -> DatasetSummary:
+    counts = dataset_rows.dataset_counts(s, dataset_id=dataset.id)
+    return DatasetSummary(
+        id=dataset.id, classnames=list(dataset.classnames),
+        counts={name: counts.get(i, 0) for i, name in enumerate(dataset.classnames)},
+        images=sum(counts.values()),
+        jobs=dataset_rows.count_dataset_jobs(s, dataset_id=dataset.id),
+        created_at=dataset.created_at)
+
+
+def _owned(s, caller: Caller, dataset_id: str) -> Dataset:
+    dataset = dataset_rows.get_dataset(s, dataset_id=dataset_id, tenant_id=caller.tenant_id)
+    if dataset is None:
+        raise NotFound("dataset", dataset_id)
+    return dataset
+
+
+def create(ctx: Context, caller: Caller, upload: Upload) -> DatasetSummary:
+    dataset = _read(ctx, caller, upload, min_classes=2)
+    with ctx.transaction() as s:
+        row = dataset_rows.create_dataset(s, tenant_id=caller.tenant_id,
+                                          classnames=dataset.classnames, images=dataset.samples)
+        return _summary(s, row)
+
+
+def list_datasets(ctx: Context, caller: Caller, *, limit: int) -> list[DatasetSummary]:
+    with ctx.reading() as s:
+        return [_summary(s, d) for d in
+                dataset_rows.list_datasets(s, tenant_id=caller.tenant_id, limit=limit)]
+
+
+def get(ctx: Context, caller: Caller, dataset_id: str) -> DatasetSummary:
+    with ctx.reading() as s:
+        return _summary(s, _owned(s, caller, dataset_id))
+
+
+def add_images(ctx: Context, caller: Caller, dataset_id: str, upload: Upload
+               ) -> DatasetSummary:
+    """More images, new classes allowed; refused while a queued or running job uses it."""
+    with ctx.reading() as s:
+        _owned(s, caller, dataset_id)
+    added = _read(ctx, caller, upload, min_classes=1)
+    with ctx.transaction() as s:
+        dataset = _owned(s, caller, dataset_id)
+        if dataset_rows.count_dataset_jobs(s, dataset_id=dataset_id, unfinished=True):
+            raise Conflict("a queued or running job trains on this dataset: add images when "
+                           "it has finished")
+        total = dataset_rows.dataset_size(s, dataset_id=dataset_id) + len(added)
+        merged = list(dataset.classnames) + [c for c in added.classnames
+                                             if c not in dataset.classnames]
+        settings, problems = ctx.settings, []
+        if total > settings.max_images:
+            problems.append(f"the dataset would hold {total} images, the limit is "
+                            f"{settings.max_images}")
+        if len(merged) > settings.max_classes:
+            problems.append(f"the dataset would have {len(merged)} classes, the limit is "
+                            f"{settings.max_classes}")
+        if problems:
+            raise Invalid(problems, INVALID_DATASET)
+        dataset_rows.add_dataset_images(s, dataset=dataset, classnames=merged, images=[
+            Sample(x.source, merged.index(added.classnames[x.label]), x.name)
+            for x in added.samples])
+        return _summary(s, dataset)
+
+
+def delete(ctx: Context, caller: Caller, dataset_id: str) -> None:
+    """Only a dataset no job used (it is kept with them)."""
+    with ctx.transaction(conflict="a job was given this dataset meanwhile; it is kept with "
+                         "it") as s:
+        dataset = _owned(s, caller, dataset_id)
+        used = dataset_rows.count_dataset_jobs(s, dataset_id=dataset_id)
+        if used:
+            raise Conflict(f"{used} job(s) used this dataset; it is kept with them")
+        dataset_rows.delete_dataset(s, dataset=dataset)

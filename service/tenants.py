@@ -1,0 +1,54 @@
+"""Tenants and their API keys (the operator's business: the ``admin`` scope over HTTP, and
+``clipfit keys`` on the database directly)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from registry import tenants as tenant_rows
+from registry.models import SCOPES, ApiKey, Tenant
+
+from .context import Context
+from .errors import Invalid, NotFound
+
+
+def create_tenant(ctx: Context, name: str) -> Tenant:
+    with ctx.transaction(conflict=f"a tenant named {name!r} exists") as s:
+        return tenant_rows.create_tenant(s, name=name)
+
+
+def list_tenants(ctx: Context) -> list[Tenant]:
+    with ctx.reading() as s:
+        return tenant_rows.list_tenants(s)
+
+
+def create_key(ctx: Context, *, tenant: str, scopes: Sequence[str], name: str | None = None,
+               create_tenant: bool = False) -> tuple[ApiKey, str, bool]:
+    """(key, its secret: shown once, whether the tenant was created). The tenant is named;
+    with ``create_tenant`` a new name makes a new tenant."""
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown or not scopes:
+        raise Invalid([f"scopes must be a non-empty list of {', '.join(SCOPES)}"])
+    with ctx.transaction() as s:
+        row = tenant_rows.get_tenant_by_name(s, name=tenant)
+        created = row is None
+        if created:
+            if not create_tenant:
+                raise NotFound("tenant", tenant)
+            row = tenant_rows.create_tenant(s, name=tenant)
+        key, secret = tenant_rows.create_key(s, tenant_id=row.id, scopes=list(scopes),
+                                             name=name)
+        return key, secret, created
+
+
+def list_keys(ctx: Context) -> list[tuple[ApiKey, str]]:
+    """Every key with its tenant's name."""
+    with ctx.reading() as s:
+        names = {t.id: t.name for t in tenant_rows.list_tenants(s)}
+        return [(k, names.get(k.tenant_id, k.tenant_id)) for k in tenant_rows.list_keys(s)]
+
+
+def revoke_key(ctx: Context, key_id: str) -> None:
+    with ctx.transaction() as s:
+        if tenant_rows.revoke_key(s, key_id=key_id) is None:
+            raise NotFound("key", key_id)
