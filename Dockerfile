@@ -40,9 +40,10 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin clipfit \
 WORKDIR /app
 
 # Dependencies first, from pyproject.toml alone: the torch layer (several GB) is rebuilt only
-# when the dependencies change, not on every source edit.
+# when the dependencies change, not on every source edit. The image is the server: the base
+# dependencies (the client's) and the `server` extra.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(deps))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['server']))" \
         > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
@@ -54,6 +55,7 @@ COPY README.md alembic.ini ./
 COPY migrations/ migrations/
 COPY clipfit_core/ clipfit_core/
 COPY registry/ registry/
+COPY service/ service/
 COPY worker/ worker/
 COPY api/ api/
 COPY clipfit/ clipfit/

@@ -1,22 +1,64 @@
 """The ``clipfit`` command: the library's commands (params, train, eval, classify, info,
 pretrain-mini) plus the service's ``serve``, ``worker`` and ``keys``, and ``remote`` (a
-running service's jobs, adapters and classification, over HTTP)."""
+running service's jobs, adapters and classification, over HTTP).
+
+Starting it loads none of the server's dependencies: ``remote`` (the client's command, which
+is all a plain ``pip install clipfit`` can run) reads no service configuration, and each other
+command imports its modules when it runs. Without ``clipfit[server]`` those commands stop
+with one line that says how to install it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING
 
 from clipfit_core import cli as core_cli
-from registry.settings import Settings
+
+if TYPE_CHECKING:
+    from registry.settings import Settings
+
+SERVER_INSTALL = "pip install 'clipfit[server]'"
+OWN_PACKAGES = {"clipfit", "clipfit_core", "registry", "api", "worker", "service"}
 
 
-def _settings(args) -> Settings:
+class ConfigurationError(ValueError):
+    """A bad ``CLIPFIT_*`` variable or ``.env`` line."""
+
+
+def _settings(args=None, **overrides) -> Settings:
     """The environment's settings, with ``--data-dir`` taking precedence."""
-    overrides = {"data_dir": args.data_dir} if getattr(args, "data_dir", None) else {}
-    return Settings(**overrides)
+    from pydantic import ValidationError
+
+    from registry.settings import Settings
+
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = args.data_dir
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:  # say which variable
+        problems = "; ".join(f"CLIPFIT_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}"
+                             for err in e.errors())
+        raise ConfigurationError(f"invalid configuration: {problems}") from None
+
+
+def _command(argv: list[str]) -> str | None:
+    """The command word of a ``clipfit`` command line (the top level has only flags
+    that take no value), or None (``clipfit --help``, ``clipfit --version``)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _missing_dependency(e: ModuleNotFoundError) -> bool:
+    """True when ``e`` is a third-party module that only the server extras install."""
+    return bool(e.name) and e.name.split(".")[0] not in OWN_PACKAGES
+
+
+def _needs_server(command: str | None, e: ModuleNotFoundError) -> int:
+    what = f"'clipfit {command}'" if command else "this command"
+    print(f"clipfit: error: {what} needs the server's dependencies (no module named "
+          f"{e.name!r}); install them with: {SERVER_INSTALL}", file=sys.stderr)
+    return 2
 
 
 def cmd_serve(args) -> int:
@@ -35,39 +77,36 @@ def cmd_worker(args) -> int:
 
 
 def cmd_keys(args) -> int:
-    """Tenants' API keys, straight on the configured database (migrated first)."""
-    from registry import crud
-    from registry.db import get_engine, session_scope
+    """Tenants' API keys, straight on the configured database (migrated first), through the
+    same use cases as the admin routes."""
     from registry.migrate import upgrade
-    from registry.models import SCOPES
+    from service import tenants
+    from service.context import Context
+    from service.errors import DomainError, Invalid
 
     settings = _settings(args)
     upgrade(settings.sqlalchemy_url)
-    with session_scope(get_engine(settings.sqlalchemy_url)) as session:
+    ctx = Context.create(settings)
+    try:
         if args.keys_command == "create":
             scopes = [s.strip() for s in args.scope.split(",") if s.strip()]
-            unknown = sorted(set(scopes) - set(SCOPES))
-            if unknown or not scopes:
-                raise ValueError(f"--scope takes a comma-separated list of {', '.join(SCOPES)}")
-            tenant = crud.get_tenant_by_name(session, name=args.tenant)
-            if tenant is None:
-                tenant = crud.create_tenant(session, name=args.tenant)
+            key, secret, created = tenants.create_key(ctx, tenant=args.tenant, scopes=scopes,
+                                                      name=args.name, create_tenant=True)
+            if created:
                 print(f"clipfit: created tenant {args.tenant!r}", file=sys.stderr)
-            key, secret = crud.create_key(session, tenant_id=tenant.id, scopes=scopes,
-                                          name=args.name)
             print(secret)
             print(f"clipfit: key {key.id} ({key.prefix}...) for {args.tenant!r}, scopes "
                   f"{','.join(scopes)}: shown only now", file=sys.stderr)
         elif args.keys_command == "list":
-            names = {t.id: t.name for t in crud.list_tenants(session)}
-            for key in crud.list_keys(session):
+            for key, tenant in tenants.list_keys(ctx):
                 state = "revoked" if key.revoked_at else "active"
-                print(f"{key.id}\t{key.prefix}...\t{names.get(key.tenant_id)}\t"
+                print(f"{key.id}\t{key.prefix}...\t{tenant}\t"
                       f"{','.join(key.scopes)}\t{state}\t{key.name or ''}")
-        elif crud.revoke_key(session, key_id=args.key_id) is None:
-            raise ValueError(f"no key {args.key_id!r}")
         else:
+            tenants.revoke_key(ctx, args.key_id)
             print(f"clipfit: revoked key {args.key_id}", file=sys.stderr)
+    except DomainError as e:
+        raise ValueError("; ".join(e.problems) if isinstance(e, Invalid) else e.message) from e
     return 0
 
 
@@ -116,19 +155,29 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
 def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     """The whole ``clipfit`` parser; the weights directory default comes from ``settings``
     (``CLIPFIT_WEIGHTS_DIR``, else ``~/.cache/clipfit/weights``)."""
-    settings = settings or Settings()
+    settings = settings or _settings()
     return core_cli.build_parser(settings.weights_dir, extend=add_service_commands)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command(argv)
+    weights_dir = None  # remote commands use no service configuration: not read for them
     try:
-        settings = Settings()
-    except ValidationError as e:  # a bad CLIPFIT_* variable or .env line: say which
-        problems = "; ".join(f"CLIPFIT_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}"
-                             for err in e.errors())
-        print(f"clipfit: error: invalid configuration: {problems}", file=sys.stderr)
+        if command != "remote":
+            try:
+                weights_dir = _settings().weights_dir
+            except ModuleNotFoundError as e:  # the client alone: its commands still list
+                if command is not None or not _missing_dependency(e):
+                    raise
+        return core_cli.main(argv, weights_dir=weights_dir, extend=add_service_commands)
+    except ConfigurationError as e:
+        print(f"clipfit: error: {e}", file=sys.stderr)
         return 2
-    return core_cli.main(argv, weights_dir=settings.weights_dir, extend=add_service_commands)
+    except ModuleNotFoundError as e:
+        if not _missing_dependency(e):
+            raise
+        return _needs_server(command, e)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@
             print(p.label, p.top_k)
 
 URL and key default to ``CLIPFIT_URL`` and ``CLIPFIT_API_KEY``. Every answer is a typed
-object (``Job``, ``Event``, ``Adapter``, ``Prediction``) that keeps the whole JSON in
-``raw``. A refusal raises ``ApiError`` with the API's list of problems. ``429`` and ``503``
+object (``Job``, ``Event``, ``Adapter``, ``Prediction``, ``Alias``, ``Webhook``,
+``Delivery``) that keeps the whole JSON in ``raw``. A refusal raises ``ApiError`` with the API's list of problems. ``429`` and ``503``
 are retried with exponential backoff, honouring ``Retry-After``; so are lost connections,
 for requests that are safe to repeat (reads, and job creation, which carries an
 ``Idempotency-Key`` generated per call so a retried upload makes one job).
@@ -35,9 +35,12 @@ from typing import Any, Self
 
 import httpx
 
+from clipfit_core.version import __version__
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 FINISHED = ("succeeded", "failed", "cancelled")
 DEFAULT_URL = "http://127.0.0.1:8000"
+USER_AGENT = f"clipfit-client/{__version__}"
 
 
 class ApiError(Exception):
@@ -78,6 +81,8 @@ class Job:
     name: str | None = None
     base_model: str | None = None
     hyperparameters: dict = field(default_factory=dict)
+    auto: list[str] | None = None  # the hyperparameters given as "auto"
+    parent_adapter_id: str | None = None  # a warm start's adapter
     progress: dict | None = None
     error: str | None = None
     adapter_id: str | None = None
@@ -155,12 +160,14 @@ class Client:
             url = url or os.environ.get("CLIPFIT_URL") or DEFAULT_URL
             http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
         self.http = http
+        self.http.headers["User-Agent"] = USER_AGENT
         if api_key:
             self.http.headers["Authorization"] = f"Bearer {api_key}"
         self.jobs = Jobs(self)
         self.adapters = Adapters(self)
         self.aliases = Aliases(self)
         self.datasets = Datasets(self)
+        self.webhooks = Webhooks(self)
 
     def __enter__(self) -> Self:
         return self
@@ -217,6 +224,10 @@ class Client:
             if not page.get("next_cursor"):
                 return
             params["cursor"] = page["next_cursor"]
+
+    def version(self) -> dict:
+        """The service's release and API version: ``{"version": "0.2.0", "api": "v1"}``."""
+        return self.get_json("/v1/version")
 
     def ready(self, timeout: float = 60.0) -> None:
         """Wait until ``/readyz`` answers 200 (the database and the queue are reachable)."""
@@ -472,3 +483,67 @@ class Adapters:
 
     def delete(self, adapter_id: str) -> None:
         self._c.request("DELETE", f"/v1/adapters/{adapter_id}")
+
+
+@dataclass
+class Webhook:
+    id: str
+    url: str
+    events: list[str]
+    description: str | None = None
+    created_at: str | None = None
+    secret: str | None = None  # the signing secret (whsec_...): given only by create
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class Delivery:
+    id: str  # the webhook-id header the receiver sees, the same on every attempt
+    event_type: str
+    status: str  # pending, succeeded or failed
+    attempts: int = 0
+    last_status_code: int | None = None
+    last_error: str | None = None
+    payload: dict = field(default_factory=dict)
+    created_at: str | None = None
+    next_attempt_at: str | None = None
+    delivered_at: str | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+class Webhooks:
+    """Endpoints the service POSTs signed events to (Standard Webhooks), and their delivery
+    log."""
+
+    def __init__(self, client: Client):
+        self._c = client
+
+    def create(self, url: str, events: Iterable[str], *, description: str | None = None
+               ) -> Webhook:
+        """Register ``url`` for ``events`` (``job.succeeded``, ``job.failed``,
+        ``job.cancelled``, ``adapter.deleted``). The answer's ``secret`` verifies the
+        signatures; the service shows it only now."""
+        body = {"url": url, "events": list(events), "description": description}
+        return _typed(Webhook, self._c.request(
+            "POST", "/v1/webhooks", json={k: v for k, v in body.items() if v is not None}
+        ).json())
+
+    def list(self) -> list[Webhook]:
+        return [_typed(Webhook, w) for w in self._c.get_json("/v1/webhooks")["data"]]
+
+    def get(self, webhook_id: str) -> Webhook:
+        return _typed(Webhook, self._c.get_json(f"/v1/webhooks/{webhook_id}"))
+
+    def delete(self, webhook_id: str) -> None:
+        self._c.request("DELETE", f"/v1/webhooks/{webhook_id}")
+
+    def deliveries(self, webhook_id: str, *, limit: int = 50) -> list[Delivery]:
+        """The endpoint's deliveries, newest first: status, attempts, the last answer."""
+        return [_typed(Delivery, d) for d in self._c.get_json(
+            f"/v1/webhooks/{webhook_id}/deliveries", params={"limit": limit})["data"]]
+
+    def redeliver(self, webhook_id: str, delivery_id: str) -> Delivery:
+        """Send a delivery again, soon (also one that failed for good)."""
+        return _typed(Delivery, self._c.request(
+            "POST", f"/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
+            idempotent=True).json())

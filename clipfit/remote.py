@@ -8,6 +8,8 @@
     clipfit remote aliases set NAME ALIAS VERSION | aliases ls [--name N] | aliases rm NAME ALIAS
     clipfit remote datasets create DIR | ls | show ID | add ID DIR | rm ID;  jobs create --dataset ID
     clipfit remote adapters delete ID
+    clipfit remote webhooks create URL --events job.succeeded,job.failed [--description D]
+    clipfit remote webhooks ls | show ID | rm ID | deliveries ID | redeliver ID DELIVERY
     clipfit remote classify IMAGE... --adapter ID [--reject-unknown | --threshold P]
                                                        (or --model M --classes a,b,c)
 
@@ -26,9 +28,11 @@ import sys
 import tomllib
 from pathlib import Path
 
+import httpx
+
 from clipfit_core.config import AUTO_FIELDS, TrainConfig, input_name, number_or_auto
 
-from .client import DEFAULT_URL, ApiError, Client, Job, folder_summary
+from .client import DEFAULT_URL, ApiError, Client, Job, Webhook, folder_summary
 
 CONFIG_PATH = "~/.config/clipfit/remote.toml"
 
@@ -232,6 +236,39 @@ def cmd_aliases(args) -> int:
     return 0
 
 
+def _webhook_line(w: Webhook) -> str:
+    return f"{w.id}\t{w.url}\t{','.join(w.events)}\t{w.description or ''}"
+
+
+def cmd_webhooks(args) -> int:
+    client = connect(args)
+    command = args.webhooks_command
+    if command == "create":
+        events = [e.strip() for e in args.events.split(",") if e.strip()]
+        w = client.webhooks.create(args.endpoint, events, description=args.description)
+        _print(args, w.raw, lambda: print(f"webhook {w.id} -> {w.url} ({', '.join(w.events)})"
+                                          f"\nsigning secret, shown only now: {w.secret}"))
+    elif command == "ls":
+        hooks = client.webhooks.list()
+        _print(args, [w.raw for w in hooks], lambda: [print(_webhook_line(w)) for w in hooks])
+    elif command == "show":
+        w = client.webhooks.get(args.id)
+        _print(args, w.raw, lambda: print(_webhook_line(w)))
+    elif command == "rm":
+        client.webhooks.delete(args.id)
+        _print(args, {"deleted": args.id}, lambda: print(f"deleted webhook {args.id}"))
+    elif command == "deliveries":
+        log = client.webhooks.deliveries(args.id, limit=args.limit)
+        _print(args, [d.raw for d in log], lambda: [print(
+            f"{d.id}\t{d.event_type}\t{d.status}\t{d.attempts} attempts\t"
+            f"{d.last_status_code or '-'}\t{d.last_error or ''}") for d in log])
+    else:
+        d = client.webhooks.redeliver(args.id, args.delivery)
+        _print(args, d.raw, lambda: print(f"delivery {d.id} ({d.event_type}): {d.status}, "
+                                          "sent again soon"))
+    return 0
+
+
 def print_evaluation(report: dict) -> None:
     """The held-out report as a table: zero-shot vs tuned per class, then the calibration."""
     ev, cal = report["evaluation"], report.get("calibration")
@@ -270,6 +307,13 @@ def run(args) -> int:
         return args.remote_func(args)
     except ApiError as e:
         print(f"clipfit: the service refused: {e}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as e:  # not an OSError: no service there, or it went away
+        try:
+            where = f" {e.request.url.copy_with(query=None)}"
+        except RuntimeError:  # raised before a request was made
+            where = ""
+        print(f"clipfit: error: cannot reach the service{where}: {e}", file=sys.stderr)
         return 1
     except (OSError, TimeoutError) as e:
         print(f"clipfit: error: {e}", file=sys.stderr)
@@ -363,6 +407,26 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
     rm = sub_al.add_parser("rm", help="delete NAME@ALIAS")
     rm.add_argument("name")
     rm.add_argument("alias")
+
+    wh = groups.add_parser("webhooks", help="endpoints the service sends signed job and "
+                           "adapter events to, and their deliveries")
+    wh.set_defaults(remote_func=cmd_webhooks)
+    sub_wh = wh.add_subparsers(dest="webhooks_command", required=True)
+    c = sub_wh.add_parser("create", help="register URL; prints its signing secret (shown "
+                          "only now)")
+    c.add_argument("endpoint", metavar="URL", help="where the service POSTs the events")
+    c.add_argument("--events", required=True, help="comma-separated: job.succeeded, "
+                   "job.failed, job.cancelled, adapter.deleted")
+    c.add_argument("--description")
+    sub_wh.add_parser("ls", help="the tenant's webhook endpoints")
+    sub_wh.add_parser("show", help="one endpoint").add_argument("id")
+    sub_wh.add_parser("rm", help="delete an endpoint").add_argument("id")
+    dl = sub_wh.add_parser("deliveries", help="an endpoint's deliveries, newest first")
+    dl.add_argument("id")
+    dl.add_argument("--limit", type=int, default=50)
+    rd = sub_wh.add_parser("redeliver", help="send a delivery again")
+    rd.add_argument("id")
+    rd.add_argument("delivery")
 
     k = groups.add_parser("classify", help="classify image files")
     k.set_defaults(remote_func=cmd_classify)

@@ -87,7 +87,7 @@ def serve(settings: Settings, options: ServeOptions) -> int:
         print("clipfit: WARNING: authentication is off (CLIPFIT_AUTH=false): anyone who reaches "
               "this port is an admin", file=sys.stderr, flush=True)
     if options.worker:
-        from registry.queue import TRAIN_TASK
+        from service.queue import TRAIN_TASK
         from worker.celery_app import create_worker_app
         from worker.embedded import EmbeddedWorker, requeue_unfinished
         from worker.reconcile import Reconciler
@@ -126,7 +126,7 @@ def serve(settings: Settings, options: ServeOptions) -> int:
 
 def run_worker(settings: Settings, *, concurrency: int, pool: str, hostname: str | None,
                log_level: str) -> int:
-    from registry.queue import TRAIN_TASK
+    from service.queue import TRAIN_TASK
     from worker.celery_app import create_worker_app
     from worker.reconcile import Reconciler
     from worker.webhooks import Deliverer

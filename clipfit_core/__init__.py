@@ -1,24 +1,48 @@
 """ClipFit as a library: few-shot CLIP fine-tuning of text FFN biases and image LayerNorms.
 
 Pure torch + open_clip + safetensors: no web, SQL or queue code, no environment variables.
+
+The names below load their submodule on first use (PEP 562), so that ``clipfit_core.config``
+(the training spec the client's command line derives its flags from) and
+``clipfit_core.version`` import without torch.
 """
 
-from .classify import Classifier, Prediction, resolve_templates
-from .config import TrainConfig, prepare_training_set
-from .data import FewShotDataset, Sample, load_dataset, sample_few_shot, split_train_val
-from .delta import Delta, DeltaConfig, DeltaError, applied, apply_delta, restore
-from .evaluate import accuracy, harmonic_mean, per_class_accuracy
-from .models import BaseModel, WeightsUnavailableError, create_base_model
-from .params import UnsupportedArchitectureError, count_trainable, trainable_parameters
-from .train import TrainingCancelled, TrainProgress, train_clipfit
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+
+from .version import __version__ as __version__
+
+_EXPORTS = {  # submodule: the public names it gives the package
+    "classify": ("Classifier", "Prediction", "resolve_templates"),
+    "config": ("TrainConfig", "prepare_training_set"),
+    "data": ("FewShotDataset", "Sample", "load_dataset", "sample_few_shot", "split_train_val"),
+    "delta": ("Delta", "DeltaConfig", "DeltaError", "applied", "apply_delta", "restore"),
+    "evaluate": ("accuracy", "harmonic_mean", "per_class_accuracy"),
+    "models": ("BaseModel", "WeightsUnavailableError", "create_base_model"),
+    "params": ("UnsupportedArchitectureError", "count_trainable", "trainable_parameters"),
+    "train": ("TrainingCancelled", "TrainProgress", "train_clipfit"),
+}
+_SOURCE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "BaseModel", "Classifier", "Delta", "DeltaConfig", "DeltaError", "FewShotDataset",
     "Prediction", "Sample", "TrainConfig", "TrainProgress", "TrainingCancelled",
     "UnsupportedArchitectureError", "WeightsUnavailableError", "accuracy", "applied",
     "apply_delta", "count_trainable", "create_base_model", "harmonic_mean", "load_dataset",
-    "per_class_accuracy", "prepare_training_set", "resolve_templates", "restore", "sample_few_shot", "split_train_val",
-    "train_clipfit", "trainable_parameters",
+    "per_class_accuracy", "prepare_training_set", "resolve_templates", "restore",
+    "sample_few_shot", "split_train_val", "train_clipfit", "trainable_parameters",
 ]
+
+
+def __getattr__(name: str):
+    module = _SOURCE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

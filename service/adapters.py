@@ -175,12 +175,11 @@ def _checked_import(ctx: Context, data: bytes) -> Delta:
                                    max_classes=ctx.settings.max_classes)
         if problems:
             raise Invalid(problems, INVALID_ADAPTER)
-        try:  # loading the base (first use) and comparing take a while
-            check_compatible(ctx.inference.base(config["base_model"]), delta)
-        except WeightsUnavailableError as e:
-            log.warning("base model unavailable: %s", e)
-            raise Unavailable(NO_WEIGHTS) from e
-        except DeltaError as e:
+        with base_model_errors():  # loading the base (first use) takes a while
+            base = ctx.inference.base(config["base_model"])
+        try:
+            check_compatible(base, delta)
+        except DeltaError as e:  # here the upload's fault, not the server's
             raise Invalid([str(e)], INVALID_ADAPTER) from e
         return delta
     finally:

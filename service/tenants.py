@@ -28,7 +28,7 @@ def create_key(ctx: Context, *, tenant: str, scopes: Sequence[str], name: str | 
     with ``create_tenant`` a new name makes a new tenant."""
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
-        raise Invalid([f"scopes must be a non-empty list of {', '.join(SCOPES)}"])
+        raise Invalid([f"scopes: give one or more of {', '.join(SCOPES)}"])
     with ctx.transaction() as s:
         row = tenant_rows.get_tenant_by_name(s, name=tenant)
         created = row is None

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from registry.queue import TRAIN_TASK
 from registry.settings import Settings
-from service.queue import create_celery_app
+from service.queue import TRAIN_TASK, create_celery_app
 
 
 def create_worker_app(settings: Settings) -> Celery:

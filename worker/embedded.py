@@ -17,7 +17,7 @@ from sqlalchemy import Engine, select
 from registry.crud import add_event
 from registry.db import session_scope
 from registry.models import Job, JobStatus, utcnow
-from registry.queue import TRAIN_TASK
+from service.queue import TRAIN_TASK
 
 log = logging.getLogger(__name__)
 

@@ -123,3 +123,49 @@ def test_alias_refusals(api, versions, colour_set):
                  headers=stranger)
     assert r.status_code == 404
     api.delete("/v1/aliases/live", params={"name": "shades"})
+
+
+def test_every_route_that_names_an_adapter_takes_a_reference(api, versions):
+    """An id, name@VERSION and name@alias name the same adapter on show, evaluation,
+    download and delete, as they do on classify."""
+    v2 = versions[1]
+    api.put("/v1/aliases/canary", json={"name": "shades", "version": 2})
+    for reference in (v2["id"], "shades@2", "shades@canary"):
+        r = api.get(f"/v1/adapters/{reference}")
+        assert r.status_code == 200 and r.json()["id"] == v2["id"], (reference, r.text)
+        r = api.get(f"/v1/adapters/{reference}/download")
+        assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+        assert v2["id"] in r.headers["content-disposition"]
+        r = api.get(f"/v1/adapters/{reference}/evaluation")  # imported without a report
+        assert r.status_code == 404 and "no evaluation report" in r.json()["message"]
+    for reference in ("shades@9", "shades@nowhere", "nobody@1"):
+        assert api.get(f"/v1/adapters/{reference}").status_code == 404
+    r = api.delete("/v1/adapters/shades@canary")  # the alias still points at it
+    assert r.status_code == 409 and "shades@canary" in r.json()["message"]
+    stranger = {"Authorization": f"Bearer {new_key(api, ['admin'], tenant='strangers')}"}
+    assert api.get("/v1/adapters/shades@2", headers=stranger).status_code == 404
+    assert api.delete("/v1/aliases/canary", params={"name": "shades"}).status_code == 204
+
+
+def test_every_error_has_one_shape(api, colour_set):
+    """code, message and problems on every 4xx, with 0.1's detail kept beside them."""
+    files, _ = image_files(colour_set)
+    answers = {
+        "not_found": api.get("/v1/jobs/nope"),
+        "invalid": api.post("/v1/classify", data={"top_k": "0"}, files=files[:1]),
+        "unauthorized": api.get("/v1/jobs", headers={"Authorization": "Bearer cfk_wrong"}),
+    }
+    r = api.put("/v1/aliases/pin", json={"name": "shades", "version": 1})
+    assert r.status_code == 200, r.text
+    answers["conflict"] = api.delete(f"/v1/adapters/{r.json()['adapter_id']}")
+    api.delete("/v1/aliases/pin", params={"name": "shades"})
+    for code, r in answers.items():
+        body = r.json()
+        assert body["code"] == code, (code, body)
+        assert isinstance(body["message"], str) and body["message"]
+        assert isinstance(body["problems"], list)
+        if code == "invalid":
+            assert r.status_code == 422 and body["problems"]
+            assert body["detail"] == {"message": body["message"], "problems": body["problems"]}
+        else:
+            assert body["detail"] == body["message"] and body["problems"] == []

@@ -188,8 +188,8 @@ def test_remote_cli(server, key, trained, colour_set, tmp_path, capsys, monkeypa
     code, out, _ = remote("--json", "jobs", "create", str(colour_set), "--epochs", "1",
                           "--lr", "auto", "--parent", job.adapter_id)
     warm = json.loads(out)
-    assert code == 0 and warm["hyperparameters"]["parent_adapter_id"] == job.adapter_id
-    assert warm["hyperparameters"]["auto"] == ["lr"] and warm["hyperparameters"]["lr"] == 0.1
+    assert code == 0 and warm["parent_adapter_id"] == job.adapter_id
+    assert warm["auto"] == ["lr"] and warm["hyperparameters"]["lr"] == 0.1
     code, out, _ = remote("--json", "datasets", "create", str(colour_set))
     dataset = json.loads(out)
     assert code == 0 and dataset["images"] == 64

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import clipfit
 from clipfit_core.synthetic import write_dataset
 
 from .conftest import FINISHED, image_files, stop_process_group, wait_for, zip_folder
@@ -146,7 +147,7 @@ def test_embedded_service_end_to_end_and_crash_recovery(serve, colour_set, tmp_p
     assert {a["id"] for a in listed} == {adapter["id"], slow["adapter_id"]}
     assert api.delete(f"/v1/adapters/{slow['adapter_id']}").status_code == 204
     assert api.get(f"/v1/adapters/{slow['adapter_id']}").status_code == 404
-    assert api.get("/healthz").json() == {"status": "ok"}
+    assert api.get("/healthz").json() == {"status": "ok", "version": clipfit.__version__}
 
     # the README's demo client, against this service, on a set it has not seen
     test_set = write_dataset(tmp_path / "test", per_class=10, seed=7)

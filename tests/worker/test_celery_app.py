@@ -1,8 +1,7 @@
 """Each Celery app carries its own settings; the API's sending app runs no tasks."""
 
-from registry.queue import TRAIN_TASK
 from registry.settings import Settings
-from service.queue import JobQueue
+from service.queue import TRAIN_TASK, JobQueue
 from worker.celery_app import create_worker_app
 
 
