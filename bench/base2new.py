@@ -58,6 +58,7 @@ from clipfit_core.classify import class_text_features, image_features, resolve_t
 from clipfit_core.data import FewShotDataset, Sample, open_image
 from clipfit_core.delta import Delta, DeltaError, applied
 from clipfit_core.evaluate import accuracy, harmonic_mean
+from clipfit_core.recipes import PAPER
 from clipfit_core.train import TrainConfig, train_clipfit
 
 PROTOCOLS = ("base2new", "fewshot")
@@ -327,8 +328,9 @@ def _trained(base, train: FewShotDataset, config: TrainConfig, *, protocol: str,
 
 
 def run_dataset(base, root: Path, name: str, *, seeds, shots: int, epochs: int | None,
-                protocols=("base2new",), lambda_kd: float = 8.0,
-                fewshot_lambda: float | None = None, batch_size: int = 32, workers: int = 0,
+                protocols=("base2new",), lambda_kd: float = PAPER.values["lambda"],
+                fewshot_lambda: float | None = None,
+                batch_size: int = PAPER.values["batch_size"], workers: int = 0,
                 eval_batch_size: int = 128, previous: dict | None = None,
                 deltas_dir: Path | None = None, reuse_deltas: bool = False,
                 progress=print) -> dict:
@@ -513,8 +515,8 @@ def main(argv=None) -> int:
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=None,
                         help="override the per-dataset epochs (10 large / 100 others)")
-    parser.add_argument("--lambda", dest="lambda_kd", type=float, default=8.0,
-                        help="base-to-new distillation weight")
+    parser.add_argument("--lambda", dest="lambda_kd", type=float,
+                        default=PAPER.values["lambda"], help="base-to-new distillation weight")
     parser.add_argument("--fewshot-lambda", type=float, default=None,
                         help="few-shot distillation weight (default: 2, 8 on DTD and SUN397)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),

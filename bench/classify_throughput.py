@@ -67,6 +67,7 @@ from clipfit_core.classify import (
     image_features,
     load_images,
     logits_for,
+    predict,
     resolve_templates,
 )
 from clipfit_core.delta import Delta
@@ -348,8 +349,7 @@ def stage_pass(clf: Classifier, batches: list[list[bytes]], classnames, template
     for px in pixels:
         with applied(clf.base, delta):
             feats = image_features(clf.base, px)
-        logits_for(clf.base, feats, text).cpu().softmax(dim=-1).topk(
-            min(top_k, len(classnames)), dim=-1)
+        predict(logits_for(clf.base, feats, text).cpu(), classnames, top_k=top_k)
     encode = time.perf_counter() - start
     n = n_batches * len(chosen[0])
     return {"images": n, "decode_preprocess_images_per_s": round(n / prep, 2),

@@ -25,6 +25,7 @@ from clipfit_core.data import FewShotDataset, Sample
 from clipfit_core.delta import applied, toward_base
 from clipfit_core.models import BaseModel
 from clipfit_core.pretrain import ITEMS
+from clipfit_core.recipes import PAPER
 from clipfit_core.train import TrainConfig, lr_at_epoch, make_train_loader, train_clipfit
 
 TEMPLATE = "a photo of a {}."
@@ -82,7 +83,7 @@ def zero_shot(base: BaseModel, split: Split, test: bool = True) -> dict:
 
 
 def clipfit(base: BaseModel, split: Split, *, lr: float, crop: float, epochs: int, seed: int,
-            text: bool = True, image: bool = True, lambda_kd: float = 8.0,
+            text: bool = True, image: bool = True, lambda_kd: float = PAPER.values["lambda"],
             alphas: tuple[float, ...] = (), test: bool = True) -> dict:
     """ClipFit's score; with ``alphas``, also the score of the delta moved toward zero-shot
     by each factor (``clipfit_core.delta.toward_base``) under ``"alphas"``."""
@@ -128,7 +129,8 @@ def coop(base: BaseModel, split: Split, *, lr: float, crop: float, epochs: int, 
             return F.normalize(encode_text(model, tokens[list(classes)], emb), dim=-1)
 
         config = TrainConfig(epochs=epochs, lr=lr, seed=seed, crop_min=crop)
-        optimizer = torch.optim.SGD([ctx], lr=lr, momentum=0.9, weight_decay=5e-4)
+        optimizer = torch.optim.SGD([ctx], lr=lr, momentum=config.momentum,
+                                    weight_decay=config.weight_decay)  # ClipFit's optimizer
         scale = model.logit_scale.exp().detach()
         for epoch, loader in _epochs_of_batches(base, split, config):
             for group in optimizer.param_groups:

@@ -1,5 +1,5 @@
 """The evaluation report and the "unknown" answer on the demo's data (clipfit-mini, blurred
-Fashion-MNIST, 16 training images per class, the demo's settings): an adapter is trained on
+Fashion-MNIST, 16 training images per class, the ``demo`` recipe): an adapter is trained on
 some classes, then meets held-out images of those classes and of classes it never saw.
 
     python -m bench.openset [--novel 3] [--seeds 0 1 2] [--json OUT]
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipfit_core.classify import Classifier
+from clipfit_core.classify import Classifier, predict
 from clipfit_core.config import TrainConfig, prepare_training_set
 from clipfit_core.data import FewShotDataset, Sample, load_dataset
 from clipfit_core.models import create_base_model
@@ -31,11 +31,10 @@ from registry.settings import Settings
 
 from .domains import export
 
-DEMO = {"epochs": 40, "lr": 0.03, "crop_min": 0.5}  # scripts/demo.sh's settings
-
 
 def run_seed(base, train_dir: Path, test_dir: Path, novel: int, seed: int,
              settings: dict | None = None) -> dict:
+    """One seed's row; ``settings`` (TrainConfig field names) replace the demo recipe."""
     train_all, test_all = load_dataset(train_dir), load_dataset(test_dir)
     order = np.random.default_rng(seed).permutation(len(train_all.classnames))
     novel_ids = set(order[-novel:].tolist())
@@ -43,7 +42,8 @@ def run_seed(base, train_dir: Path, test_dir: Path, novel: int, seed: int,
     subset = FewShotDataset(known, [
         Sample(s.source, known.index(train_all.classnames[s.label]), s.name)
         for s in train_all.samples if s.label not in novel_ids])
-    config = TrainConfig(seed=seed, **(DEMO if settings is None else settings))
+    config = TrainConfig.from_recipe("demo", seed=seed) if settings is None \
+        else TrainConfig(seed=seed, **settings)
     train, val = prepare_training_set(subset, config)
     delta = train_clipfit(base, train, config, val_set=val).delta
     cal, report = delta.config.calibration, delta.config.evaluation
@@ -52,16 +52,19 @@ def run_seed(base, train_dir: Path, test_dir: Path, novel: int, seed: int,
     novel_test = [s for s in test_all.samples if s.label in novel_ids]
     classifier = Classifier(base)
 
-    def top(samples):
+    def top(samples) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predicted index, answered "unknown") per image, as classify answers them."""
         logits = classifier.logits([s.source for s in samples], known, delta.config.templates,
                                    delta)
-        probs = (logits / cal["temperature"]).softmax(-1)
-        return probs.max(-1)
+        preds = predict(logits, known, temperature=cal["temperature"],
+                        threshold=cal["threshold"], top_k=1)
+        return (torch.tensor([known.index(p.labels[0]) for p in preds], dtype=torch.long),
+                torch.tensor([p.unknown for p in preds], dtype=torch.bool))
 
-    known_p, known_pred = top(known_test)
-    novel_p, _ = top(novel_test)
+    known_pred, known_unknown = top(known_test)
+    _, novel_unknown = top(novel_test)
     truth = torch.tensor([known.index(test_all.classnames[s.label]) for s in known_test])
-    kept = known_p >= cal["threshold"]
+    kept = ~known_unknown
     right = known_pred == truth
     return {
         "seed": seed, "known": known,
@@ -73,7 +76,7 @@ def run_seed(base, train_dir: Path, test_dir: Path, novel: int, seed: int,
         "ece_after": cal["ece_after"], "threshold": cal["threshold"],
         "test_accuracy_known": right.float().mean().item(),
         "unknown_share_known": (~kept).float().mean().item(),
-        "unknown_share_novel": (novel_p < cal["threshold"]).float().mean().item(),
+        "unknown_share_novel": novel_unknown.float().mean().item(),
         "accuracy_of_kept": right[kept].float().mean().item() if kept.any() else None,
     }
 

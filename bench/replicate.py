@@ -48,6 +48,7 @@ import numpy as np
 
 from bench.protocol import Cell, make_cell_data
 from clipfit_core.evaluate import harmonic_mean
+from clipfit_core.recipes import PAPER
 
 PROTOCOL_FILE = Path(__file__).with_name("replication_protocol.toml")
 TRAINED = ("clipfit", "clipfit-text", "clipfit-image", "coop", "full-ft")
@@ -136,7 +137,7 @@ def _run_method(task: tuple) -> tuple:
     if method.startswith("clipfit"):
         return task, methods.clipfit(
             base, split, lr=s["lr"], crop=s["crop"], text=method != "clipfit-image",
-            image=method != "clipfit-text", lambda_kd=s.get("lambda", 8.0),
+            image=method != "clipfit-text", lambda_kd=s.get("lambda", PAPER.values["lambda"]),
             alphas=tuple(s.get("alphas", ())), **kw)
     if method == "coop":
         return task, methods.coop(base, split, lr=s["lr"], crop=s["crop"], **kw)
@@ -355,7 +356,7 @@ def run_study(out_dir: Path, protocol: dict, *, jobs: int, weights_dir: str | No
         def trained_setting(method, lr, crop, test=False, **extra):
             # Runs that choose are scored on validation images only (test=False); the
             # defaults are left out, so one setting has one key.
-            defaults = {"lambda": 8.0, "epochs": data["epochs"]}
+            defaults = {"lambda": PAPER.values["lambda"], "epochs": data["epochs"]}
             st = {"lr": lr, "crop": crop, "test": test,
                   **{k: v for k, v in extra.items() if defaults.get(k) != v}}
             if method == "clipfit":
@@ -411,7 +412,7 @@ def run_study(out_dir: Path, protocol: dict, *, jobs: int, weights_dir: str | No
             for alpha in rec["alphas"]:
                 key = setting(lr=s["lr"], crop=s["crop"], alpha=alpha,
                               epochs=s.get("epochs", data["epochs"]),
-                              **{"lambda": s.get("lambda", 8.0)})
+                              **{"lambda": s.get("lambda", PAPER.values["lambda"])})
                 candidates[key] = {part: float(np.mean([by_cell[c]["alphas"][alpha][part]
                                                         for c in rec_cells]))
                                    for part in ("val", "val_new")}

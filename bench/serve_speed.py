@@ -57,7 +57,7 @@ if __package__ in (None, ""):  # run as a file: python bench/serve_speed.py
 import httpx
 
 from bench.classify_throughput import CpuMeter, Server, free_port, percentile
-from clipfit_core.data import open_image
+from clipfit_core.data import Sample, open_image
 from clipfit_core.delta import Delta, DeltaConfig, extract_delta
 from clipfit_core.models import create_base_model, resolve_device
 from clipfit_core.serving import inference_autocast
@@ -105,7 +105,7 @@ def store_adapters(data_dir: Path, model: str, deltas: list[Delta], png: bytes) 
     with session_scope(get_engine(settings.sqlalchemy_url)) as s:
         for delta in deltas:
             job = crud.create_job(s, tenant_id=DEFAULT_TENANT, classnames=CLASSES,
-                                  images=[(png, 0, "x.png")], base_model=model,
+                                  images=[Sample(png, 0, "x.png")], base_model=model,
                                   templates=[TEMPLATE], hyperparameters={})
             crud.mark_running(s, job_id=job.id)
             ids.append(crud.store_adapter(s, job=job, weights=delta.to_bytes(),

@@ -49,6 +49,7 @@ def measure(method: str, model_spec: str, batch: int, classes: int, steps: int,
             device: str) -> dict:
     """One method's step time and memory (run in a subprocess of its own)."""
     from clipfit_core.classify import class_features_from_tokens, logits_for, tokenize_prompts
+    from clipfit_core.config import TrainConfig
     from clipfit_core.models import create_base_model
     from clipfit_core.params import count_trainable, mark_trainable
     from clipfit_core.train import clipfit_loss, frozen_attention_layout
@@ -57,9 +58,11 @@ def measure(method: str, model_spec: str, batch: int, classes: int, steps: int,
     torch.manual_seed(0)
     base = create_base_model(model_spec, device=device, fingerprint=False)
     model = base.model
+    paper = TrainConfig()  # the paper's recipe: its optimizer and distillation weight
     if method == "clipfit":
         params = list(mark_trainable(model).values())
-        optimizer = torch.optim.SGD(params, lr=0.002, momentum=0.9, weight_decay=5e-4)
+        optimizer = torch.optim.SGD(params, lr=paper.lr, momentum=paper.momentum,
+                                    weight_decay=paper.weight_decay)
     else:
         model.requires_grad_(True)
         model.logit_scale.requires_grad_(False)
@@ -80,7 +83,7 @@ def measure(method: str, model_spec: str, batch: int, classes: int, steps: int,
         text = class_features_from_tokens(model, tokens, 1)
         img = F.normalize(model.encode_image(images), dim=-1)
         loss, _, _ = clipfit_loss(logits_for(base, img.float(), text.float()), labels, text,
-                                  zs_text, 8.0)
+                                  zs_text, paper.lambda_kd)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

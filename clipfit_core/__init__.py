@@ -14,23 +14,26 @@ import importlib
 from .version import __version__ as __version__
 
 _EXPORTS = {  # submodule: the public names it gives the package
-    "classify": ("Classifier", "Prediction", "resolve_templates"),
+    "classify": ("Classifier", "Prediction", "calibration_for", "predict", "resolve_templates"),
     "config": ("TrainConfig", "prepare_training_set"),
     "data": ("FewShotDataset", "Sample", "load_dataset", "sample_few_shot", "split_train_val"),
-    "delta": ("Delta", "DeltaConfig", "DeltaError", "applied", "apply_delta", "restore"),
+    "delta": ("Delta", "DeltaConfig", "DeltaError", "applied", "apply_delta", "config_problems",
+              "restore"),
     "evaluate": ("accuracy", "harmonic_mean", "per_class_accuracy"),
     "models": ("BaseModel", "WeightsUnavailableError", "create_base_model"),
     "params": ("UnsupportedArchitectureError", "count_trainable", "trainable_parameters"),
+    "recipes": ("RECIPES", "get_recipe", "list_recipes"),
     "train": ("TrainingCancelled", "TrainProgress", "train_clipfit"),
 }
 _SOURCE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
-    "BaseModel", "Classifier", "Delta", "DeltaConfig", "DeltaError", "FewShotDataset",
+    "RECIPES", "BaseModel", "Classifier", "Delta", "DeltaConfig", "DeltaError", "FewShotDataset",
     "Prediction", "Sample", "TrainConfig", "TrainProgress", "TrainingCancelled",
     "UnsupportedArchitectureError", "WeightsUnavailableError", "accuracy", "applied",
-    "apply_delta", "count_trainable", "create_base_model", "harmonic_mean", "load_dataset",
-    "per_class_accuracy", "prepare_training_set", "resolve_templates", "restore",
+    "apply_delta", "calibration_for", "config_problems", "count_trainable",
+    "create_base_model", "get_recipe", "harmonic_mean", "list_recipes", "load_dataset",
+    "per_class_accuracy", "predict", "prepare_training_set", "resolve_templates", "restore",
     "sample_few_shot", "split_train_val", "train_clipfit", "trainable_parameters",
 ]
 

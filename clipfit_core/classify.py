@@ -1,4 +1,5 @@
-"""Prompt templates, class text features (cached), and batched top-k prediction."""
+"""Prompt templates, class text features (cached), batched top-k prediction, and which
+temperature and rejection threshold apply to a request."""
 
 from __future__ import annotations
 
@@ -111,6 +112,74 @@ class Prediction:
                           for label, p in zip(self.labels, self.probs)]}
 
 
+def predict(logits: torch.Tensor, classnames: Sequence[str], *, temperature: float = 1.0,
+            threshold: float | None = None, top_k: int = 5) -> list[Prediction]:
+    """Top-k labels and probabilities per row of ``(N, C)`` logits.
+
+    Probabilities are ``softmax(logits / temperature)``. A row whose top probability is
+    below ``threshold`` is answered ``"unknown"`` (its top-k kept): the comparison is on the
+    unrounded probability, so a probability equal to the threshold is kept; ``to_dict``
+    rounds to 6 digits only for the answer.
+
+    Args:
+        logits: ``(N, C)`` logits, columns in ``classnames`` order.
+        classnames: the C class names.
+        temperature: divides the logits (1: none; see :func:`calibration_for`).
+        threshold: the rejection threshold on the top probability, or None for none.
+        top_k: labels per row, at most C.
+    """
+    probs = (logits if temperature == 1.0 else logits / temperature).softmax(dim=-1)
+    values, indices = probs.topk(min(top_k, len(classnames)), dim=-1)
+    return [Prediction([classnames[j] for j in idx.tolist()], val.tolist(),
+                       unknown=threshold is not None and val[0].item() < threshold)
+            for val, idx in zip(values, indices)]
+
+
+def calibration_for(config: dict | None, *, own_classes: bool, calibrated: bool = True,
+                    reject_unknown: bool = False, threshold: float | None = None
+                    ) -> tuple[float, float | None, list[str]]:
+    """The temperature and rejection threshold that apply to one classification request.
+
+    An adapter's temperature and threshold were fitted on its held-out split for its own
+    classes and templates, so they apply to those only: the temperature when
+    ``calibrated``; its threshold when ``reject_unknown`` and no ``threshold`` is given
+    (which needs its calibrated probabilities). A given ``threshold`` always applies.
+
+    Args:
+        config: the adapter's delta config (``calibration`` is read), None for zero-shot.
+        own_classes: the request uses the adapter's own classes and templates.
+        calibrated: use the adapter's fitted temperature.
+        reject_unknown: answer "unknown" below the adapter's fitted threshold.
+        threshold: an explicit threshold (it wins over the adapter's).
+
+    Returns:
+        ``(temperature, threshold, problems)``; ``problems`` says why the request cannot be
+        answered as asked (empty when it can).
+    """
+    fitted = (config.get("calibration") or {}) if config is not None else {}
+    own_classes = config is not None and own_classes
+    problems: list[str] = []
+    temperature = 1.0
+    if calibrated and own_classes and fitted.get("temperature"):
+        temperature = float(fitted["temperature"])
+    if reject_unknown and threshold is None:
+        if config is None:
+            problems.append("reject_unknown uses an adapter's threshold; for zero-shot give "
+                            "a threshold")
+        elif not own_classes:
+            problems.append("reject_unknown uses the threshold fitted for the adapter's own "
+                            "classes and templates; with others give a threshold")
+        elif fitted.get("threshold") is None:
+            problems.append("this adapter has no rejection threshold (it kept no held-out "
+                            "images, or was trained before thresholds); give a threshold")
+        elif not calibrated:
+            problems.append("the adapter's threshold is on calibrated probabilities: leave "
+                            "calibrated on, or give a threshold")
+        else:
+            threshold = float(fitted["threshold"])
+    return temperature, threshold, problems
+
+
 def logits_for(base: BaseModel, img_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
     """CLIP logits: exp(logit_scale) * cosine similarity."""
     scale = base.model.logit_scale.detach().float().exp().to(img_feats.device)
@@ -184,13 +253,13 @@ class Classifier:
 
     def classify(
         self, images, classnames: Sequence[str], templates: Sequence[str] | str | None = None,
-        *, delta=None, top_k: int = 5,
+        *, delta=None, top_k: int = 5, temperature: float = 1.0,
+        threshold: float | None = None,
     ) -> list[Prediction]:
-        """Top-k labels and probabilities per image."""
+        """Top-k labels and probabilities per image (:func:`predict`: ``temperature`` and
+        ``threshold`` as :func:`calibration_for` chooses them)."""
         if not classnames:
             raise ValueError("no class names to classify among")
         templates = resolve_templates(templates)
-        probs = self.logits(images, classnames, templates, delta).softmax(dim=-1)
-        values, indices = probs.topk(min(top_k, len(classnames)), dim=-1)
-        return [Prediction([classnames[j] for j in idx.tolist()], val.tolist())
-                for val, idx in zip(values, indices)]
+        return predict(self.logits(images, classnames, templates, delta), classnames,
+                       temperature=temperature, threshold=threshold, top_k=top_k)

@@ -13,10 +13,12 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .classify import resolve_templates
-from .data import FewShotDataset, sample_few_shot, split_train_val
+from .recipes import PAPER, SMALL_BASE, get_recipe
+
+if TYPE_CHECKING:  # data.py loads torch: the spec stays importable without it (the client)
+    from .data import FewShotDataset
 
 
 def hp(default: Any, help: str, *, exposed: bool = False, runtime: bool = False,
@@ -43,25 +45,29 @@ _CHECKS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
 class TrainConfig:
     """A ClipFit training run (CLIPFIT_METHOD.md): the paper's recipe by default."""
 
-    epochs: int = hp(10, "passes over the few-shot training set", exposed=True, ge=1, le=10_000)
-    lr: float = hp(0.002, "peak SGD learning rate (the paper: 0.002)", exposed=True,
-                   gt=0, le=10)
-    batch_size: int = hp(32, "images per step", exposed=True, ge=1, le=1024)
+    epochs: int = hp(PAPER.values["epochs"], "passes over the few-shot training set",
+                     exposed=True, ge=1, le=10_000)
+    lr: float = hp(PAPER.values["lr"], f"peak SGD learning rate (the paper: "
+                   f"{PAPER.values['lr']})", exposed=True, gt=0, le=10)
+    batch_size: int = hp(PAPER.values["batch_size"], "images per step", exposed=True, ge=1,
+                         le=1024)
     shots: int = hp(16, "training images per class (at most), drawn after the validation "
                     "split", exposed=True, ge=1, le=10_000)
     val_fraction: float = hp(0.2, "fraction of each class held out for best-epoch selection "
                              "and the zero-shot vs tuned accuracy (0: none)", exposed=True,
                              ge=0, le=0.5)
-    lambda_kd: float = hp(8.0, "weight of the text-feature distillation term (the paper: 8)",
-                          exposed=True, public="lambda", ge=0, le=1000)
+    lambda_kd: float = hp(PAPER.values["lambda"], "weight of the text-feature distillation "
+                          f"term (the paper: {PAPER.values['lambda']:g})", exposed=True,
+                          public="lambda", ge=0, le=1000)
     seed: int = hp(0, "seed of the split, the shots, the shuffling and the augmentation",
                    exposed=True, ge=0, le=2**32 - 1)
-    crop_min: float = hp(0.08, "smallest area fraction of the random resized crop (the paper: "
-                         "0.08; raise it for tiny images)", exposed=True, gt=0, le=1)
-    alpha: float = hp(1.0, "move the tuned values toward the base's by this factor after "
-                      "training: base + alpha * (tuned - base); 1 is the paper's ClipFit, the "
-                      "replication's default recipe uses 0.5 (keeps new-class accuracy at "
-                      "zero-shot's)", exposed=True, gt=0, le=1)
+    crop_min: float = hp(PAPER.values["crop_min"], "smallest area fraction of the random "
+                         f"resized crop (the paper: {PAPER.values['crop_min']}; raise it for "
+                         "tiny images)", exposed=True, gt=0, le=1)
+    alpha: float = hp(PAPER.values["alpha"], "move the tuned values toward the base's by this "
+                      "factor after training: base + alpha * (tuned - base); 1 is the paper's "
+                      f"ClipFit, the {SMALL_BASE.name} recipe uses {SMALL_BASE.values['alpha']}"
+                      " (keeps new-class accuracy at zero-shot's)", exposed=True, gt=0, le=1)
     templates: str | list[str] = hp(  # noqa: RUF009 (a name, resolved to a list below)
         "default", "prompt template: a name (imagenet, oxford_pets, ...), an ensemble "
         "(imagenet80, imagenet7), or a string with one {}", exposed=True, input="template")
@@ -93,6 +99,8 @@ class TrainConfig:
                                 f"got {value!r}")
         if not (self.train_text or self.train_image):
             problems.append("train_text and train_image are both off: nothing to train")
+        from .prompts import resolve_templates  # open_clip's template lists: loaded on use
+
         try:
             self.templates = resolve_templates(self.templates)
         except ValueError as e:
@@ -119,6 +127,12 @@ class TrainConfig:
         return cls(**(known | overrides))
 
     @classmethod
+    def from_recipe(cls, name: str, **overrides: Any) -> TrainConfig:
+        """The named recipe (``clipfit_core.recipes``: paper, small-base, demo), with
+        ``overrides`` (field names) on top; the fields it leaves out take their defaults."""
+        return cls(**(recipe_fields(name) | overrides))
+
+    @classmethod
     def exposed_fields(cls) -> list[dataclasses.Field]:
         """The fields users set (API form fields and CLI flags), in declaration order."""
         return [f for f in dataclasses.fields(cls) if f.metadata["exposed"]]
@@ -139,6 +153,12 @@ def input_name(f: dataclasses.Field) -> str:
     return f.metadata.get("input", public_name(f))
 
 
+def recipe_fields(name: str) -> dict[str, Any]:
+    """The named recipe's values by spec field name (``lambda_kd`` for ``lambda``)."""
+    by_public = {public_name(f): f.name for f in dataclasses.fields(TrainConfig)}
+    return {by_public[k]: v for k, v in get_recipe(name).values.items()}
+
+
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
@@ -148,6 +168,8 @@ def prepare_training_set(
 ) -> tuple[FewShotDataset, FewShotDataset | None]:
     """(training set, validation set or None): split first, so the held-out images never
     depend on ``shots``, then draw up to ``shots`` training images per class."""
+    from .data import sample_few_shot, split_train_val
+
     train, val = dataset, None
     if config.val_fraction > 0:
         train, val = split_train_val(dataset, config.val_fraction, seed=config.seed)
@@ -157,12 +179,13 @@ def prepare_training_set(
 
 
 # ``auto`` hyperparameters: the rule (README, "auto hyperparameters"). Bases pretrained here
-# (small models, far from their pretraining) take the replication study's recipe; others
-# the paper's rate, with epochs from a budget of steps like the paper's ImageNet run.
+# (small models, far from their pretraining) take the small-base recipe's epochs and rate
+# (the replication study's); others the paper recipe's rate, with epochs from a budget of
+# steps like the paper's ImageNet run.
 AUTO = "auto"
 AUTO_FIELDS = ("epochs", "lr", "batch_size")
 SMALL_BASES = ("clipfit-tiny", "clipfit-mini")
-PAPER_BATCH = 32
+PAPER_BATCH = PAPER.values["batch_size"]
 STEP_BUDGET = 5000  # ImageNet in the paper: 16,000 images / 32 x 10 epochs
 EPOCH_RANGE = (10, 100)  # the paper's two settings (large datasets, the others)
 
@@ -181,12 +204,13 @@ def auto_values(*, base_model: str, train_images: int, batch_size: int | None = 
     (after the validation split and the shots); ``batch_size`` when the user set it."""
     batch = batch_size or max(1, min(PAPER_BATCH, train_images))
     arch = base_model.split(":", 1)[0].strip()
-    if arch in SMALL_BASES:  # the replication's recipe (lr 0.1, 30 epochs)
-        return {"epochs": 30, "lr": 0.1, "batch_size": batch}
+    if arch in SMALL_BASES:
+        return {"epochs": SMALL_BASE.values["epochs"], "lr": SMALL_BASE.values["lr"],
+                "batch_size": batch}
     steps_per_epoch = max(1, math.ceil(train_images / batch))
     low, high = EPOCH_RANGE
-    return {"epochs": min(high, max(low, round(STEP_BUDGET / steps_per_epoch))), "lr": 0.002,
-            "batch_size": batch}
+    return {"epochs": min(high, max(low, round(STEP_BUDGET / steps_per_epoch))),
+            "lr": PAPER.values["lr"], "batch_size": batch}
 
 
 def with_auto(values: dict[str, Any], dataset: FewShotDataset, *, base_model: str

@@ -11,7 +11,8 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,16 +24,25 @@ from safetensors.torch import save as save_bytes
 
 from .models import BaseModel
 from .params import trainable_parameters
+from .prompts import classname_problems, resolve_templates, shorten
 
 METHOD = "clipfit"
 FORMAT_VERSION = 1
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 _FILE_METADATA = {"method": METHOD, "format_version": str(FORMAT_VERSION)}
+MAX_NESTING = 8  # the evaluation report is the deepest part: 5 levels
+MAX_FREE_NESTING, MAX_FREE_BYTES = 3, 65536  # hyperparameters, metrics
+REQUIRED = ("base_model", "base_fingerprint", "classnames", "templates")
 
 
 class DeltaError(ValueError):
-    """A delta is malformed, or does not belong to the base model it is used with."""
+    """A delta is malformed, or does not belong to the base model it is used with.
+    ``problems``: every problem found (one, unless a config was checked)."""
+
+    def __init__(self, message: str, problems: Sequence[str] | None = None):
+        super().__init__(message)
+        self.problems = list(problems) if problems else [message]
 
 
 @dataclass
@@ -107,26 +117,128 @@ class Delta:
 
     @classmethod
     def load(cls, directory: str | Path) -> Delta:
+        """The delta in ``directory``; DeltaError naming every problem of its config
+        (:func:`config_problems`) before the tensors are read."""
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
                 raise DeltaError(f"{str(directory)!r} is not a ClipFit delta: {path.name} missing")
         try:
-            config = DeltaConfig.from_dict(json.loads(config_path.read_text()))
-        except (json.JSONDecodeError, TypeError) as e:
+            config = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DeltaError(f"{config_path} is not a valid delta config: {e}") from e
-        if config.method != METHOD:
-            raise DeltaError(f"{config_path}: method is {config.method!r}, expected {METHOD!r}")
-        if config.format_version > FORMAT_VERSION:
-            raise DeltaError(f"{config_path}: format version {config.format_version} is newer "
-                             f"than this clipfit understands ({FORMAT_VERSION}); upgrade clipfit")
-        return cls(load_file(weights_path), config)
+        problems = config_problems(config)
+        if problems:
+            raise DeltaError(f"{config_path}: {'; '.join(problems)}", problems)
+        return cls(load_file(weights_path), DeltaConfig.from_dict(config))
 
     @classmethod
     def from_bytes(cls, weights: bytes, config: dict[str, Any]) -> Delta:
         """Rebuild a delta from ``to_bytes()`` and ``config_dict()`` (e.g. a database row)."""
         return cls(load_bytes(weights), DeltaConfig.from_dict(config))
+
+
+def nesting(value, limit: int = MAX_NESTING) -> int:
+    """How deeply lists and objects nest in ``value``, counted without recursion and no
+    further than ``limit + 1``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            stack.extend((child, level + 1)
+                         for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def config_problems(config: dict, *, allowed_base_models: Sequence[str] | None = None,
+                    max_classes: int | None = None) -> list[str]:
+    """Every problem with a delta config (``adapter_config.json``, parsed), held to what
+    clipfit itself writes; empty when there is none. The one check of every way a delta
+    comes in: :meth:`Delta.load`, ``export.read_delta_zip`` and a service's import.
+
+    Checked: a JSON object no deeper than MAX_NESTING, method, the required keys (these
+    first: past them nothing else is checked), then the classes and templates by the rules
+    of training, ``hyperparameters`` and ``metrics`` (objects of at most 3 levels and
+    64 KB), the base fingerprint, ``arch`` and ``pretrained``, ``format_version``, the
+    evaluation report and calibration (``report.stored_problems``: no NaN, infinity or
+    bool where a number is read) and the base model. Missing optional keys take
+    :class:`DeltaConfig`'s defaults.
+
+    Args:
+        config: the parsed JSON.
+        allowed_base_models: the base models that may be used (a service's allow-list);
+            None: any.
+        max_classes: the most classes allowed; None: no limit.
+    """
+    from .report import stored_problems  # torchmetrics: loaded when a config is checked
+
+    if not isinstance(config, dict):
+        return [f"{CONFIG_NAME} is not a JSON object"]
+    if nesting(config) > MAX_NESTING:
+        return [f"{CONFIG_NAME} nests deeper than {MAX_NESTING} levels"]
+    if config.get("method") != METHOD:
+        return [f"method must be {METHOD!r}, not {shorten(config.get('method'))}"]
+    missing = [k for k in REQUIRED if k not in config]
+    if missing:
+        return [f"{CONFIG_NAME} lacks {missing}"]
+    config = _config_defaults() | config
+    problems = []
+    classes = config["classnames"]
+    if not _strings(classes) or len(classes) < 2:
+        problems.append("classnames must be a list of at least 2 strings")
+    else:
+        problems += classname_problems(classes, max_count=max_classes)
+    if not _strings(config["templates"]) or not config["templates"]:
+        problems.append("templates must be a non-empty list of strings")
+    else:
+        try:
+            resolve_templates(config["templates"])  # each one's form, and how many
+        except ValueError as e:
+            problems.append(str(e))
+    for key in ("hyperparameters", "metrics"):
+        value = config[key]
+        if not isinstance(value, dict) or nesting(value) > MAX_FREE_NESTING \
+                or len(json.dumps(value)) > MAX_FREE_BYTES:
+            problems.append(f"{key} must be a JSON object of at most {MAX_FREE_NESTING} levels "
+                            f"and {MAX_FREE_BYTES // 1024} KB")
+    fingerprint = config["base_fingerprint"]
+    if not isinstance(fingerprint, str) or not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
+        problems.append("base_fingerprint must be 64 hexadecimal digits")
+    for key in ("arch", "pretrained"):
+        if not isinstance(config[key], str | None) or len(config[key] or "") > 500:
+            problems.append(f"{key} must be a string of at most 500 characters")
+    version = config["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool) \
+            or not 1 <= version <= FORMAT_VERSION:
+        newer = isinstance(version, int) and not isinstance(version, bool) \
+            and version > FORMAT_VERSION
+        problems.append(f"format_version must be from 1 to {FORMAT_VERSION}"
+                        + (f" ({version} is newer: upgrade clipfit)" if newer else ""))
+    problems += stored_problems(config)
+    spec = config["base_model"]
+    if allowed_base_models is None:
+        if not isinstance(spec, str) or not spec.strip():
+            problems.append(f"base_model {shorten(spec)} must be a model spec (a string)")
+    elif not isinstance(spec, str) or spec not in allowed_base_models:
+        problems.append(f"base_model {shorten(spec)} is not allowed here; allowed: "
+                        f"{allowed_base_models}")
+    return problems
+
+
+def _config_defaults() -> dict[str, Any]:
+    """DeltaConfig's default of each field that has one."""
+    fields = dataclasses.fields(DeltaConfig)
+    return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING
+            else f.default for f in fields
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+
+def _strings(values) -> bool:
+    return isinstance(values, list) and all(isinstance(v, str) for v in values)
 
 
 def toward_base(base: BaseModel, delta: Delta, alpha: float) -> Delta:

@@ -17,13 +17,21 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import open_clip
 import torch
 from safetensors.torch import save_file
 
-from .delta import CONFIG_NAME, METHOD, WEIGHTS_NAME, Delta, DeltaError, check_compatible
+from .delta import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    Delta,
+    DeltaError,
+    check_compatible,
+    config_problems,
+)
 from .models import BaseModel, uses_quick_gelu
 
 FORMATS = ("delta", "open_clip")
@@ -33,24 +41,6 @@ CLASSES_NAME = "clipfit_classes.json"
 MAX_CONFIG_BYTES = 4 * 1024 * 1024  # classes, templates and the evaluation report
 MAX_WEIGHTS_BYTES = 64 * 1024 * 1024  # a ViT-L/14 delta is about 0.5 MB
 MAX_MEMBERS = 10  # the two files, and what a zip tool adds (folders, __MACOSX, .DS_Store)
-
-
-MAX_NESTING = 8  # the evaluation report is the deepest part: 5 levels
-
-
-def nesting(value, limit: int = MAX_NESTING) -> int:
-    """How deeply lists and objects nest in ``value``, counted without recursion and no
-    further than ``limit + 1``."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, level)
-            if deepest > limit:
-                return deepest
-            stack.extend((child, level + 1)
-                         for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
 
 
 def _no_constants(name: str):
@@ -115,10 +105,12 @@ def zip_directory(directory: str | Path, target: str | Path) -> Path:
     return target
 
 
-def read_delta_zip(data: bytes) -> Delta:
+def read_delta_zip(data: bytes, *, allowed_base_models: Sequence[str] | None = None,
+                   max_classes: int | None = None) -> Delta:
     """A delta from a zip of its two files (as ``download`` gives it), checked for sizes,
-    member names, JSON and method before the tensors are read. Raises DeltaError naming
-    every problem found."""
+    member names, JSON (no NaN or infinity) and every rule of its config
+    (``delta.config_problems``, given ``allowed_base_models`` and ``max_classes``) before
+    the tensors are read. Raises DeltaError naming every problem found (``problems``)."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
@@ -144,7 +136,7 @@ def read_delta_zip(data: bytes) -> Delta:
     if extra:
         problems.append(f"unexpected files in the zip: {extra[:5]}")
     if problems:
-        raise DeltaError("; ".join(problems))
+        raise DeltaError("; ".join(problems), problems)
     try:
         config = json.loads(archive.read(members[CONFIG_NAME]).decode("utf-8"),
                             parse_constant=_no_constants)
@@ -152,16 +144,10 @@ def read_delta_zip(data: bytes) -> Delta:
     except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, ValueError,
             EOFError) as e:
         raise DeltaError(f"the zip cannot be read ({type(e).__name__})") from e
-    if not isinstance(config, dict):
-        raise DeltaError(f"{CONFIG_NAME} is not a JSON object")
-    if nesting(config) > MAX_NESTING:
-        raise DeltaError(f"{CONFIG_NAME} nests deeper than {MAX_NESTING} levels")
-    if config.get("method") != METHOD:
-        raise DeltaError(f"{CONFIG_NAME}: method must be {METHOD!r}")
-    required = ("base_model", "base_fingerprint", "classnames", "templates")
-    missing = [k for k in required if k not in config]
-    if missing:
-        raise DeltaError(f"{CONFIG_NAME} lacks {missing}")
+    problems = config_problems(config, allowed_base_models=allowed_base_models,
+                               max_classes=max_classes)
+    if problems:
+        raise DeltaError("; ".join(problems), problems)
     try:
         return Delta.from_bytes(weights, config)
     except Exception as e:  # safetensors' own errors, a bad field type

@@ -30,6 +30,8 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
+from .classify import predict
+
 ECE_BINS = 15
 KEEP_CORRECT = 0.95  # share of the held-out split's right answers the threshold keeps
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
@@ -117,7 +119,10 @@ def calibration(logits: torch.Tensor, labels: torch.Tensor) -> dict | None:
         # more than its share; rounded down, so that value itself is kept
         exact = float(torch.quantile(top[right], 1 - KEEP_CORRECT, interpolation="lower"))
         threshold = math.floor(exact * 1e5) / 1e5
-    rejected = top < threshold if threshold is not None else torch.zeros_like(right)
+    # what classify would answer "unknown" on the held-out images (its one rule)
+    rejected = torch.tensor([p.unknown for p in predict(
+        logits, range(n), temperature=temperature, threshold=threshold, top_k=1)],
+        dtype=torch.bool)
     return {
         "method": "temperature scaling on the held-out split",
         "temperature": temperature,
@@ -137,9 +142,10 @@ def calibration(logits: torch.Tensor, labels: torch.Tensor) -> dict | None:
 
 
 def stored_problems(config: dict) -> list[str]:
-    """What is wrong with the report and calibration in a delta's config from elsewhere (an
-    imported delta): the service divides by the temperature and compares with the threshold,
-    and the page draws the report, so both must have the shape this module writes."""
+    """What is wrong with the report and calibration in a delta's config from elsewhere
+    (part of ``delta.config_problems``): classification divides by the temperature and
+    compares with the threshold, and the page draws the report, so both must have the shape
+    this module writes."""
     problems = []
     cal = config.get("calibration")
     if cal is not None:

@@ -27,7 +27,12 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import LayerNormFp32
 
-from .classify import TextFeatureCache, class_features_from_tokens, tokenize_prompts
+from .classify import (
+    TextFeatureCache,
+    class_features_from_tokens,
+    logits_for,
+    tokenize_prompts,
+)
 from .delta import Delta, applied, check_compatible
 from .models import BaseModel
 from .params import trainable_parameters
@@ -277,8 +282,7 @@ class MixedAdapterModel:
         return F.normalize(feats.float(), dim=-1)
 
     def logits(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
-        scale = self.base.model.logit_scale.detach().float().exp().to(image_feats.device)
-        return scale * image_feats @ text_feats.to(image_feats.device).T
+        return logits_for(self.base, image_feats, text_feats)
 
 
 class _TextFeatures(torch.nn.Module):

@@ -28,16 +28,23 @@ class Settings(BaseSettings):
     base_models: str = Field("clipfit-mini,clipfit-tiny",
                              description="comma-separated allow-list of model specs")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
-    max_request_bytes: int = 200 * 1024 * 1024
-    max_images: int = 5000
+    max_request_bytes: int = Field(200 * 1024 * 1024, ge=1, description="bytes per request "
+                                   "body (uploads, classify); larger answers 413")
+    max_images: int = Field(5000, ge=1, description="images per job, dataset or classify "
+                            "request")
     max_classes: int = Field(1000, ge=2, description="classes per job or request")
-    max_image_pixels: int = 40_000_000
-    max_archive_members: int = 10_000
-    max_epochs: int = Field(200, ge=1)
-    job_timeout_seconds: int = 6 * 3600
+    max_image_pixels: int = Field(40_000_000, ge=1, description="pixels per image (width x "
+                                  "height); larger images are refused before decoding")
+    max_archive_members: int = Field(10_000, ge=1, description="entries per uploaded zip "
+                                     "(folders included)")
+    max_epochs: int = Field(200, ge=1, description="epochs a job may ask for (auto values "
+                            "are capped to it)")
+    job_timeout_seconds: int = Field(6 * 3600, ge=1, description="a training task is "
+                                     "stopped after this long (Celery's hard time limit)")
     visibility_timeout_seconds: int = Field(
         0, description="broker redelivery delay for unacknowledged jobs; 0: job timeout + 1 h")
-    progress_interval_seconds: float = 2.0
+    progress_interval_seconds: float = Field(2.0, gt=0, description="how often a training "
+                                             "job records its progress")
     heartbeat_seconds: float = Field(5.0, gt=0, description="a training worker's heartbeat")
     stale_after_seconds: float = Field(60.0, gt=0, description="a running job whose heartbeat "
                                        "is older than this has lost its worker")

@@ -28,7 +28,7 @@ CLIPFIT_BASE_MODELS=${CLIPFIT_BASE_MODELS:-clipfit-mini,clipfit-tiny} \
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 python scripts/demo_client.py --url "http://127.0.0.1:$PORT" --train "$DATA/train" \
-  --test "$DATA/test" --model clipfit-mini --epochs 40 --lr 0.03 --crop-min 0.5 \
+  --test "$DATA/test" --model clipfit-mini --recipe demo \
   || { echo "-- service log:" >&2; tail -n 30 "$DATA/serve.log" >&2; exit 1; }
 echo "== the web page: http://127.0.0.1:$PORT/  (sign in with the demo's key: $CLIPFIT_API_KEY)"
 if [ -t 0 ] && [ -z "${CLIPFIT_DEMO_EXIT:-}" ]; then

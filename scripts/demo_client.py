@@ -1,9 +1,10 @@
 """A client session against a running clipfit service, through the Python client
 (``clipfit.client``): HTTP only.
 
-Submits a training job from a folder-per-class image set, follows its progress as
-Server-Sent Events, then classifies held-out images with the new adapter and zero-shot with
-the same base model and classes, and prints both accuracies.
+Submits a training job from a folder-per-class image set, with a named recipe's
+hyperparameters (``clipfit_core.recipes``; ``demo`` unless told) under any given explicitly,
+follows its progress as Server-Sent Events, then classifies held-out images with the new
+adapter and zero-shot with the same base model and classes, and prints both accuracies.
 
     python scripts/demo_client.py --url http://127.0.0.1:8000 --train DIR --test DIR
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from clipfit.client import IMAGE_SUFFIXES, ApiError, Client, folder_summary
 from clipfit.remote import print_evaluation
+from clipfit_core.recipes import RECIPES
 
 
 def labelled_images(root: Path) -> list[tuple[Path, str]]:
@@ -70,26 +72,31 @@ def main() -> int:
     parser.add_argument("--train", type=Path, required=True, help="folder per class")
     parser.add_argument("--test", type=Path, required=True, help="held-out, folder per class")
     parser.add_argument("--model", default="clipfit-mini")
-    parser.add_argument("--epochs", default="40")
-    parser.add_argument("--lr", default="0.03")
-    parser.add_argument("--crop-min", default="0.5")
-    parser.add_argument("--batch-size", default="32")
+    parser.add_argument("--recipe", choices=list(RECIPES), default="demo",
+                        help="the job's hyperparameters (default: demo)")
+    parser.add_argument("--epochs", help="instead of the recipe's")
+    parser.add_argument("--lr", help="instead of the recipe's")
+    parser.add_argument("--crop-min", help="instead of the recipe's")
+    parser.add_argument("--batch-size", help="instead of the recipe's")
     parser.add_argument("--batch", type=int, default=100, help="images per classify request")
     parser.add_argument("--wait", type=float, default=120, help="seconds to wait for /readyz")
     parser.add_argument("--api-key", default=os.environ.get("CLIPFIT_API_KEY"),
                         help="a key with the train, classify and read scopes "
                              "(default: $CLIPFIT_API_KEY)")
     args = parser.parse_args()
+    given = {"epochs": args.epochs, "lr": args.lr, "crop_min": args.crop_min,
+             "batch_size": args.batch_size}
+    hyperparameters = dict(RECIPES[args.recipe].values) | {
+        k: v for k, v in given.items() if v is not None}
 
     with Client(args.url, args.api_key or "") as cf:
         try:
             cf.ready(args.wait)
             counts = folder_summary(args.train)
             print(f"== POST /v1/jobs: {args.train} ({sum(counts.values())} images, "
-                  f"{len(counts)} classes), base model {args.model}")
-            job = cf.jobs.create(args.train, base_model=args.model, epochs=args.epochs,
-                                 lr=args.lr, crop_min=args.crop_min,
-                                 batch_size=args.batch_size, name=f"demo {args.train.name}")
+                  f"{len(counts)} classes), base model {args.model}, recipe {args.recipe}")
+            job = cf.jobs.create(args.train, base_model=args.model,
+                                 name=f"demo {args.train.name}", **hyperparameters)
             print(f"   job {job.id} {job.status}; following GET /v1/jobs/{job.id}/events")
             job = follow(cf, job.id)
             if job.status != "succeeded":

@@ -166,15 +166,12 @@ def _checked_import(ctx: Context, data: bytes) -> Delta:
     if not IMPORTS.acquire(timeout=30):
         raise Unavailable("other imports are being checked; retry shortly", retry_after=5)
     try:
-        try:
-            delta = read_delta_zip(data)
-        except DeltaError as e:
-            raise Invalid([str(e)], INVALID_ADAPTER) from e
-        config = delta.config_dict()
-        problems = config_problems(config, allowed_base_models=ctx.settings.allowed_base_models,
+        try:  # the zip, then every rule of its config, before the tensors are read
+            delta = read_delta_zip(data, allowed_base_models=ctx.settings.allowed_base_models,
                                    max_classes=ctx.settings.max_classes)
-        if problems:
-            raise Invalid(problems, INVALID_ADAPTER)
+        except DeltaError as e:
+            raise Invalid(e.problems, INVALID_ADAPTER) from e
+        config = delta.config_dict()
         with base_model_errors():  # loading the base (first use) takes a while
             base = ctx.inference.base(config["base_model"])
         try:
@@ -199,49 +196,3 @@ def delete(ctx: Context, caller: Caller, reference: str) -> None:
     if ctx.inference is not None:
         ctx.inference.forget(adapter.id)
 
-
-def config_problems(config: dict, *, allowed_base_models, max_classes) -> list[str]:
-    """TEMPORARY: moves to clipfit_core (one validation of a delta's config)."""
-    import re
-
-    from clipfit_core.delta import FORMAT_VERSION
-    from clipfit_core.export import nesting
-    from clipfit_core.prompts import classname_problems, resolve_templates, shorten
-    from clipfit_core.report import stored_problems
-
-    def strings(values) -> bool:
-        return isinstance(values, list) and all(isinstance(v, str) for v in values)
-
-    problems = []
-    classes = config["classnames"]
-    if not strings(classes) or len(classes) < 2:
-        problems.append("classnames must be a list of at least 2 strings")
-    else:
-        problems += classname_problems(classes, max_count=max_classes)
-    if not strings(config["templates"]) or not config["templates"]:
-        problems.append("templates must be a non-empty list of strings")
-    else:
-        try:
-            resolve_templates(config["templates"])
-        except ValueError as e:
-            problems.append(str(e))
-    for key in ("hyperparameters", "metrics"):
-        value = config.get(key)
-        if not isinstance(value, dict) or nesting(value) > 3 or len(json.dumps(value)) > 65536:
-            problems.append(f"{key} must be a JSON object of at most 3 levels and 64 KB")
-    fingerprint = config["base_fingerprint"]
-    if not isinstance(fingerprint, str) or not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
-        problems.append("base_fingerprint must be 64 hexadecimal digits")
-    for key in ("arch", "pretrained"):
-        if not isinstance(config.get(key), str | None) or len(config.get(key) or "") > 500:
-            problems.append(f"{key} must be a string of at most 500 characters")
-    if not isinstance(config.get("format_version"), int) or isinstance(
-            config.get("format_version"), bool) or not 1 <= config["format_version"] \
-            <= FORMAT_VERSION:
-        problems.append(f"format_version must be from 1 to {FORMAT_VERSION}")
-    problems += stored_problems(config)
-    spec = config["base_model"]
-    if not isinstance(spec, str) or spec not in allowed_base_models:
-        problems.append(f"base_model {shorten(spec)} is not allowed here; allowed: "
-                        f"{allowed_base_models}")
-    return problems

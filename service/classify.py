@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from anyio.to_thread import run_sync
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from clipfit_core.classify import calibration_for
 from clipfit_core.prompts import classname_problems, resolve_templates, shorten
 from clipfit_core.serving import Overloaded, ServerClosed
 from registry import adapters as adapter_rows
@@ -74,36 +75,6 @@ def _adapter_and_delta(ctx: Context, caller: Caller, reference: str):
             return adapter, engine.delta(s, adapter)
 
 
-def calibration_for(request: ClassifyRequest, adapter, templates,
-                    problems: list[str]) -> tuple[float, float | None]:
-    """TEMPORARY: moves to clipfit_core (the one calibration policy). (temperature,
-    threshold): an adapter's fitted values apply to its own classes and templates only."""
-    fitted = (adapter.config.get("calibration") or {}) if adapter is not None else {}
-    requested = request.classes
-    own_classes = adapter is not None and (not requested or requested == adapter.classnames) \
-        and (not request.template or templates == adapter.templates)
-    temperature = 1.0
-    if request.calibrated and own_classes and fitted.get("temperature"):
-        temperature = float(fitted["temperature"])
-    threshold = request.threshold
-    if request.reject_unknown and threshold is None:
-        if adapter is None:
-            problems.append("reject_unknown uses an adapter's threshold; for zero-shot give "
-                            "a threshold")
-        elif not own_classes:
-            problems.append("reject_unknown uses the threshold fitted for the adapter's own "
-                            "classes and templates; with others give a threshold")
-        elif fitted.get("threshold") is None:
-            problems.append("this adapter has no rejection threshold (it kept no held-out "
-                            "images, or was trained before thresholds); give a threshold")
-        elif not request.calibrated:
-            problems.append("the adapter's threshold is on calibrated probabilities: leave "
-                            "calibrated on, or give a threshold")
-        else:
-            threshold = float(fitted["threshold"])
-    return temperature, threshold
-
-
 class _ImageProblems(Exception):
     def __init__(self, problems: list[str]):
         self.problems = problems
@@ -141,7 +112,13 @@ async def classify(ctx: Context, caller: Caller, request: ClassifyRequest,
             templates = resolve_templates(request.template)
         except ValueError as e:
             problems.append(str(e))
-    temperature, threshold = calibration_for(request, adapter, templates, problems)
+    own_classes = adapter is not None and (not requested or requested == adapter.classnames) \
+        and (not request.template or templates == adapter.templates)
+    temperature, threshold, refusals = calibration_for(
+        adapter.config if adapter is not None else None, own_classes=own_classes,
+        calibrated=request.calibrated, reject_unknown=request.reject_unknown,
+        threshold=request.threshold)
+    problems += refusals
 
     def decode_all() -> list[tuple]:
         return [decode_image(data, name, settings) for name, data in request.images]

@@ -119,3 +119,87 @@ def test_batched_preprocess_is_bit_identical_to_eval_transform(tiny):
     transform = tiny.eval_transform()
     expected = torch.stack([transform(im.convert("RGB")) for im in images])
     assert torch.equal(tiny.preprocess(images), expected)
+
+
+def test_predict_divides_by_the_temperature_and_rejects_below_the_threshold():
+    from clipfit_core.classify import UNKNOWN, predict
+
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.1, 0.0]])
+    plain = predict(logits, ["a", "b", "c"], top_k=2)
+    assert [p.labels for p in plain] == [["a", "b"], ["b", "a"]]
+    assert plain[0].probs == pytest.approx(logits[0].softmax(-1)[:2].tolist())
+    assert not any(p.unknown for p in plain)
+    hot = predict(logits, ["a", "b", "c"], temperature=2.0, top_k=1)
+    assert hot[0].probs == pytest.approx([(logits[0] / 2).softmax(-1)[0].item()])
+    assert hot[0].labels == ["a"]  # the ranking does not change
+    # the threshold is compared with the unrounded top probability: equal is kept
+    top = logits.softmax(-1).max(-1).values
+    at = predict(logits, ["a", "b", "c"], threshold=top[0].item(), top_k=5)
+    assert not at[0].unknown and at[1].unknown  # row 2's top is ~0.36 < row 1's ~0.67
+    answer = at[1].to_dict()
+    assert answer["label"] == UNKNOWN and answer["unknown"] is True
+    assert [t["label"] for t in answer["top_k"]] == ["b", "a", "c"]  # top-k still given
+    assert answer["top_k"][0]["prob"] == round(at[1].probs[0], 6)
+    assert predict(torch.empty(0, 3), ["a", "b", "c"]) == []
+
+
+def test_classifier_classify_answers_unknown_as_predict_does(tiny, colour_test):
+    from clipfit_core.classify import predict
+
+    paths = sorted(colour_test.rglob("*.png"))[:6]
+    clf = Classifier(tiny)
+    logits = clf.logits(paths, CLASSES, ["a photo of a {}."])
+    expected = predict(logits, CLASSES, temperature=0.5, threshold=0.6, top_k=2)
+    got = clf.classify(paths, CLASSES, ["a photo of a {}."], top_k=2, temperature=0.5,
+                       threshold=0.6)
+    assert [p.to_dict() for p in got] == [p.to_dict() for p in expected]
+    everything = clf.classify(paths, CLASSES, ["a photo of a {}."], threshold=1.0)
+    assert all(p.unknown for p in everything)
+
+
+FITTED = {"calibration": {"temperature": 0.5, "threshold": 0.7}}
+NO_THRESHOLD = ("this adapter has no rejection threshold (it kept no held-out images, or was "
+                "trained before thresholds); give a threshold")
+
+
+@pytest.mark.parametrize("config, kwargs, expected", [
+    # the adapter's temperature: its own classes and templates, calibrated on
+    (FITTED, {"own_classes": True}, (0.5, None)),
+    (FITTED, {"own_classes": True, "calibrated": False}, (1.0, None)),
+    (FITTED, {"own_classes": False}, (1.0, None)),
+    (None, {"own_classes": True}, (1.0, None)),  # zero-shot
+    ({"calibration": None}, {"own_classes": True}, (1.0, None)),  # trained before calibration
+    # its threshold with reject_unknown; a given threshold wins, anywhere
+    (FITTED, {"own_classes": True, "reject_unknown": True}, (0.5, 0.7)),
+    (FITTED, {"own_classes": True, "reject_unknown": True, "threshold": 0.2}, (0.5, 0.2)),
+    (FITTED, {"own_classes": False, "reject_unknown": True, "threshold": 0.2}, (1.0, 0.2)),
+    (None, {"own_classes": False, "threshold": 0.3}, (1.0, 0.3)),
+    (FITTED, {"own_classes": True, "calibrated": False, "reject_unknown": True,
+              "threshold": 0.9}, (1.0, 0.9)),
+])
+def test_calibration_for_applies_the_fitted_values_to_their_own_classes(config, kwargs,
+                                                                         expected):
+    from clipfit_core.classify import calibration_for
+
+    temperature, threshold, problems = calibration_for(config, **kwargs)
+    assert (temperature, threshold, problems) == (*expected, [])
+
+
+@pytest.mark.parametrize("config, kwargs, message", [
+    (None, {"own_classes": False},
+     "reject_unknown uses an adapter's threshold; for zero-shot give a threshold"),
+    (FITTED, {"own_classes": False},
+     ("reject_unknown uses the threshold fitted for the adapter's own classes and templates; "
+      "with others give a threshold")),
+    ({"calibration": {"temperature": 0.5, "threshold": None}}, {"own_classes": True},
+     NO_THRESHOLD),
+    ({}, {"own_classes": True}, NO_THRESHOLD),
+    (FITTED, {"own_classes": True, "calibrated": False},
+     ("the adapter's threshold is on calibrated probabilities: leave calibrated on, or give "
+      "a threshold")),
+])
+def test_calibration_for_names_why_reject_unknown_cannot_apply(config, kwargs, message):
+    from clipfit_core.classify import calibration_for
+
+    _, threshold, problems = calibration_for(config, reject_unknown=True, **kwargs)
+    assert problems == [message] and threshold is None

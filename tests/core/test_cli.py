@@ -120,3 +120,65 @@ def test_train_with_auto_hyperparameters(capsys, tmp_path, colour_train):
         run(capsys, "train", colour_train, "--model", "clipfit-tiny", "--out", tmp_path / "e",
             "--epochs", "often")
     assert e.value.code == 2 and "invalid int value: 'often'" in capsys.readouterr().err
+
+
+def test_classify_calibrates_and_answers_unknown_as_the_api_does(capsys, tmp_path,
+                                                                  colour_train, colour_test):
+    out_dir = tmp_path / "delta"
+    code, _, err = run(capsys, "train", colour_train, "--model", "clipfit-tiny", "--out",
+                       out_dir, "--epochs", 6, "--lr", 0.1, "--batch-size", 16,
+                       "--val-fraction", 0.25, "--quiet")
+    assert code == 0, err
+    calibration = json.loads((out_dir / CONFIG_NAME).read_text())["calibration"]
+    images = sorted(colour_test.rglob("*.png"))[:4]
+
+    def answers(*flags):
+        code, out, err = run(capsys, "classify", *images, "--adapter", out_dir, "--top-k", 4,
+                             *flags)
+        assert code == 0, err
+        return [json.loads(line) for line in out.splitlines()]
+
+    calibrated, plain = answers(), answers("--no-calibration")
+    assert [r["top_k"][0]["label"] for r in calibrated] == \
+        [r["top_k"][0]["label"] for r in plain]  # the temperature keeps the ranking
+    if calibration["temperature"] != 1.0:
+        assert [r["top_k"] for r in calibrated] != [r["top_k"] for r in plain]
+    rejected = answers("--reject-unknown")
+    for row in rejected:
+        top = row["top_k"][0]
+        assert row["unknown"] == (top["prob"] < calibration["threshold"])
+        assert row["label"] == ("unknown" if row["unknown"] else top["label"])
+    assert all(r["unknown"] and r["label"] == "unknown" for r in answers("--threshold", 1))
+    assert not any(r["unknown"] for r in answers("--threshold", 0))
+    # the API's rules and words
+    code, _, err = run(capsys, "classify", *images, "--adapter", out_dir, "--reject-unknown",
+                       "--no-calibration")
+    assert code == 2 and "on calibrated probabilities" in err
+    code, _, err = run(capsys, "classify", *images, "--adapter", out_dir, "--reject-unknown",
+                       "--template", "a blurry photo of {}.")
+    assert code == 2 and "with others give a threshold" in err
+    code, _, err = run(capsys, "classify", *images, "--model", "clipfit-tiny", "--classes",
+                       "red,green", "--reject-unknown")
+    assert code == 2 and "for zero-shot give a threshold" in err
+    code, out, _ = run(capsys, "classify", images[0], "--model", "clipfit-tiny", "--classes",
+                       "red,green", "--threshold", 1)
+    assert code == 0 and json.loads(out)["label"] == "unknown"
+    with pytest.raises(SystemExit):
+        run(capsys, "classify", images[0], "--adapter", out_dir, "--threshold", 1.5)
+    assert "not a probability from 0 to 1" in capsys.readouterr().err
+
+
+def test_train_recipe_under_explicit_flags(capsys, tmp_path, colour_train):
+    from clipfit_core.recipes import SMALL_BASE
+
+    code, _, err = run(capsys, "train", colour_train, "--model", "clipfit-tiny", "--out",
+                       tmp_path / "d", "--recipe", "small-base", "--epochs", 2, "--quiet")
+    assert code == 0, err
+    hp = json.loads((tmp_path / "d" / CONFIG_NAME).read_text())["hyperparameters"]
+    assert hp["epochs"] == 2  # the flag given wins
+    assert {k: hp[k] for k in SMALL_BASE.values if k != "epochs"} == \
+        {k: v for k, v in SMALL_BASE.values.items() if k != "epochs"}
+    with pytest.raises(SystemExit):
+        run(capsys, "train", colour_train, "--model", "clipfit-tiny", "--out", tmp_path / "e",
+            "--recipe", "fast")
+    assert "invalid choice: 'fast'" in capsys.readouterr().err

@@ -92,3 +92,37 @@ def test_with_auto_resolves_for_the_training_images_it_will_use(colour_train):
     assert autos == [] and (config.epochs, config.lr) == (7, 0.01)
     with pytest.raises(ValueError, match="lr must be > 0"):
         with_auto({"epochs": "auto", "lr": -1}, data, base_model="clipfit-tiny")
+
+
+def test_recipes_are_spec_values_and_the_paper_recipe_is_the_default():
+    from clipfit_core.config import recipe_fields
+    from clipfit_core.recipes import RECIPES, get_recipe, list_recipes
+
+    assert list_recipes() == ["paper", "small-base", "demo"]
+    public = {public_name(f) for f in TrainConfig.exposed_fields()}
+    for name, recipe in RECIPES.items():
+        assert set(recipe.values) <= public and recipe.description, name
+        config = TrainConfig.from_recipe(name)
+        assert config.to_dict() == TrainConfig().to_dict() | dict(recipe.values)
+    assert TrainConfig.from_recipe("paper") == TrainConfig()
+    assert recipe_fields("small-base")["lambda_kd"] == 8.0
+    assert TrainConfig.from_recipe("demo", seed=3, lr=0.5).lr == 0.5
+    with pytest.raises(ValueError, match="no recipe 'fast'; the recipes: paper, small-base"):
+        get_recipe("fast")
+
+
+def test_recipe_values_are_the_ones_published():
+    """The README's replication recipe and the demo's settings (the demo's printed
+    accuracies depend on them): a change here is a change of results."""
+    from clipfit_core.config import auto_values
+    from clipfit_core.recipes import DEMO, PAPER, SMALL_BASE
+
+    assert dict(PAPER.values) == {"epochs": 10, "lr": 0.002, "batch_size": 32,
+                                  "crop_min": 0.08, "alpha": 1.0, "lambda": 8.0}
+    assert dict(SMALL_BASE.values) == {"epochs": 30, "lr": 0.1, "crop_min": 1.0, "alpha": 0.5,
+                                       "lambda": 8.0}
+    assert dict(DEMO.values) == {"epochs": 40, "lr": 0.03, "batch_size": 32, "crop_min": 0.5}
+    small = auto_values(base_model="clipfit-mini", train_images=500)
+    assert (small["epochs"], small["lr"]) == (SMALL_BASE.values["epochs"],
+                                              SMALL_BASE.values["lr"])
+    assert auto_values(base_model="ViT-B-16", train_images=500)["lr"] == PAPER.values["lr"]

@@ -94,3 +94,74 @@ def test_moving_a_moved_delta_records_the_product_of_the_factors(tiny):
     for name, t in once.tensors.items():
         assert torch.allclose(twice.tensors[name], t, atol=1e-6)
         assert not torch.equal(t, tensors[name])
+
+
+def test_config_problems_hold_a_config_to_what_clipfit_writes(tiny):
+    from clipfit_core.delta import config_problems
+
+    good = make_delta(tiny).config_dict()
+    assert config_problems(good) == []
+    assert config_problems(good, allowed_base_models=[tiny.spec], max_classes=2) == []
+    minimal = {k: good[k] for k in ("method", "base_model", "base_fingerprint", "classnames",
+                                    "templates")}
+    assert config_problems(minimal) == []  # the optional keys take their defaults
+    deep: dict = {}
+    for _ in range(20):
+        deep = {"x": [deep]}
+    # checked first, alone: past them nothing else is
+    for config, message in [
+        ([1, 2], "adapter_config.json is not a JSON object"),
+        (good | {"metrics": deep}, "adapter_config.json nests deeper than 8 levels"),
+        (good | {"method": "lora"}, "method must be 'clipfit', not 'lora'"),
+        ({"method": "clipfit", "classnames": ["a", "b"]},
+         "adapter_config.json lacks ['base_model', 'base_fingerprint', 'templates']"),
+    ]:
+        assert config_problems(config) == [message]
+    # the rest: every problem at once
+    bad = good | {"classnames": ["a", "a", " b"], "templates": ["no placeholder"],
+                  "hyperparameters": {"a": {"b": {"c": {"d": 1}}}}, "metrics": [],
+                  "base_fingerprint": 12345, "arch": 7, "pretrained": "x" * 501,
+                  "format_version": True, "base_model": "ViT-B-16:openai",
+                  "calibration": {"temperature": float("nan"), "threshold": 2},
+                  "evaluation": {"classnames": ["x"]}}
+    problems = config_problems(bad, allowed_base_models=["clipfit-tiny"], max_classes=2)
+    assert problems == [
+        "3 classes, the limit is 2",
+        "class name ' b' has leading or trailing spaces",
+        "duplicate class names: 'a'",
+        problems[3],  # the template's own words (clipfit_core.prompts)
+        "hyperparameters must be a JSON object of at most 3 levels and 64 KB",
+        "metrics must be a JSON object of at most 3 levels and 64 KB",
+        "base_fingerprint must be 64 hexadecimal digits",
+        "arch must be a string of at most 500 characters",
+        "pretrained must be a string of at most 500 characters",
+        "format_version must be from 1 to 1",
+        "calibration.temperature must be a number from 0.05 to 20.0",
+        "calibration.threshold must be null or a number from 0 to 1",
+        "evaluation does not have the shape of a clipfit report for these classes",
+        "base_model 'ViT-B-16:openai' is not allowed here; allowed: ['clipfit-tiny']",
+    ]
+    assert "no placeholder" in problems[3]
+    assert config_problems(good | {"classnames": ["a"]}) == \
+        ["classnames must be a list of at least 2 strings"]
+    assert config_problems(good | {"format_version": 2}) == \
+        ["format_version must be from 1 to 1 (2 is newer: upgrade clipfit)"]
+    assert config_problems(good | {"calibration": {"temperature": 10 ** 400}}) == \
+        ["calibration.temperature must be a number from 0.05 to 20.0"]
+    assert config_problems(good | {"base_model": ""}) == \
+        ["base_model '' must be a model spec (a string)"]
+
+
+def test_load_checks_the_config_before_the_tensors(tiny, tmp_path):
+    make_delta(tiny).save(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(
+        config | {"classnames": ["a", "a"], "format_version": 3}))
+    with pytest.raises(DeltaError, match="duplicate class names") as e:
+        Delta.load(tmp_path)
+    assert e.value.problems == [
+        "duplicate class names: 'a'",
+        "format_version must be from 1 to 1 (3 is newer: upgrade clipfit)"]
+    (tmp_path / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(DeltaError, match="not a valid delta config"):
+        Delta.load(tmp_path)

@@ -108,3 +108,24 @@ def test_read_delta_zip_round_trip_and_refusals(tiny, tmp_path):
             read_delta_zip(_zip(files))
     with pytest.raises(DeltaError, match="not a zip"):
         read_delta_zip(b"plain bytes")
+
+
+def test_read_delta_zip_checks_the_whole_config_and_names_every_problem(tiny):
+    delta = _delta(tiny)
+    config = delta.config_dict()
+    weights = delta.to_bytes()
+    ok = read_delta_zip(_zip({CONFIG_NAME: json.dumps(config).encode(), WEIGHTS_NAME: weights}),
+                        allowed_base_models=[tiny.spec], max_classes=3)
+    assert ok.id == delta.id
+    bad = config | {"classnames": ["red", "red"], "metrics": {"a": {"b": {"c": {"d": 1}}}}}
+    with pytest.raises(DeltaError) as e:
+        read_delta_zip(_zip({CONFIG_NAME: json.dumps(bad).encode(), WEIGHTS_NAME: weights}),
+                       allowed_base_models=["ViT-B-16:openai"])
+    assert e.value.problems == [
+        "duplicate class names: 'red'",
+        "metrics must be a JSON object of at most 3 levels and 64 KB",
+        f"base_model {tiny.spec!r} is not allowed here; allowed: ['ViT-B-16:openai']"]
+    assert str(e.value) == "; ".join(e.value.problems)
+    with pytest.raises(DeltaError, match="3 classes, the limit is 2"):
+        read_delta_zip(_zip({CONFIG_NAME: json.dumps(config).encode(), WEIGHTS_NAME: weights}),
+                       max_classes=2)
