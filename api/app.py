@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API for ``settings`` (default: read from the environment): its database, job
-    queue and inference engine live on ``app.state`` and reach routes through ``api.deps``."""
+    """The API for ``settings`` (default: read from the environment): the use cases'
+    context (database, job queue, quotas) and the inference engine live on ``app.state``
+    and reach routes through ``api.deps``."""
     settings = settings or Settings()
     docs = settings.open_docs  # else served below, behind a key
 
@@ -53,10 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.context = context = Context.create(settings,
                                                  inference=InferenceEngine(settings))
-    app.state.sessions = context.sessions
-    app.state.queue = context.queue
     app.state.inference = context.inference
-    app.state.quotas = context.quotas
     # keys seen recently: authentication keeps working through a database blip; a revoked
     # key stops working within CLIPFIT_KEY_CACHE_SECONDS
     app.state.known_keys = TTLCache(maxsize=10_000, ttl=settings.key_cache_seconds)

@@ -47,7 +47,7 @@ def authenticate(
     digest = hash_key(secret[:200])
     principal = known.get(digest)
     if principal is None:  # else: a key seen within CLIPFIT_KEY_CACHE_SECONDS
-        with request.app.state.sessions() as session:
+        with request.app.state.context.sessions() as session:
             key = get_key_by_secret(session, secret=secret[:200])
             if key is None:
                 raise HTTPException(401, detail="unknown or revoked API key",

@@ -28,7 +28,7 @@ def get_context(request: Request) -> Context:
 
 
 def get_db(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as session:
+    with request.app.state.context.sessions() as session:
         yield session
 
 

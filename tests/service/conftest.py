@@ -74,7 +74,7 @@ def new_key(client, scopes: list[str], tenant: str = "default") -> str:
     """A key of ``tenant`` (created when missing) with ``scopes``, straight in the database."""
     from registry import crud
 
-    with client.app.state.sessions() as session:
+    with client.app.state.context.sessions() as session:
         found = crud.get_tenant_by_name(session, name=tenant)
         tenant_id = found.id if found else crud.create_tenant(session, name=tenant).id
         _, secret = crud.create_key(session, tenant_id=tenant_id, scopes=scopes)
@@ -85,7 +85,7 @@ def new_key(client, scopes: list[str], tenant: str = "default") -> str:
 @pytest.fixture
 def db_session(api):
     """A session on the API's database."""
-    with api.app.state.sessions() as session:
+    with api.app.state.context.sessions() as session:
         yield session
 
 

@@ -30,7 +30,7 @@ def tenants(api, colour_set):
     done = api.post("/v1/jobs", files=files[:4] + files[16:20],
                     data={**TRAIN, "labels": labels[:4] + labels[16:20]},
                     headers=bearer(keys["a"])).json()
-    with api.app.state.sessions() as s:  # an adapter of A's (its weights are not used here)
+    with api.app.state.context.sessions() as s:  # an adapter of A's (its weights are not used here)
         row = crud.get_job(s, job_id=done["id"])
         crud.mark_running(s, job_id=row.id)
         adapter = crud.store_adapter(s, job=row, weights=b"not-used", metrics={}, config={

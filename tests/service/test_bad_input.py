@@ -144,7 +144,7 @@ def classify_cases(red: bytes) -> list[tuple[str, dict, str]]:
 
 
 def counts(api) -> list[int]:
-    with api.app.state.sessions() as s:
+    with api.app.state.context.sessions() as s:
         return [s.scalar(select(func.count()).select_from(t)) for t in TABLES]
 
 
@@ -211,7 +211,7 @@ def test_a_job_of_1000_images_is_within_the_documented_limits(api):
     api.post(f"/v1/jobs/{job_id}/cancel")
     from registry import crud
 
-    with api.app.state.sessions() as s:
+    with api.app.state.context.sessions() as s:
         _, images = crud.training_images(s, job=crud.get_job(s, job_id=job_id))
     names = [name for _, _, name in images]
     assert len(names) == 1000 and not [n for n in names if ".." in n or n.startswith("/")]

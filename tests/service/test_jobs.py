@@ -19,7 +19,7 @@ TRAIN = {"base_model": "clipfit-tiny", "epochs": "40", "lr": "0.1", "batch_size"
 
 
 def count(api, model) -> int:
-    with api.app.state.sessions() as s:
+    with api.app.state.context.sessions() as s:
         return s.scalar(select(func.count()).select_from(model))
 
 
@@ -131,7 +131,7 @@ def test_zip_upload(api, colour_set):
     job_id = r.json()["id"]
     api.post(f"/v1/jobs/{job_id}/cancel")
     from registry import crud
-    with api.app.state.sessions() as s:
+    with api.app.state.context.sessions() as s:
         classnames, images = crud.training_images(s, job=crud.get_job(s, job_id=job_id))
     assert classnames == ["red", "green", "blue", "yellow"] and len(images) == 64
     assert [label for _, label, _ in images].count(classnames.index("blue")) == 16
@@ -209,7 +209,7 @@ def test_a_job_survives_its_worker_being_killed(api, start_worker, colour_set):
     events = [e["kind"] for e in api.get(f"/v1/jobs/{job_id}/events",
                                          params={"limit": 1000}).json()["data"]]
     assert events.count("running") == 2 and events.count("succeeded") == 1
-    with api.app.state.sessions() as s:
+    with api.app.state.context.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Adapter)
                         .where(Adapter.job_id == job_id)) == 1
 
@@ -230,7 +230,7 @@ def test_a_job_that_cannot_be_enqueued_is_undone(api, colour_set, monkeypatch):
     def broker_down(job_id):
         raise OperationalError("Error 111 connecting to redis:6379. Connection refused.")
 
-    monkeypatch.setattr(api.app.state.queue, "enqueue", broker_down)
+    monkeypatch.setattr(api.app.state.context.queue, "enqueue", broker_down)
     files, labels = image_files(colour_set)
     before = [count(api, t) for t in (Job, JobEvent, Dataset, Blob)]
     # one new image, so that a blob would be left behind if the undo forgot it
@@ -303,7 +303,7 @@ def test_a_stored_spec_this_version_refuses_fails_the_job(api, start_worker, db_
                           base_model="clipfit-tiny", templates=["a photo of a {}."],
                           hyperparameters={"epochs": 1, "seed": -1})
     db_session.commit()
-    api.app.state.queue.enqueue(job.id)
+    api.app.state.context.queue.enqueue(job.id)
     start_worker()
     done = wait_for(api, job.id, lambda j: j["status"] in FINISHED, timeout=120)
     assert done["status"] == "failed" and "seed must be >= 0" in done["error"], done

@@ -821,6 +821,8 @@ async function viewJob(jobId) {
   }
 
   const hp = Object.entries(job.hyperparameters).map(([k, v]) => [k, String(v)]);
+  if (job.auto) hp.push(["auto", job.auto.join(",")]);
+  if (job.parent_adapter_id) hp.push(["warm start from", job.parent_adapter_id]);
   show(h("div", { class: "head" }, h("div", {}, h("h1", { text: job.name || "Training job" }),
     h("p", { class: "sub mono", text: job.id })), h("div", { class: "row" }, statusSlot, cancel)),
   h("div", { class: "card" }, h("h2", { style: "margin-top:0", text: "Progress" }), meter,
