@@ -19,7 +19,7 @@ from .inference import InferenceEngine
 from .limits import BodyLimitMiddleware
 from .metrics import MetricsMiddleware
 from .routes import adapters, admin, aliases, classify, datasets, health, jobs, models, webhooks
-from .schemas import ERROR_RESPONSES
+from .schemas import ERROR_RESPONSES, without_null_parameters
 from .web import mount_page
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Few-shot CLIP fine-tuning with ClipFit, served as tiny deltas.",
                   docs_url="/docs" if docs else None, redoc_url=None,
                   openapi_url="/openapi.json" if docs else None, responses=ERROR_RESPONSES)
+    fastapi_openapi = app.openapi  # built once and cached by FastAPI; the edit is idempotent
+    app.openapi = lambda: without_null_parameters(fastapi_openapi())
     if not docs:
         guard = [Depends(unless_open("open_docs", "read"))]
 

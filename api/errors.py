@@ -17,10 +17,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import InterfaceError
 from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from service.errors import (
     Conflict,
@@ -55,6 +58,18 @@ def error_response(status: int, message: str, *, problems: list[str] | None = No
         "detail": detail})
 
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method the request's path answers, for a 405's ``Allow``: Starlette's lists only
+    those of the first route whose path matched (only ``GET`` at ``/v1/keys``, which also
+    takes ``POST``)."""
+    return ", ".join(method for method in METHODS if any(
+        route.matches({**request.scope, "method": method})[0] is Match.FULL
+        for route in request.app.router.routes))
+
+
 def install(app: FastAPI) -> None:
     """Map domain errors, HTTP errors, validation errors and unreachable dependencies."""
 
@@ -66,13 +81,15 @@ def install(app: FastAPI) -> None:
                               retry_after=exc.retry_after)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException):
-        detail = exc.detail
+    async def http_error(request: Request, exc: HTTPException):
+        detail, headers = exc.detail, exc.headers
+        if exc.status_code == 405 and (allowed := allowed_methods(request)):
+            headers = {**(headers or {}), "Allow": allowed}
         if isinstance(detail, dict):  # a {message, problems} body
             return error_response(exc.status_code, str(detail.get("message", "")),
                                   problems=list(detail.get("problems", [])),
-                                  headers=exc.headers)
-        return error_response(exc.status_code, str(detail), headers=exc.headers,
+                                  headers=headers)
+        return error_response(exc.status_code, str(detail), headers=headers,
                               problems=[str(detail)] if exc.status_code == 422 else None,
                               detail=detail)
 
@@ -96,6 +113,8 @@ def install(app: FastAPI) -> None:
                               retry_after=2)
 
     @app.exception_handler(KombuOperationalError)
+    @app.exception_handler(RedisConnectionError)  # none expected: quotas count in memory then
+    @app.exception_handler(RedisTimeoutError)
     async def broker_unavailable(_request: Request, exc: Exception):
         log.warning("job queue unavailable: %s", type(exc).__name__)
         return error_response(503, "the job queue is unavailable; retry shortly",

@@ -52,6 +52,13 @@ def files(form: FormData, key: str) -> list:
     return [f for f in form.getlist(key) if hasattr(f, "read")]
 
 
+async def read_image(upload, settings) -> bytes:
+    """An uploaded image file's bytes, read no further than one byte past
+    ``settings.max_image_bytes``: the use case refuses a larger one by name, and the rest of
+    it is never held in memory."""
+    return await upload.read(settings.max_image_bytes + 1)
+
+
 def texts(form: FormData, key: str) -> list[str]:
     return [v for v in form.getlist(key) if isinstance(v, str)]
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import UploadFile
@@ -18,6 +17,7 @@ from pydantic import (
 )
 
 from clipfit_core.config import AUTO, AUTO_FIELDS, TrainConfig, input_name
+from registry.models import JobStatus
 
 # The database keeps naive UTC; answers say so (RFC 3339: "2026-11-29T06:52:18Z").
 Timestamp = Annotated[datetime, AfterValidator(
@@ -91,10 +91,13 @@ JobCreateForm = create_model(
 _DEFAULT_HYPERPARAMETERS = {k: v for k, v in TrainConfig().to_dict().items() if k != "templates"}
 
 
+JobStatusName = Literal[tuple(s.value for s in JobStatus)]  # queued, running, ...
+
+
 class JobPublic(BaseModel):
     id: str
     name: str | None
-    status: str
+    status: JobStatusName
     base_model: str
     templates: list[str]
     hyperparameters: dict[str, Any] = Field(description="the training spec, auto values "
@@ -186,12 +189,16 @@ class ClassifyOptions(BaseModel):
 class ClassifyJSON(ClassifyOptions):
     """``application/json``: images as base64 strings."""
 
-    images: list[str] = Field(description="base64-encoded image files")
+    # the pattern is checked by the route's decoder, which names the image that is not base64
+    images: list[str] = Field(description="base64-encoded image files", json_schema_extra={
+        "items": {"type": "string", "contentEncoding": "base64", "pattern":
+                  r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"}})
     classes: list[str] | None = Field(None, description="zero-shot classes, or other classes "
                                       "for an adapter (the paper's new-class use)")
 
-    model_config = {"json_schema_extra": {"examples": [{
-        "images": ["iVBORw0KGgo..."], "base_model": "clipfit-mini",
+    model_config = {"json_schema_extra": {"examples": [{  # a 2x2 PNG
+        "images": [("iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR42mM8ISfHwMDAxMDAwMDA"
+                    "AAANBAEIf62CUQAAAABJRU5ErkJggg==")], "base_model": "clipfit-mini",
         "classes": ["sneaker", "sandal", "bag"], "top_k": 2}]}}
 
 
@@ -318,27 +325,70 @@ class KeyCreated(KeyPublic):
     key: str = Field("", description="the secret: shown once, stored only as a hash")
 
 
+def _not_null(field: dict[str, Any]) -> dict[str, Any]:
+    """``field``'s schema without its ``null`` alternative (and null default)."""
+    kinds = [k for k in field.get("anyOf", []) if k != {"type": "null"}]
+    if "anyOf" not in field or len(kinds) == len(field["anyOf"]):
+        return field
+    rest = {k: v for k, v in field.items() if k != "anyOf" and (k, v) != ("default", None)}
+    return {**kinds[0], **rest} if len(kinds) == 1 else {"anyOf": kinds, **rest}
+
+
+def multipart_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A form model's JSON schema as multipart carries it: a part is sent or left out, never
+    null, so optional fields lose their ``null`` alternative."""
+    schema = model.model_json_schema()
+    schema["properties"] = {name: _not_null(field)
+                            for name, field in schema.get("properties", {}).items()}
+    return schema
+
+
+def without_null_parameters(openapi: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document with its parameters as a query string or header carries them: a
+    value or nothing, never null (``X | None = None`` gives them a ``null`` alternative, which
+    clients would send as ``""`` or ``"null"``)."""
+    for item in openapi.get("paths", {}).values():
+        for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                parameter["schema"] = _not_null(parameter["schema"])
+    return openapi
+
+
 def validation_problems(error: ValidationError) -> list[str]:
     """'field: message' per error; never the input value (it may be large or hostile)."""
     return [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
             for e in error.errors(include_input=False, include_url=False)]
 
 
+# A page's cursor: the last row's created_at (microseconds since 1970, UTC) and id. Every
+# string the pattern allows is a cursor, so the schema says exactly which are valid; empty
+# means the first page.
+CURSOR_PATTERN = r"^([0-9]{1,17}\.[0-9A-Za-z_-]{1,32})?$"
+EPOCH = datetime(1970, 1, 1)
+
+
 def encode_cursor(created_at: datetime, ident: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{ident}".encode()).decode()
+    if created_at.tzinfo is not None:
+        created_at = created_at.astimezone(UTC).replace(tzinfo=None)
+    return f"{(created_at - EPOCH) // timedelta(microseconds=1)}.{ident}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    created, ident = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-    return datetime.fromisoformat(created), ident
+    """The (created_at, id) of a cursor; ValueError when it is not one."""
+    micros, dot, ident = cursor.partition(".")
+    if not (dot and micros.isascii() and micros.isdigit() and len(micros) <= 17 and ident):
+        raise ValueError(f"not a cursor: {cursor[:40]!r}")
+    return EPOCH + timedelta(microseconds=int(micros)), ident
 
 
 WebhookEvent = Literal["job.succeeded", "job.failed", "job.cancelled", "adapter.deleted"]
 
 
 class WebhookCreate(BaseModel):
-    url: str = Field(min_length=8, max_length=2000, pattern=r"^https?://",
-                     description="where events are POSTed (http or https)")
+    url: str = Field(min_length=8, max_length=2000,
+                     pattern=r"^https?://[^\s/?#]+([/?#]\S*)?$",
+                     description="where events are POSTed (http or https); its host must be "
+                     "public unless CLIPFIT_WEBHOOK_ALLOW_PRIVATE=true")
     events: list[WebhookEvent] = Field(min_length=1, max_length=4,
                                        description="the event types to send")
     description: str | None = Field(None, max_length=200)

@@ -5,8 +5,9 @@ ports, temporary directories, never the machine's shared servers), the API as co
     python -m bench.faults                      # every scenario, default recovery settings
     python -m bench.faults --only worker-kill --trials 2
 
-Scenarios: a worker SIGKILLed mid-job; Redis restarted without its data while jobs wait; a
-worker stopped with a short grace period (SIGTERM, then SIGKILL); PostgreSQL restarted while
+Scenarios: a worker SIGKILLed mid-job; Redis restarted without its data while jobs wait; Redis
+down while a job is submitted (202, reads and classify answer, the job runs once Redis is
+back); a worker stopped with a short grace period (SIGTERM, then SIGKILL); PostgreSQL restarted while
 a job trains and while clients call the API; the API SIGKILLed right after a 202; and a load
 phase. One line per scenario (trials, recovered, seconds); exits 1 when a job is lost, stuck
 or finished twice (more than one adapter or `succeeded` event), or when the API answered a
@@ -16,6 +17,7 @@ or finished twice (more than one adapter or `succeeded` event), or when the API 
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import os
 import shutil
@@ -284,6 +286,33 @@ def scenario_redis_restart(c: Cluster) -> tuple[bool, str, float]:
     return not bad, "; ".join(bad), time.monotonic() - t0
 
 
+def scenario_redis_down(c: Cluster) -> tuple[bool, str, float]:
+    """Redis stopped; a job submitted meanwhile is accepted, reads and classify answer
+    without a 5xx (only /readyz may say 503); Redis started again (empty): the job ends
+    succeeded exactly once. Seconds: from Redis' return to the job's end."""
+    if not c.workers:
+        c.start_worker()
+    with zipfile.ZipFile(c.data) as z:
+        image = base64.b64encode(z.read(min(z.namelist()))).decode()
+    c.redis.stop()
+    try:
+        job_id = c.submit(epochs=5)  # 202, or the scenario fails
+        statuses = {url: c.client.get(url).status_code for url in (
+            "/v1/jobs", f"/v1/jobs/{job_id}", "/v1/adapters", "/v1/models", "/v1/datasets")}
+        statuses["classify"] = c.client.post("/v1/classify", json={
+            "base_model": "clipfit-tiny", "classes": ["red", "blue"], "images": [image]}
+            ).status_code
+        status = c.job(job_id)["status"]
+    finally:
+        c.redis.start()
+    t0 = time.monotonic()
+    ok, why = c.settle(job_id)
+    bad = {url: code for url, code in statuses.items() if code != 200}
+    if bad or status != "queued":
+        ok, why = False, f"during the outage: {bad or ''} job {status}; " + why
+    return ok, why, time.monotonic() - t0
+
+
 def scenario_postgres_restart(c: Cluster) -> tuple[bool, str, float]:
     if not c.workers:
         c.start_worker()
@@ -337,7 +366,7 @@ def scenario_load(c: Cluster) -> tuple[bool, str, float]:
 
 
 SCENARIOS = {"worker-kill": scenario_worker_kill, "worker-sigterm": scenario_worker_sigterm,
-             "redis-restart": scenario_redis_restart,
+             "redis-restart": scenario_redis_restart, "redis-down": scenario_redis_down,
              "postgres-restart": scenario_postgres_restart, "api-kill": scenario_api_kill,
              "load": scenario_load}
 

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -118,7 +119,8 @@ class Delta:
     @classmethod
     def load(cls, directory: str | Path) -> Delta:
         """The delta in ``directory``; DeltaError naming every problem of its config
-        (:func:`config_problems`) before the tensors are read."""
+        (:func:`config_problems`) before the tensors are read, then every tensor that is
+        not floating point or not finite (:func:`tensor_problems`)."""
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
@@ -131,7 +133,11 @@ class Delta:
         problems = config_problems(config)
         if problems:
             raise DeltaError(f"{config_path}: {'; '.join(problems)}", problems)
-        return cls(load_file(weights_path), DeltaConfig.from_dict(config))
+        tensors = load_file(weights_path)
+        problems = tensor_problems(tensors)
+        if problems:
+            raise DeltaError(f"{weights_path}: {'; '.join(problems)}", problems)
+        return cls(tensors, DeltaConfig.from_dict(config))
 
     @classmethod
     def from_bytes(cls, weights: bytes, config: dict[str, Any]) -> Delta:
@@ -163,8 +169,8 @@ def config_problems(config: dict, *, allowed_base_models: Sequence[str] | None =
     Checked: a JSON object no deeper than MAX_NESTING, method, the required keys (these
     first: past them nothing else is checked), then the classes and templates by the rules
     of training, ``hyperparameters`` and ``metrics`` (objects of at most 3 levels and
-    64 KB), the base fingerprint, ``arch`` and ``pretrained``, ``format_version``, the
-    evaluation report and calibration (``report.stored_problems``: no NaN, infinity or
+    64 KB), the base fingerprint, ``arch`` and ``pretrained``, no NaN or infinite number
+    anywhere (:func:`non_finite_problems`), ``format_version``, the evaluation report and calibration (``report.stored_problems``: no NaN, infinity or
     bool where a number is read) and the base model. Missing optional keys take
     :class:`DeltaConfig`'s defaults.
 
@@ -211,6 +217,7 @@ def config_problems(config: dict, *, allowed_base_models: Sequence[str] | None =
     for key in ("arch", "pretrained"):
         if not isinstance(config[key], str | None) or len(config[key] or "") > 500:
             problems.append(f"{key} must be a string of at most 500 characters")
+    problems += non_finite_problems(config)
     version = config["format_version"]
     if not isinstance(version, int) or isinstance(version, bool) \
             or not 1 <= version <= FORMAT_VERSION:
@@ -226,6 +233,46 @@ def config_problems(config: dict, *, allowed_base_models: Sequence[str] | None =
     elif not isinstance(spec, str) or spec not in allowed_base_models:
         problems.append(f"base_model {shorten(spec)} is not allowed here; allowed: "
                         f"{allowed_base_models}")
+    return problems
+
+
+def non_finite_problems(config: dict, limit: int = 10) -> list[str]:
+    """Every number in ``config`` that is NaN or infinite, by its path (``metrics.loss``,
+    ``evaluation.tuned.per_class[2].recall``): Python's JSON reader gives these for
+    ``NaN``, ``Infinity`` and a number too large for a float (``1e999``), and no answer,
+    database or JSON writer can carry them. At most ``limit`` paths are named."""
+    found, stack = [], [(config, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append(path)
+        elif isinstance(value, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k))
+                         for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(value))))
+    problems = [f"{shorten(path, 80)} is not a finite number (NaN, infinity, or too large "
+                "for a float)" for path in found[:limit]]
+    if len(found) > limit:
+        problems.append(f"... and {len(found) - limit} more numbers that are not finite")
+    return problems
+
+
+def tensor_problems(tensors: dict[str, torch.Tensor], limit: int = 10) -> list[str]:
+    """Every tensor of a delta that is not floating point or holds NaN or infinity, by
+    name: the delta's values replace the base's, so one such tensor turns every
+    probability into NaN. At most ``limit`` are named."""
+    problems = []
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        if not tensor.is_floating_point():
+            problems.append(f"tensor {shorten(name, 80)} is {str(tensor.dtype)[6:]}, "
+                            "not floating point")
+        elif not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            problems.append(f"tensor {shorten(name, 80)} holds {bad} NaN or infinite values")
+    if len(problems) > limit:
+        problems = problems[:limit] + [f"... and {len(problems) - limit} more bad tensors"]
     return problems
 
 

@@ -8,8 +8,9 @@
   and gives the service's outputs; ARCH is in ``clipfit_classes.json``.
 - A PEFT adapter is not offered: see README ("Exports").
 
-``read_delta_zip`` is the one reader of an uploaded delta: sizes, names and JSON are checked
-before anything is parsed, the tensors with safetensors (no pickle).
+``read_delta_zip`` is the one reader of an uploaded delta: names and sizes are checked before
+anything is inflated, members inflate with a running cap, the config is checked before the
+tensors are read (with safetensors: no pickle), and the tensors before the delta is used.
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ from .delta import (
     DeltaError,
     check_compatible,
     config_problems,
+    tensor_problems,
 )
 from .models import BaseModel, uses_quick_gelu
+from .prompts import shorten
+from .zips import MemberError, MemberTooLarge, read_member, unsafe_name
 
 FORMATS = ("delta", "open_clip")
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
@@ -41,10 +45,6 @@ CLASSES_NAME = "clipfit_classes.json"
 MAX_CONFIG_BYTES = 4 * 1024 * 1024  # classes, templates and the evaluation report
 MAX_WEIGHTS_BYTES = 64 * 1024 * 1024  # a ViT-L/14 delta is about 0.5 MB
 MAX_MEMBERS = 10  # the two files, and what a zip tool adds (folders, __MACOSX, .DS_Store)
-
-
-def _no_constants(name: str):
-    raise ValueError(f"{name} is not JSON")
 
 
 def merged_state_dict(base: BaseModel, delta: Delta) -> dict[str, torch.Tensor]:
@@ -107,10 +107,14 @@ def zip_directory(directory: str | Path, target: str | Path) -> Path:
 
 def read_delta_zip(data: bytes, *, allowed_base_models: Sequence[str] | None = None,
                    max_classes: int | None = None) -> Delta:
-    """A delta from a zip of its two files (as ``download`` gives it), checked for sizes,
-    member names, JSON (no NaN or infinity) and every rule of its config
-    (``delta.config_problems``, given ``allowed_base_models`` and ``max_classes``) before
-    the tensors are read. Raises DeltaError naming every problem found (``problems``)."""
+    """A delta from a zip of its two files (as ``download`` gives it), checked before it
+    is used: the entries (at most MAX_MEMBERS; safe names, :func:`zips.unsafe_name`; the
+    two files once each and nothing else), their sizes (as declared, then as inflated,
+    with a running cap: :func:`zips.read_member`), the config (JSON; every rule of
+    :func:`delta.config_problems`, given ``allowed_base_models`` and ``max_classes``, which
+    refuses NaN and infinity anywhere) before the tensors are read, then the tensors
+    (safetensors, no pickle; floating point and finite: :func:`delta.tensor_problems`).
+    Raises DeltaError naming every problem found (``problems``)."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
@@ -118,6 +122,10 @@ def read_delta_zip(data: bytes, *, allowed_base_models: Sequence[str] | None = N
     entries = archive.infolist()
     if len(entries) > MAX_MEMBERS:
         raise DeltaError(f"the zip has {len(entries)} entries; a delta zip has 2")
+    unsafe = [f"entry {shorten(m.filename, 80)} has an unsafe name (an absolute path or '..')"
+              for m in entries if unsafe_name(m.filename)]
+    if unsafe:
+        raise DeltaError("; ".join(unsafe), unsafe)
     names = [Path(m.filename).name for m in entries if not m.is_dir()]
     if len(names) != len(set(names)):
         raise DeltaError("the zip holds two files of the same name")
@@ -137,19 +145,33 @@ def read_delta_zip(data: bytes, *, allowed_base_models: Sequence[str] | None = N
         problems.append(f"unexpected files in the zip: {extra[:5]}")
     if problems:
         raise DeltaError("; ".join(problems), problems)
+    config_bytes = _member(archive, members[CONFIG_NAME], MAX_CONFIG_BYTES)
     try:
-        config = json.loads(archive.read(members[CONFIG_NAME]).decode("utf-8"),
-                            parse_constant=_no_constants)
-        weights = archive.read(members[WEIGHTS_NAME])
-    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, ValueError,
-            EOFError) as e:
-        raise DeltaError(f"the zip cannot be read ({type(e).__name__})") from e
+        config = json.loads(config_bytes.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deeply
+        raise DeltaError(f"{CONFIG_NAME} cannot be read: not JSON ({type(e).__name__})") from e
     problems = config_problems(config, allowed_base_models=allowed_base_models,
                                max_classes=max_classes)
     if problems:
         raise DeltaError("; ".join(problems), problems)
+    weights = _member(archive, members[WEIGHTS_NAME], MAX_WEIGHTS_BYTES)
     try:
-        return Delta.from_bytes(weights, config)
+        delta = Delta.from_bytes(weights, config)
     except Exception as e:  # safetensors' own errors, a bad field type
         raise DeltaError(f"{WEIGHTS_NAME} or {CONFIG_NAME} cannot be read "
                          f"({type(e).__name__})") from e
+    problems = tensor_problems(delta.tensors)
+    if problems:
+        raise DeltaError("; ".join(problems), problems)
+    return delta
+
+
+def _member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    """A member of a delta zip, inflated no further than ``limit`` bytes."""
+    name = Path(info.filename).name
+    try:
+        return read_member(archive, info, limit)
+    except MemberTooLarge as e:
+        raise DeltaError(f"{name}: {e}") from e
+    except MemberError as e:
+        raise DeltaError(f"{name} cannot be read from the zip ({e})") from e

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from .datasets import ImageRecord, _drop_dataset, create_dataset, dataset_images, dataset_size
@@ -71,8 +71,7 @@ def create_job(
 
 def delete_job(session: Session, *, job_id: str, keep_dataset: bool = False) -> bool:
     """Remove a job that never ran, with its events and (unless ``keep_dataset``: a stored
-    dataset the job was given) its dataset and the image blobs no other dataset uses (the
-    API undoes a job it could not enqueue)."""
+    dataset the job was given) its dataset and the image blobs no other dataset uses."""
     job = session.get(Job, job_id)
     if job is None:
         return False
@@ -244,6 +243,14 @@ def queued_jobs_sent_before(session: Session, *, before: datetime) -> list[Job]:
     return list(session.scalars(select(Job).where(
         Job.status == JobStatus.queued.value,
         (Job.enqueued_at < before) | Job.enqueued_at.is_(None)).order_by(Job.created_at)))
+
+
+def mark_unsent(session: Session, *, job_ids: Sequence[str]) -> None:
+    """Queued jobs whose message could not be sent (the broker was away): marked never sent,
+    so the reconciler sends them on its next round."""
+    session.execute(update(Job).where(Job.id.in_(list(job_ids)),
+                                      Job.status == JobStatus.queued.value)
+                    .values(enqueued_at=None))
 
 
 def save_checkpoint(session: Session, *, job_id: str, attempt: int, epoch: int,

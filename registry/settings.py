@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     max_classes: int = Field(1000, ge=2, description="classes per job or request")
     max_image_pixels: int = Field(40_000_000, ge=1, description="pixels per image (width x "
                                   "height); larger images are refused before decoding")
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="bytes per image file "
+                                 "(uploaded, in a zip once decompressed, or to classify); zip "
+                                 "members are decompressed no further than this")
     max_archive_members: int = Field(10_000, ge=1, description="entries per uploaded zip "
                                      "(folders included)")
     max_epochs: int = Field(200, ge=1, description="epochs a job may ask for (auto values "
@@ -68,7 +71,8 @@ class Settings(BaseSettings):
     auth: bool = Field(True, description="require API keys; off only for a trusted network "
                        "(every caller is then the default tenant's admin)")
     open_docs: bool = Field(True, description="/docs and /openapi.json without a key")
-    open_metrics: bool = Field(False, description="/metrics without a key")
+    open_metrics: bool = Field(False, description="/metrics without a key (else an admin "
+                               "key: it counts every tenant's jobs)")
     rate_limit: str = Field("50/second", description="requests per API key, in the limits "
                             "library's notation ('50/second', '1000/minute'); empty: none")
     upload_bytes_per_day: int = Field(20 * 1024**3, ge=0,

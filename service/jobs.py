@@ -22,7 +22,7 @@ from registry import jobs as job_rows
 from registry.models import FINISHED, Job, JobEvent, JobStatus, utcnow
 
 from .context import Caller, Context
-from .errors import Conflict, Invalid, NotFound, Unavailable
+from .errors import Conflict, Invalid, NotFound
 from .quotas import check_room
 from .uploads import from_files, from_zip
 
@@ -65,7 +65,8 @@ class JobRequest:
 
 
 def submit(ctx: Context, caller: Caller, request: JobRequest) -> tuple[Job, bool]:
-    """(job, True) for a new job, stored and sent to the queue; (job, False) when the same
+    """(job, True) for a new job, stored and sent to the queue (later, by the reconciler,
+    when the broker is away); (job, False) when the same
     request was sent before with the same ``Idempotency-Key``. Blocking work (decoding every
     image, database writes): call it off an event loop."""
     settings, tenant = ctx.settings, caller.tenant_id
@@ -108,21 +109,25 @@ def submit(ctx: Context, caller: Caller, request: JobRequest) -> tuple[Job, bool
                               INVALID_JOB) from e
             raise
         return job, False
-    _send(ctx, job, keep_dataset=stored is not None)
+    _send(ctx, job)
     return job, True
 
 
-def _send(ctx: Context, job: Job, *, keep_dataset: bool) -> None:
-    """Publish the committed job (a worker always finds it); when the broker is away, the
-    job is removed again and the caller told to retry."""
+def _send(ctx: Context, job: Job) -> None:
+    """Publish the committed job (a worker always finds it). When the broker is away the
+    job stays stored and queued (the database is the truth), marked never sent, and the
+    reconciler sends it on its first round once the broker answers."""
     try:
         ctx.queue.enqueue(job.id)
-    except Exception as e:
-        log.exception("could not enqueue job %s; removing it", job.id)
-        with ctx.transaction() as s:
-            job_rows.delete_job(s, job_id=job.id, keep_dataset=keep_dataset)
-        raise Unavailable(f"the job queue is unreachable ({type(e).__name__}); nothing was "
-                          "stored, try again later", retry_after=5) from e
+    except Exception as e:  # noqa: BLE001 (kept: the reconciler sends it later)
+        log.warning("job %s is stored but not sent: the job queue is unreachable (%s: %s); "
+                    "the reconciler sends it when the queue answers", job.id,
+                    type(e).__name__, e)
+        try:
+            with ctx.transaction() as s:
+                job_rows.mark_unsent(s, job_ids=[job.id])
+        except Exception:  # then it is sent CLIPFIT_REQUEUE_AFTER_SECONDS late
+            log.warning("could not mark job %s unsent", job.id, exc_info=True)
 
 
 def _repeat(ctx: Context, tenant_id: str, key: str, digest: str) -> Job | None:

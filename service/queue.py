@@ -63,6 +63,8 @@ class JobQueue:
         A queue nobody has declared yet (no worker has started) holds no messages."""
         try:
             with self.app.connection_for_write() as conn:
+                # one quick try (the channel's own would retry for about 6 s)
+                conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
                 channel = conn.default_channel
                 try:
                     return channel.queue_declare(queue=self.app.conf.task_default_queue,

@@ -1,16 +1,27 @@
 """Rate limits and quotas, counted with the ``limits`` library: requests per key (a moving
 second), upload bytes per key and day; jobs in flight and stored adapters per tenant (from
 the database, ``check_room``). Counters live in Redis when Redis is the broker (shared by every API
-replica), else in this process's memory (the embedded service is one process)."""
+replica), else in this process's memory (the embedded service is one process).
+
+While Redis is unreachable the counters fall back to this process's memory (each API replica
+then counts on its own, so a key may get up to one limit per replica), with a warning; Redis is
+tried again every ``REDIS_RETRY_SECONDS`` (by one request, with a short timeout) and used again
+as soon as it answers. A broker outage thus never refuses a request that does not need the
+broker."""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from functools import lru_cache
 
 from limits import RateLimitItemPerDay, parse
-from limits.storage import storage_from_string
+from limits.errors import StorageError
+from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy.orm import Session
 
 from registry.adapters import count_adapters
@@ -18,6 +29,10 @@ from registry.jobs import count_active_jobs
 from registry.settings import Settings
 
 from .errors import OverQuota
+
+log = logging.getLogger(__name__)
+REDIS_TIMEOUT_SECONDS = 0.5  # connect and answer: a counter in Redis takes microseconds
+REDIS_RETRY_SECONDS = 5.0  # after a failure, count in memory this long before trying Redis
 
 
 @lru_cache(maxsize=16)
@@ -44,12 +59,53 @@ def check_room(session: Session, settings: Settings, tenant_id: str, *,
 class Quotas:
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.local = FixedWindowRateLimiter(MemoryStorage())
+        self.shared: FixedWindowRateLimiter | None = None  # in Redis, where it is the broker
         broker = settings.celery_broker_url
-        uri = broker if broker.startswith(("redis://", "rediss://")) else "memory://"
-        self.limiter = FixedWindowRateLimiter(storage_from_string(uri))
+        if broker.startswith(("redis://", "rediss://")):
+            self.shared = FixedWindowRateLimiter(storage_from_string(
+                broker, wrap_exceptions=True, socket_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0)))
+        self.redis_away = False  # counting in memory because Redis did not answer
+        self.redis_failures = 0  # times Redis did not answer a counter (for /metrics)
+        self._try_redis_at = 0.0  # monotonic; while Redis is away, when to try it again
+        self._lock = threading.Lock()
+
+    def _count(self, method: str, *args, **kwargs):
+        """``method`` of the limiter in use: Redis's, or this process's memory while Redis
+        does not answer (tried again by one request every REDIS_RETRY_SECONDS)."""
+        if self.shared is not None:
+            now = time.monotonic()
+            with self._lock:
+                use_redis = now >= self._try_redis_at
+                if use_redis and self.redis_away:  # this request probes; the others wait
+                    self._try_redis_at = now + REDIS_RETRY_SECONDS
+            if use_redis:
+                try:
+                    result = getattr(self.shared, method)(*args, **kwargs)
+                except StorageError as e:
+                    self._redis_failed(e)
+                else:
+                    if self.redis_away:
+                        self.redis_away = False
+                        log.warning("Redis answers again: rate limits and upload quotas are "
+                                    "counted there again")
+                    return result
+        return getattr(self.local, method)(*args, **kwargs)
+
+    def _redis_failed(self, error: StorageError) -> None:
+        with self._lock:
+            self.redis_failures += 1
+            self._try_redis_at = time.monotonic() + REDIS_RETRY_SECONDS
+            first, self.redis_away = not self.redis_away, True
+        if first:
+            cause = error.storage_error
+            log.warning("Redis is unreachable (%s: %s): rate limits and upload quotas are "
+                        "counted in this process's memory until it answers (tried every "
+                        "%g s)", type(cause).__name__, cause, REDIS_RETRY_SECONDS)
 
     def _retry_after(self, item, *identifiers: str) -> float:
-        reset, _ = self.limiter.get_window_stats(item, *identifiers)
+        reset, _ = self._count("get_window_stats", item, *identifiers)
         return reset - time.time()
 
     def hit_request(self, key: str) -> None:
@@ -57,7 +113,7 @@ class Quotas:
         if not self.settings.rate_limit:
             return
         item = _parse(self.settings.rate_limit)
-        if not self.limiter.hit(item, "requests", key):
+        if not self._count("hit", item, "requests", key):
             raise OverQuota(f"rate limit of {self.settings.rate_limit} for this API key "
                             "exceeded; retry later",
                             retry_after=self._retry_after(item, "requests", key))
@@ -70,6 +126,6 @@ class Quotas:
         if not per_day:
             return
         item = RateLimitItemPerDay(per_day)
-        if size > per_day or not self.limiter.hit(item, "upload", key, cost=size):
+        if size > per_day or not self._count("hit", item, "upload", key, cost=size):
             raise OverQuota(f"upload quota of {per_day} bytes per day for this API key "
                             "exceeded", retry_after=self._retry_after(item, "upload", key))

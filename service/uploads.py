@@ -9,7 +9,6 @@ import io
 import posixpath
 import unicodedata
 import zipfile
-from pathlib import PurePosixPath
 
 from PIL import Image
 
@@ -21,14 +20,13 @@ from clipfit_core.data import (
     try_decode,
 )
 from clipfit_core.prompts import classname_problems, shorten
+from clipfit_core.zips import READABLE, unsafe_name
 from registry.settings import Settings
 
 from .errors import Invalid
 
 MAX_FILENAME_CHARS = 200
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst")
-READABLE_COMPRESSION = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2,
-                        zipfile.ZIP_LZMA}
 
 
 def clean_filename(name: str | None, fallback: str) -> str:
@@ -41,9 +39,20 @@ def clean_filename(name: str | None, fallback: str) -> str:
     return cleaned or fallback
 
 
+def size_problem(data: bytes, name: str, settings: Settings) -> str | None:
+    """The problem of an image file over the byte limit (an uploaded file is read no
+    further than one byte past it, so only the limit is named)."""
+    if len(data) > settings.max_image_bytes:
+        return f"{name}: larger than the limit of {settings.max_image_bytes} bytes per image"
+    return None
+
+
 def decode_image(data: bytes, name: str, settings: Settings) -> tuple[Image.Image | None,
                                                                     str | None]:
-    """(RGB image, None) when it decodes within the pixel limit, else (None, the problem)."""
+    """(RGB image, None) when it is within the byte limit and decodes within the pixel
+    limit, else (None, the problem)."""
+    if problem := size_problem(data, name, settings):
+        return None, problem
     return try_decode(data, name, max_pixels=settings.max_image_pixels)
 
 
@@ -60,15 +69,16 @@ def from_files(files: list[tuple[str, bytes]], labels: list[str],
         problems.append(f"{len(files)} images but {len(labels)} labels: send one label per image")
     if len(files) > settings.max_images:
         problems.append(f"{len(files)} images, the limit is {settings.max_images}")
-    if problems:
-        raise Invalid(problems)
     rows = [(clean_filename(name, f"images[{i}]"), data, label.strip())
             for i, ((name, data), label) in enumerate(zip(files, labels))]
+    problems += [p for name, data, _ in rows if (p := size_problem(data, name, settings))]
+    if problems:
+        raise Invalid(problems)
     try:
         dataset = from_labelled(rows, classes)
     except DatasetError as e:  # report the unreadable images in the same answer
         unreadable = [p for name, data, _ in rows
-                      if (p := try_decode(data, name, max_pixels=settings.max_image_pixels)[1])]
+                      if (p := decode_image(data, name, settings)[1])]
         raise Invalid(e.problems + unreadable) from e
     return _checked(dataset, settings, min_classes)
 
@@ -95,14 +105,13 @@ def archive_problems(archive: zipfile.ZipFile, settings: Settings) -> list[str]:
                             + (f" and {len(members) - 5} more" if len(members) > 5 else ""))
 
     files = [m for m in entries if not m.is_dir()]
-    named("unsafe paths", [m.filename for m in entries if m.filename.startswith(("/", "\\"))
-                           or ".." in PurePosixPath(m.filename.replace("\\", "/")).parts])
+    named("unsafe paths", [m.filename for m in entries if unsafe_name(m.filename)])
     named("archives inside the archive (unpack them first)",
           [m.filename for m in files if m.filename.lower().endswith(ARCHIVE_SUFFIXES)
            and "__MACOSX" not in m.filename])
     named("encrypted members", [m.filename for m in files if m.flag_bits & 0x1])
     named("members compressed with an unsupported method",
-          [m.filename for m in files if m.compress_type not in READABLE_COMPRESSION])
+          [m.filename for m in files if m.compress_type not in READABLE])
     return problems
 
 
@@ -110,7 +119,9 @@ def from_zip(data: bytes, classes: list[str] | None, settings: Settings, *,
              min_classes: int = 2) -> FewShotDataset:
     """A zip of one folder per class (at any depth below it, optionally under one top
     folder) or a ``manifest.csv`` of ``path,label`` rows: the archive's entries, size, paths
-    and methods are checked before anything in it is read."""
+    and methods are checked before anything in it is read, then its classes, images and
+    the sizes its members declare; each member is inflated with a running cap at
+    ``max_image_bytes``, so a zip bomb costs at most about twice that limit in memory."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
@@ -119,7 +130,9 @@ def from_zip(data: bytes, classes: list[str] | None, settings: Settings, *,
     if problems:
         raise Invalid(problems)
     try:
-        dataset = read_zip(archive, classes, max_rows=settings.max_images)
+        dataset = read_zip(archive, classes, max_images=settings.max_images,
+                           max_classes=settings.max_classes,
+                           max_image_bytes=settings.max_image_bytes)
     except DatasetError as e:
         raise Invalid(e.problems) from e
     return _checked(dataset, settings, min_classes)
@@ -130,6 +143,9 @@ def _checked(dataset: FewShotDataset, settings: Settings,
     """The service's own limits on a parsed dataset; each distinct image decoded once."""
     if len(dataset) > settings.max_images:  # before decoding any of them
         raise Invalid([f"{len(dataset)} images, the limit is {settings.max_images}"])
+    if len(dataset.classnames) > settings.max_classes:
+        raise Invalid([(f"{len(dataset.classnames)} classes, the limit is "
+                       f"{settings.max_classes}")])
     problems = []
     if len(dataset.classnames) < min_classes:
         problems.append(f"need at least {min_classes} classes, got {len(dataset.classnames)}")
@@ -140,8 +156,7 @@ def _checked(dataset: FewShotDataset, settings: Settings,
         if digest in seen:
             continue
         seen.add(digest)
-        _, problem = try_decode(sample.source, sample.name,
-                                max_pixels=settings.max_image_pixels)
+        _, problem = decode_image(sample.source, sample.name, settings)
         if problem:
             problems.append(problem)
     if problems:

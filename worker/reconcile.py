@@ -8,7 +8,11 @@ round it
 - sends again a queued job that has no message in the broker (Redis restarted without its
   data) once it has waited CLIPFIT_REQUEUE_AFTER_SECONDS since it was last sent; where the
   broker cannot be inspected, every such job is sent again (duplicates are harmless: a
-  delivery of a job that a live attempt runs, or that has finished, does nothing).
+  delivery of a job that a live attempt runs, or that has finished, does nothing). A job
+  that was never sent (the API stored it while the broker was away) is sent at once.
+
+While the broker is away a round fails (and is retried the next one); jobs it could not send
+are marked never sent, so the first round after the broker returns sends them.
 """
 
 from __future__ import annotations
@@ -20,15 +24,21 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 
+import redis
+from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 
 from registry import crud
 from registry.db import make_engine, session_scope
+from registry.jobs import mark_unsent
 from registry.models import JobStatus, utcnow
 from registry.settings import Settings
 
 log = logging.getLogger(__name__)
 LEASE = "reconciler"
+UNREACHABLE = (OSError, redis.ConnectionError, redis.TimeoutError, KombuOperationalError,
+               SQLAlchemyOperationalError)
 
 
 def broker_job_ids(broker_url: str, queue: str = "celery") -> str | None:
@@ -36,8 +46,6 @@ def broker_job_ids(broker_url: str, queue: str = "celery") -> str | None:
     as one string to search job ids in; None when the broker cannot be inspected."""
     if not broker_url.startswith(("redis://", "rediss://")):
         return None
-    import redis
-
     client = redis.Redis.from_url(broker_url, socket_timeout=5)
     try:
         waiting = client.lrange(queue, 0, -1)
@@ -73,18 +81,35 @@ def reconcile_once(engine: Engine, settings: Settings, send: Callable[[str], Non
                 crud.add_event(s, job_id=job.id, kind="requeued",
                                payload={"after_attempt": job.attempts, "reason": silent})
                 done["requeued"].append(job.id)
-    held = broker_job_ids(settings.celery_broker_url)
+    try:
+        held = broker_job_ids(settings.celery_broker_url)
+    except Exception:
+        _unsent(engine, done["requeued"])
+        raise
     with session_scope(engine) as s:
         for job in crud.queued_jobs_sent_before(
                 s, before=now - timedelta(seconds=settings.requeue_after_seconds)):
             if held is None or job.id not in held:
                 job.enqueued_at = now
                 done["resent"].append(job.id)
-    for job_id in done["requeued"] + done["resent"]:
-        send(job_id)
+    to_send = done["requeued"] + done["resent"]
+    for i, job_id in enumerate(to_send):
+        try:
+            send(job_id)
+        except Exception:
+            _unsent(engine, to_send[i:])
+            raise
     if any(done.values()):
         log.warning("reconciler: %s", {k: v for k, v in done.items() if v})
     return done
+
+
+def _unsent(engine: Engine, job_ids: list[str]) -> None:
+    """Jobs this round meant to send but could not (the broker is away): marked never sent,
+    so the next round sends them without waiting CLIPFIT_REQUEUE_AFTER_SECONDS."""
+    if job_ids:
+        with session_scope(engine) as s:
+            mark_unsent(s, job_ids=job_ids)
 
 
 class Reconciler:
@@ -103,6 +128,8 @@ class Reconciler:
         while not self._stop.wait(self.settings.reconcile_interval_seconds):
             try:
                 reconcile_once(self.engine, self.settings, self.send, self.holder)
+            except UNREACHABLE as e:  # the broker (or database) is away: one line a round
+                log.warning("reconciler round failed (%s: %s); retrying", type(e).__name__, e)
             except Exception:
                 log.warning("reconciler round failed; retrying", exc_info=True)
 

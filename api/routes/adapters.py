@@ -17,7 +17,14 @@ from service.errors import Invalid
 from ..auth import Reader, Trainer
 from ..deps import ContextDep, page_next, page_start
 from ..forms import files, read_form
-from ..schemas import AdapterImportForm, AdapterPublic, AdaptersPublic, EvaluationPublic
+from ..schemas import (
+    CURSOR_PATTERN,
+    AdapterImportForm,
+    AdapterPublic,
+    AdaptersPublic,
+    EvaluationPublic,
+    multipart_schema,
+)
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 Reference = Annotated[str, Path(description="the adapter's id, name@VERSION or name@alias")]
@@ -28,7 +35,8 @@ ZIP = {200: {"description": "a zip: the two delta files (format=delta), or the b
 
 @router.get("", response_model=AdaptersPublic)
 def list_adapters(ctx: ContextDep, principal: Reader,
-                  limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: str | None = None):
+                  limit: Annotated[int, Query(ge=1, le=200)] = 50,
+                  cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN)] = None):
     rows = adapters.list_adapters(ctx, principal, limit=limit, before=page_start(cursor))
     return AdaptersPublic(data=rows, next_cursor=page_next(rows, limit))
 
@@ -64,7 +72,7 @@ def download_adapter(adapter_id: Reference, ctx: ContextDep, principal: Reader,
 @router.post("", status_code=201, response_model=AdapterPublic,
              summary="Import a delta zip (as download gives it) trained on an allowed base",
              openapi_extra={"requestBody": {"required": True, "content": {
-                 "multipart/form-data": {"schema": AdapterImportForm.model_json_schema()}}}})
+                 "multipart/form-data": {"schema": multipart_schema(AdapterImportForm)}}}})
 async def import_adapter(request: Request, ctx: ContextDep, principal: Trainer):
     """Checked before anything is stored: the zip (two files, sizes), the method, the class
     names and templates, the stored report and calibration, the base model (allowed here),

@@ -20,9 +20,17 @@ AliasName = Annotated[str, Path(pattern=ALIAS_PATTERN, description="e.g. product
 
 
 class AliasSet(BaseModel):
+    """``name`` and exactly one of ``version`` and ``adapter_id`` (the use case refuses
+    both or neither; the schema says so with ``oneOf``)."""
+
     name: str = Field(min_length=1, max_length=200, description="the adapters' name")
     version: int | None = Field(None, ge=1, description="the version to point at")
-    adapter_id: str | None = Field(None, max_length=32, description="or the adapter itself")
+    adapter_id: str | None = Field(None, min_length=1, max_length=32,
+                                   description="or the adapter itself")
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["version"], "properties": {"version": {"type": "integer"}}},
+        {"required": ["adapter_id"], "properties": {"adapter_id": {"type": "string"}}}]})
 
 
 class AliasPublic(BaseModel):

@@ -14,9 +14,9 @@ from service.uploads import clean_filename
 
 from ..auth import Classifier
 from ..deps import ContextDep
-from ..forms import files, read_form, validated, validated_json
+from ..forms import files, read_form, read_image, validated, validated_json
 from ..inference import ClientGone
-from ..schemas import ClassifyForm, ClassifyJSON, ClassifyPublic
+from ..schemas import ClassifyForm, ClassifyJSON, ClassifyPublic, multipart_schema
 
 router = APIRouter(prefix="/v1", tags=["classify"])
 
@@ -44,7 +44,7 @@ async def read_classify_request(request: Request, settings) -> ClassifyRequest:
         # an empty form field means "not given", as in an HTML form
         body = validated(ClassifyForm, {k: v for k, v in fields.items()
                                         if v not in ("", None)}, INVALID_CLASSIFY)
-        images = [(clean_filename(f.filename, f"images[{i}]"), await f.read())
+        images = [(clean_filename(f.filename, f"images[{i}]"), await read_image(f, settings))
                   for i, f in enumerate(body.images)]
         classes = body.class_list()
     if body.adapter_id and body.adapter and body.adapter_id != body.adapter:
@@ -59,7 +59,7 @@ async def read_classify_request(request: Request, settings) -> ClassifyRequest:
 @router.post("/classify", response_model=ClassifyPublic, openapi_extra={"requestBody": {
     "required": True, "content": {
         "application/json": {"schema": ClassifyJSON.model_json_schema()},
-        "multipart/form-data": {"schema": ClassifyForm.model_json_schema()}}}})
+        "multipart/form-data": {"schema": multipart_schema(ClassifyForm)}}}})
 async def classify(request: Request, ctx: ContextDep, principal: Classifier):
     """Images as multipart files or JSON base64; ``adapter_id``, or ``base_model`` plus
     ``classes`` for zero-shot; answers the top-k labels with probabilities per image."""

@@ -16,8 +16,8 @@ from service.errors import Invalid
 
 from ..auth import Reader, Trainer
 from ..deps import ContextDep
-from ..forms import comma_list, files, read_form, texts
-from ..schemas import Timestamp
+from ..forms import comma_list, files, read_form, read_image, texts
+from ..schemas import Timestamp, multipart_schema
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -47,7 +47,7 @@ class DatasetForm(BaseModel):
 
 
 _FORM = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": DatasetForm.model_json_schema()}}}}
+    "multipart/form-data": {"schema": multipart_schema(DatasetForm)}}}}
 
 
 async def read_upload(request: Request, settings) -> Upload:
@@ -57,7 +57,8 @@ async def read_upload(request: Request, settings) -> Upload:
     if zipped is not None and not hasattr(zipped, "read"):
         raise Invalid(["dataset: send the zip as a file"], INVALID_DATASET)
     return Upload(archive=await zipped.read() if zipped is not None else None,
-                  files=[(f.filename, await f.read()) for f in files(form, "images")],
+                  files=[(f.filename, await read_image(f, settings))
+                         for f in files(form, "images")],
                   labels=texts(form, "labels"), classes=comma_list(form.get("classes")))
 
 

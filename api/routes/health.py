@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
 from pydantic import BaseModel, Field
 
 from clipfit_core.version import __version__ as RELEASE
@@ -48,9 +54,12 @@ def readyz(ctx: ContextDep):
                         content={"status": "ok" if ok else "unavailable", "checks": checks})
 
 
-@router.get("/metrics", dependencies=[Depends(unless_open("open_metrics", "read"))],
+# operators only: the job counts and queue depth are every tenant's
+@router.get("/metrics", dependencies=[Depends(unless_open("open_metrics", "admin"))],
             response_class=Response, responses={200: {
-                "description": "Prometheus text format", "content": {"text/plain": {}}}})
+                "description": "Prometheus text format", "content": {"text/plain": {}}}},
+            summary="Prometheus metrics of the whole service (an admin key, or "
+                    "CLIPFIT_OPEN_METRICS=true)")
 def metrics(ctx: ContextDep, engine: InferenceDep):
     scrape = CollectorRegistry()
     jobs = Gauge("clipfit_jobs", "jobs by state", ["status"], registry=scrape)
@@ -60,6 +69,11 @@ def metrics(ctx: ContextDep, engine: InferenceDep):
     if depth is not None:
         Gauge("clipfit_queue_depth", "messages waiting in the broker",
               registry=scrape).set(depth)
+    Gauge("clipfit_quota_redis_away", "1 while rate limits and upload quotas are counted in "
+          "this process's memory because Redis does not answer",
+          registry=scrape).set(int(ctx.quotas.redis_away))
+    Counter("clipfit_quota_redis_failures", "counter updates Redis did not answer (counted "
+            "in memory instead)", registry=scrape).inc(ctx.quotas.redis_failures)
     cache = Gauge("clipfit_cache_events", "inference cache hits and misses", ["cache", "kind"],
                   registry=scrape)
     text_hits, text_misses = engine.text_cache_stats()

@@ -14,8 +14,17 @@ from service.jobs import INVALID_JOB, JobRequest
 
 from ..auth import Reader, Trainer
 from ..deps import ContextDep, page_next, page_start
-from ..forms import read_form, validated
-from ..schemas import EventPublic, EventsPublic, JobCreateForm, JobPublic, JobsPublic
+from ..forms import read_form, read_image, validated
+from ..schemas import (
+    CURSOR_PATTERN,
+    EventPublic,
+    EventsPublic,
+    JobCreateForm,
+    JobPublic,
+    JobsPublic,
+    JobStatusName,
+    multipart_schema,
+)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 CONFLICT = {409: {"description": "the job has already finished"}}
@@ -24,7 +33,7 @@ CONFLICT = {409: {"description": "the job has already finished"}}
 @router.post("", status_code=202, response_model=JobPublic,
              summary="Submit a few-shot training set; answers 202 with the queued job",
              openapi_extra={"requestBody": {"required": True, "content": {
-                 "multipart/form-data": {"schema": JobCreateForm.model_json_schema()}}}})
+                 "multipart/form-data": {"schema": multipart_schema(JobCreateForm)}}}})
 async def create_job(
     request: Request, ctx: ContextDep, principal: Trainer,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
@@ -56,15 +65,16 @@ async def read_job_request(request: Request, settings) -> JobRequest:
         classes=body.class_list(), dataset_id=body.dataset_id,
         parent_adapter_id=body.parent_adapter_id, problems=problems,
         archive=await body.dataset.read() if body.dataset is not None else None,
-        files=[(f.filename, await f.read()) for f in body.images or []],
+        files=[(f.filename, await read_image(f, settings)) for f in body.images or []],
         labels=body.labels or [],
         fields_json=body.model_dump_json(exclude={"images", "dataset"}))
 
 
 @router.get("", response_model=JobsPublic)
 def list_jobs(ctx: ContextDep, principal: Reader,
-              status: Annotated[str | None, Query()] = None,
-              limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: str | None = None):
+              status: Annotated[JobStatusName | None, Query()] = None,
+              limit: Annotated[int, Query(ge=1, le=200)] = 50,
+              cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN)] = None):
     rows = jobs.list_jobs(ctx, principal, status=status, limit=limit, before=page_start(cursor))
     return JobsPublic(data=rows, next_cursor=page_next(rows, limit))
 

@@ -34,3 +34,12 @@ def test_train_cost_compares_the_two_methods(tmp_path):
     assert result["clipfit"]["trained_numbers"] == result["clipfit"]["clipfit_numbers"]
     assert result["full"]["trained_numbers"] > 100 * result["clipfit"]["trained_numbers"]
     assert result["clipfit"]["peak_mib"] > 0 and result["time_ratio"] > 0
+
+
+def test_hostile_zips_measures_every_refusal(capsys):
+    from bench import hostile_zips
+
+    assert hostile_zips.main(["--bomb-mb", "25", "--classes", "1001"]) == 0  # each one a 422
+    lines = capsys.readouterr().out.splitlines()
+    assert sum("peak memory +" in line for line in lines) == 8
+    assert any("zip of 1001 classes" in line and "refused in" in line for line in lines)

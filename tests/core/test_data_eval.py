@@ -194,3 +194,52 @@ def test_same_named_uploads_are_ordered_by_content():
     a = from_labelled(rows)
     b = from_labelled(list(reversed(rows)))
     assert [s.source for s in a.samples] == [s.source for s in b.samples]
+
+
+def test_a_zip_is_bounded_from_its_directory_and_while_members_inflate():
+    import io
+    import zipfile
+
+    from clipfit_core.data import read_zip
+
+    def broken(entries: dict[str, bytes], keep: str = ""):
+        """Every member but ``keep`` fails its CRC: reading one would say so."""
+        archive = _zip_of(entries)
+        for info in archive.infolist():
+            if info.filename != keep:
+                info.CRC ^= 1
+        return archive
+
+    # classes and images are counted from the directory, before any member is read
+    many = broken({f"c{i}/1.png": b"x" for i in range(2000)})
+    with pytest.raises(DatasetError, match="^2000 classes, the limit is 1000$"):
+        read_zip(many, max_classes=1000)
+    with pytest.raises(DatasetError, match="^2000 images, the limit is 100$"):
+        read_zip(many, max_images=100)
+    rows = "".join(f"{i}.png,c{i}\n" for i in range(20)).encode()
+    listed = broken({"manifest.csv": rows} | {f"{i}.png": b"x" for i in range(20)},
+                    keep="manifest.csv")
+    with pytest.raises(DatasetError, match="^20 classes, the limit is 10$"):
+        read_zip(listed, max_classes=10)
+    # members declaring more than the limit: all named, none inflated
+    big = _zip_of({"cat/a.png": bytes(5000), "dog/b.png": bytes(6000), "dog/c.png": b"x",
+                   "notes.txt": bytes(9000)})
+    with pytest.raises(DatasetError) as e:
+        read_zip(big, max_image_bytes=1000)
+    assert e.value.problems == ["'cat/a.png': 5000 bytes uncompressed, the limit is 1000",
+                                "'dog/b.png': 6000 bytes uncompressed, the limit is 1000"]
+    # a member inflating past what its directory entry declares, or past the limit
+    for declared, words in [
+        (10, r"'cat/bomb.png': cannot be read from the archive \(inflates past the 10 bytes"),
+        (1000, r"'cat/bomb.png': more than 1000 bytes uncompressed, the limit is 1000"),
+        (10, r"'manifest.csv': cannot be read from the archive \(inflates past"),
+    ]:
+        name = "manifest.csv" if "manifest" in words else "cat/bomb.png"
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr(name, bytes(1 << 20))
+            z.writestr("dog/1.png", b"x")
+        bomb = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+        bomb.getinfo(name).file_size = declared
+        with pytest.raises(DatasetError, match=words):
+            read_zip(bomb, max_image_bytes=1000)

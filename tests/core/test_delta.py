@@ -135,6 +135,8 @@ def test_config_problems_hold_a_config_to_what_clipfit_writes(tiny):
         "base_fingerprint must be 64 hexadecimal digits",
         "arch must be a string of at most 500 characters",
         "pretrained must be a string of at most 500 characters",
+        ("'calibration.temperature' is not a finite number (NaN, infinity, or too large for a "
+        "float)"),
         "format_version must be from 1 to 1",
         "calibration.temperature must be a number from 0.05 to 20.0",
         "calibration.threshold must be null or a number from 0 to 1",
@@ -164,4 +166,28 @@ def test_load_checks_the_config_before_the_tensors(tiny, tmp_path):
         "format_version must be from 1 to 1 (3 is newer: upgrade clipfit)"]
     (tmp_path / CONFIG_NAME).write_text("{not json")
     with pytest.raises(DeltaError, match="not a valid delta config"):
+        Delta.load(tmp_path)
+
+
+def test_load_refuses_non_finite_numbers_and_tensors_as_an_import_does(tiny, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    make_delta(tiny).save(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config | {"metrics": {"loss": float("inf")}}))
+    with pytest.raises(DeltaError) as e:
+        Delta.load(tmp_path)
+    assert e.value.problems == [
+        "'metrics.loss' is not a finite number (NaN, infinity, or too large for a float)"]
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
+    tensors = load_file(tmp_path / WEIGHTS_NAME)
+    name = min(tensors)
+    save_file(tensors | {name: torch.full_like(tensors[name], float("nan"))},
+              tmp_path / WEIGHTS_NAME)
+    with pytest.raises(DeltaError) as e:
+        Delta.load(tmp_path)
+    assert e.value.problems == [
+        f"tensor {name!r} holds {tensors[name].numel()} NaN or infinite values"]
+    save_file(tensors | {name: tensors[name].to(torch.int32)}, tmp_path / WEIGHTS_NAME)
+    with pytest.raises(DeltaError, match=f"tensor {name!r} is int32, not floating point"):
         Delta.load(tmp_path)

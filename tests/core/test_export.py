@@ -129,3 +129,68 @@ def test_read_delta_zip_checks_the_whole_config_and_names_every_problem(tiny):
     with pytest.raises(DeltaError, match="3 classes, the limit is 2"):
         read_delta_zip(_zip({CONFIG_NAME: json.dumps(config).encode(), WEIGHTS_NAME: weights}),
                        max_classes=2)
+
+
+def _declaring(data: bytes, name: str, size: int) -> bytes:
+    """The zip with ``name``'s uncompressed size, in its local and central headers, set to
+    ``size`` (a directory that lies)."""
+    raw, encoded = bytearray(data), name.encode()
+    for signature, size_at, name_at in ((b"PK\x03\x04", 22, 30), (b"PK\x01\x02", 24, 46)):
+        start = 0
+        while (i := raw.find(signature, start)) >= 0:
+            if raw[i + name_at:i + name_at + len(encoded)] == encoded:
+                raw[i + size_at:i + size_at + 4] = size.to_bytes(4, "little")
+            start = i + 4
+    return bytes(raw)
+
+
+def test_read_delta_zip_refuses_bad_tensors_non_finite_numbers_and_unsafe_names(tiny):
+    from safetensors.torch import save
+
+    delta = _delta(tiny)
+    config = delta.config_dict()
+    tensors = {k: v.float().contiguous() for k, v in delta.tensors.items()}
+    first, second = sorted(tensors)[:2]
+    good = {CONFIG_NAME: json.dumps(config).encode(), WEIGHTS_NAME: save(tensors)}
+    nan = torch.full_like(tensors[first], float("nan"))
+    inf = tensors[second].clone()
+    inf.view(-1)[0] = float("inf")
+    cases = [  # the tensors: floating point and finite, each named
+        ({WEIGHTS_NAME: save(tensors | {first: nan, second: inf})},
+         [f"tensor {first!r} holds {nan.numel()} NaN or infinite values",
+          f"tensor {second!r} holds 1 NaN or infinite values"]),
+        ({WEIGHTS_NAME: save(tensors | {first: tensors[first].to(torch.int64)})},
+         [f"tensor {first!r} is int64, not floating point"]),
+    ]
+    # the config: no NaN or infinity anywhere, each named by its path
+    n = len(config["classnames"])
+    part = {"per_class": [{"precision": 0.5, "recall": 0.5}] * n,
+            "confusion_matrix": [[1] * n for _ in range(n)]}
+    report = {"classnames": config["classnames"], "zero_shot": part,
+              "tuned": part | {"per_class": [{"precision": "HUGE"}] + part["per_class"][1:]}}
+    text = json.dumps(config | {"metrics": {"loss": float("nan"), "acc": 0.5},
+                                "hyperparameters": {"lr": "HUGE", "x": [1, float("-inf")]},
+                                "evaluation": report}).replace('"HUGE"', "1e999")
+    assert "NaN" in text and "-Infinity" in text and "1e999" in text
+    cases.append(({CONFIG_NAME: text.encode()}, [
+        f"{path!r} is not a finite number (NaN, infinity, or too large for a float)"
+        for path in ("hyperparameters.lr", "hyperparameters.x[1]", "metrics.loss",
+                     "evaluation.tuned.per_class[0].precision")]))
+    # entry names: absolute, '..', backslashes, drive letters
+    for unsafe in ("../adapter_config.json", "/tmp/adapter_config.json",
+                   "..\\adapter_config.json", "C:/adapter_config.json"):
+        cases.append(({CONFIG_NAME: None, unsafe: good[CONFIG_NAME]},
+                      [f"entry {unsafe!r} has an unsafe name (an absolute path or '..')"]))
+    for changes, problems in cases:
+        files = {k: v for k, v in (good | changes).items() if v is not None}
+        with pytest.raises(DeltaError) as e:
+            read_delta_zip(_zip(files))
+        assert e.value.problems == problems, changes.keys()
+    # a member inflating past what the zip's directory declares: refused as it inflates
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(CONFIG_NAME, good[CONFIG_NAME])
+        z.writestr(WEIGHTS_NAME, bytes(4 << 20))
+    with pytest.raises(DeltaError, match=f"{WEIGHTS_NAME} cannot be read from the zip "
+                                         r"\(inflates past the 1024 bytes"):
+        read_delta_zip(_declaring(buf.getvalue(), WEIGHTS_NAME, 1024))

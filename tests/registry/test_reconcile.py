@@ -2,6 +2,8 @@
 
 from datetime import timedelta
 
+import pytest
+
 from clipfit_core.data import Sample
 from registry import crud
 from registry.models import DEFAULT_TENANT, JobStatus, utcnow
@@ -64,3 +66,24 @@ def test_reconciler_requeues_fails_and_resends(session, migrated):
     assert failed.status == "failed" and "lost 2 times" in failed.error
     # another holder waits for the lease
     assert reconcile_once(migrated, settings, sent.append, holder="other")["requeued"] == []
+
+
+def test_a_job_the_reconciler_could_not_send_is_sent_on_its_next_round(session, migrated):
+    settings = Settings(requeue_after_seconds=3600, reconcile_interval_seconds=1,
+                        broker_url="sqla+sqlite:///:memory:")
+    job = make_job(session)
+    job.enqueued_at = None  # stored by the API while the broker was away
+    session.commit()
+
+    def broker_down(job_id):
+        raise ConnectionRefusedError("the broker is away")
+
+    with pytest.raises(ConnectionRefusedError):
+        reconcile_once(migrated, settings, broker_down, holder="test")
+    session.expire_all()
+    assert crud.get_job(session, job_id=job.id).enqueued_at is None  # still never sent
+    sent = []
+    assert job.id in reconcile_once(migrated, settings, sent.append, holder="test")["resent"]
+    assert sent == [job.id]
+    session.expire_all()
+    assert crud.get_job(session, job_id=job.id).enqueued_at is not None

@@ -104,6 +104,10 @@ def test_alias_refusals(api, versions, colour_set):
         ("3", {"name": "shades", "version": 1}, 422, "pattern"),
         ("Prod", {"name": "shades", "version": 1}, 422, "pattern"),
         ("staging", {"name": "shades"}, 422, "either version or adapter_id"),
+        ("staging", {"name": "shades", "version": 1, "adapter_id": other["id"]}, 422,
+         "either version or adapter_id"),  # the schema's oneOf: exactly one of them
+        ("staging", {"name": "shades", "version": 1, "adapter_id": ""}, 422,
+         "adapter_id: String should have at least 1 character"),
         ("staging", {"name": "shades", "version": 9}, 404, "not found"),
         ("staging", {"name": "shades", "adapter_id": other["id"]}, 422, "is named 'other'"),
     ]:

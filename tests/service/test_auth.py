@@ -85,6 +85,19 @@ def test_scopes_are_enforced(api, tenants, colour_set):
         assert r.status_code == 403 and "lacks the" in r.json()["detail"], (method, url, r.text)
 
 
+def test_metrics_are_for_operators(api, tenants, monkeypatch):
+    """/metrics counts every tenant's jobs: a tenant's keys (any scope but admin) get 403."""
+    keys, _, _ = tenants
+    for name in ("a_read", "a", "b"):
+        r = api.get("/metrics", headers=bearer(keys[name]))
+        assert r.status_code == 403 and "'admin' scope" in r.json()["message"], (name, r.text)
+        assert "clipfit_jobs" not in r.text
+    r = api.get("/metrics")  # the admin key
+    assert r.status_code == 200 and "clipfit_jobs{" in r.text
+    monkeypatch.setattr(api.app.state.settings, "open_metrics", True)  # the operator's choice
+    assert api.get("/metrics", headers={"Authorization": ""}).status_code == 200
+
+
 def test_no_bad_or_revoked_key_is_401(api, tenants, colour_set):
     keys, job_id, adapter_id = tenants
     red = (colour_set / "red" / "0000.png").read_bytes()

@@ -222,22 +222,33 @@ def test_request_size_limit(api, colour_set, monkeypatch):
     assert count(api, Job) == before
 
 
-def test_a_job_that_cannot_be_enqueued_is_undone(api, colour_set, monkeypatch):
+def test_a_job_submitted_while_the_broker_is_down_is_kept_for_the_reconciler(
+        api, colour_set, monkeypatch, caplog):
+    from datetime import timedelta
+
     from kombu.exceptions import OperationalError
 
-    from registry.models import Blob, Dataset
+    from registry import jobs as job_rows
+    from registry.models import utcnow
 
     def broker_down(job_id):
         raise OperationalError("Error 111 connecting to redis:6379. Connection refused.")
 
     monkeypatch.setattr(api.app.state.context.queue, "enqueue", broker_down)
     files, labels = image_files(colour_set)
-    before = [count(api, t) for t in (Job, JobEvent, Dataset, Blob)]
-    # one new image, so that a blob would be left behind if the undo forgot it
-    new = ("images", ("new.png", _png(), "image/png"))
-    r = api.post("/v1/jobs", files=[*files, new], data={**TRAIN, "labels": [*labels, "red"]})
-    assert r.status_code == 503 and "nothing was stored" in r.json()["detail"]
-    assert [count(api, t) for t in (Job, JobEvent, Dataset, Blob)] == before
+    before = count(api, Job)
+    r = api.post("/v1/jobs", files=files, data={**TRAIN, "labels": labels})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] == "queued" and count(api, Job) == before + 1
+    assert api.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+    assert f"job {job['id']} is stored but not sent" in caplog.text
+    with api.app.state.context.sessions() as s:
+        assert s.get(Job, job["id"]).enqueued_at is None  # never sent...
+        # ...so the reconciler's next round sends it, without waiting requeue_after_seconds
+        recent = utcnow() - timedelta(seconds=api.app.state.settings.requeue_after_seconds)
+        assert job["id"] in [j.id for j in job_rows.queued_jobs_sent_before(s, before=recent)]
+    assert api.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
 
 
 def _png() -> bytes:

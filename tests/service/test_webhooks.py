@@ -184,6 +184,53 @@ def test_urls_that_would_reach_the_private_network_are_refused():
                                     resolve=True)
 
 
+@pytest.mark.parametrize("url, why", [
+    # another spelling of a loopback host or address is judged like the plain one
+    ("http://127.0.0.1.:8000/h", "non-public address (127.0.0.1)"),
+    ("http://localhost.:8000/h", "loopback"),
+    ("http://LOCALHOST/h", "loopback"),
+    ("http://LocalHost./h", "loopback"),
+    ("http://api.localhost./h", "loopback"),
+    ("http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54/h", "loopback"),  # fullwidth
+    ("http://127\u30020\u30020\u30021/h", "non-public address (127.0.0.1)"),  # ideographic dots
+    ("http://2130706433/", "non-public address (127.0.0.1)"),
+    ("http://0x7f.1/", "non-public address (127.0.0.1)"),
+    ("http://0X7F.0.0.1/", "non-public address (127.0.0.1)"),
+    ("http://017700000001/", "non-public address (127.0.0.1)"),
+    ("http://127.000.000.001/", "non-public address (127.0.0.1)"),
+    ("http://0/", "non-public address (0.0.0.0)"),
+    ("http://[::ffff:127.0.0.1]/", "non-public address (127.0.0.1)"),
+    ("http://[::FFFF:a9fe:a9fe]/", "non-public address (169.254.169.254)"),
+    # a public address must be written as itself
+    ("http://8.8.8.8./", "write 8.8.8.8"),
+    ("http://134744072/", "write 8.8.8.8"),
+    ("http://0x08.0x08.0x08.0x08/", "write 8.8.8.8"),
+    ("http://[::ffff:8.8.8.8]/", "write 8.8.8.8"),
+    # no host name at all
+    ("http://a..example.com/", "not a host name"),
+    ("http://.example.com/", "not a host name"),
+    ("http://example.com../", "not a host name"),
+    ("http://%6cocalhost/", "not a host name"),
+    ("http://08.0.0.1/", "no IPv4 address"),
+    ("http://1.2.3.4.5/", "no IPv4 address"),
+    ("http://example.0x/", "no IPv4 address"),
+])
+def test_unusual_spellings_of_hosts_are_refused(url, why):
+    problem = url_problem(url, allow_private=False)
+    assert problem is not None and why in problem, (url, problem)
+    assert url_problem(url, allow_private=False, resolve=True) == problem  # and at delivery
+    assert url_problem(url, allow_private=True) is None
+
+
+@pytest.mark.parametrize("url", [
+    "http://example.com./hook",  # a name with the DNS root's dot is still the name
+    "https://Hooks.Example.COM:8443/x?y=1",  # letter case does not matter
+    "http://b\u00fccher.example/", "http://under_score.example/", "http://1.example/",
+    "http://8.8.8.8/", "http://[2001:4860:4860::8888]/"])
+def test_ordinary_spellings_of_public_hosts_are_accepted(url):
+    assert url_problem(url, allow_private=False) is None
+
+
 def test_signature_is_the_standard_webhooks_scheme():
     secret = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     body = json.dumps({"type": "job.succeeded", "data": {"job_id": "j"}}).encode()
@@ -214,6 +261,9 @@ def test_on_postgres_the_api_refuses_private_urls_and_keeps_tenants_apart(api):
     r = api.post("/v1/webhooks", json={"url": "http://169.254.169.254/latest/meta-data",
                                        "events": ["job.failed"]})
     assert r.status_code == 422 and r.json()["detail"]["problems"][0].startswith("url: ")
+    for url in ("http://127.0.0.1.:9/h", "http://localhost.:9/h", "http://0x7f.1:9/h"):
+        r = api.post("/v1/webhooks", json={"url": url, "events": ["job.failed"]})
+        assert r.status_code == 422, (url, r.text)
     hook = api.post("/v1/webhooks", json={"url": "http://8.8.8.8/hook",
                                           "events": ["job.failed"]})
     assert hook.status_code == 201, hook.text
