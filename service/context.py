@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy.exc import IntegrityError
@@ -35,7 +35,6 @@ class Context:
     queue: JobQueue
     quotas: Quotas
     inference: Any = None  # the serving engine (api.inference), where this process serves
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def create(cls, settings: Settings, *, inference: Any = None) -> Context:

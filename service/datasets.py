@@ -5,6 +5,7 @@ or running job uses cannot change (that job reads it while it trains)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from clipfit_core.data import FewShotDataset, Sample
 from registry import datasets as dataset_rows
@@ -37,7 +38,7 @@ class DatasetSummary:
     counts: dict[str, int]
     images: int
     jobs: int
-    created_at: object
+    created_at: datetime
 
 
 def _read(ctx: Context, caller: Caller, upload: Upload, *, min_classes: int) -> FewShotDataset:
