@@ -46,17 +46,41 @@ def lock_data_dir(data_dir: Path):
 
 
 def first_admin_key(settings: Settings) -> str | None:
-    """On a database with no key at all, create an admin key of the default tenant and print
-    it, once: it is never shown again (only its hash is stored)."""
-    from registry import crud
-    from registry.db import get_engine, session_scope
-    from registry.models import DEFAULT_TENANT
+    """On a database with no key at all, the first admin key of the default tenant: the one
+    in CLIPFIT_BOOTSTRAP_ADMIN_KEY_FILE when it is set (stored hashed, never printed), else a
+    new one, printed once: it is never shown again (only its hash is stored).
 
-    with session_scope(get_engine(settings.sqlalchemy_url)) as session:
-        if crud.count_keys(session):
-            return None
-        _, secret = crud.create_key(session, tenant_id=DEFAULT_TENANT, scopes=["admin"],
-                                    name="first admin key")
+    Raises:
+        RuntimeError: the key file is missing, unreadable or not a valid key.
+    """
+    from registry.tenants import count_keys
+    from service.context import Context
+    from service.errors import Invalid
+    from service.tenants import bootstrap_admin_key
+
+    ctx = Context.create(settings)
+    given = None
+    path = settings.bootstrap_admin_key_file
+    if path is not None:
+        with ctx.reading() as session:
+            if count_keys(session):
+                return None  # bootstrapped before: the file is not needed any more
+        try:
+            given = path.read_text().strip()
+        except OSError as e:
+            raise RuntimeError(f"CLIPFIT_BOOTSTRAP_ADMIN_KEY_FILE={path}: cannot read it "
+                               f"({e.strerror})") from e
+    try:
+        secret = bootstrap_admin_key(ctx, secret=given)
+    except Invalid as e:
+        raise RuntimeError(f"CLIPFIT_BOOTSTRAP_ADMIN_KEY_FILE={path}: not a clipfit key: "
+                           f"{'; '.join(e.problems)}") from e
+    if secret is None:
+        return None
+    if given is not None:
+        print(f"clipfit: stored the first admin API key from {path} (prefix {secret[:12]})",
+              flush=True)
+        return secret
     print(f"clipfit: created the first admin API key (shown only now; keep it):\n"
           f"    {secret}\nclipfit: send it as 'Authorization: Bearer KEY'; make more with "
           "'clipfit keys create'", flush=True)
@@ -82,7 +106,11 @@ def serve(settings: Settings, options: ServeOptions) -> int:
     if options.migrate:
         upgrade(settings.sqlalchemy_url)
     if settings.auth:
-        first_admin_key(settings)
+        try:
+            first_admin_key(settings)
+        except RuntimeError as e:
+            print(f"clipfit: error: {e}", file=sys.stderr)
+            return 2
     else:
         print("clipfit: WARNING: authentication is off (CLIPFIT_AUTH=false): anyone who reaches "
               "this port is an admin", file=sys.stderr, flush=True)

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
                                         "same network); off, such URLs are refused (SSRF)")
     auth: bool = Field(True, description="require API keys; off only for a trusted network "
                        "(every caller is then the default tenant's admin)")
+    bootstrap_admin_key_file: Path | None = Field(
+        None, description="a file holding the first admin key (one line, 'cfk_' and 32 or "
+        "more random URL-safe characters; a Docker secret works): stored (hashed) by "
+        "'clipfit serve' on a database with no key, instead of printing a new one")
     open_docs: bool = Field(True, description="/docs and /openapi.json without a key")
     open_metrics: bool = Field(False, description="/metrics without a key (else an admin "
                                "key: it counts every tenant's jobs)")

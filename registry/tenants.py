@@ -5,6 +5,7 @@ Keyword-only arguments; ``None`` when nothing is found; the caller owns the tran
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import Sequence
 
@@ -19,6 +20,9 @@ from .models import (
 )
 
 KEY_PREFIX = "cfk_"
+# token_urlsafe(32) gives 43 characters; a key given by the operator needs 32 (192 bits)
+MIN_KEY_CHARS = 32
+_KEY_BODY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def create_tenant(session: Session, *, name: str) -> Tenant:
@@ -44,10 +48,31 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def key_format_problem(secret: str) -> str | None:
+    """Why ``secret`` does not look like one of our keys (None when it does): ``cfk_`` and at
+    least MIN_KEY_CHARS URL-safe base64 characters, as ``create_key`` makes them."""
+    if not secret.startswith(KEY_PREFIX):
+        return f"it does not start with {KEY_PREFIX!r}"
+    body = secret[len(KEY_PREFIX):]
+    if not _KEY_BODY.fullmatch(body):
+        return "after the prefix, use only the characters A-Z a-z 0-9 _ -"
+    if len(body) < MIN_KEY_CHARS:
+        return (f"it has {len(body)} characters after the prefix, fewer than {MIN_KEY_CHARS} "
+                "(too guessable)")
+    if len(set(body)) < MIN_KEY_CHARS // 2:
+        return f"it repeats too few distinct characters ({len(set(body))}) to be random"
+    return None
+
+
+def new_secret() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
 def create_key(session: Session, *, tenant_id: str, scopes: Sequence[str],
-               name: str | None = None) -> tuple[ApiKey, str]:
-    """A new key and its secret (shown once: only the hash is stored)."""
-    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+               name: str | None = None, secret: str | None = None) -> tuple[ApiKey, str]:
+    """A new key and its secret (shown once: only the hash is stored). ``secret``: store
+    this one (the caller checked it with ``key_format_problem``) instead of a random one."""
+    secret = secret or new_secret()
     key = ApiKey(tenant_id=tenant_id, scopes=list(scopes), name=name,
                  prefix=secret[:12], key_hash=hash_key(secret))
     session.add(key)

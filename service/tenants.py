@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from registry import tenants as tenant_rows
-from registry.models import SCOPES, ApiKey, Tenant
+from registry.models import DEFAULT_TENANT, SCOPES, ApiKey, Tenant
 
 from .context import Context
 from .errors import Invalid, NotFound
@@ -52,3 +52,21 @@ def revoke_key(ctx: Context, key_id: str) -> None:
     with ctx.transaction() as s:
         if tenant_rows.revoke_key(s, key_id=key_id) is None:
             raise NotFound("key", key_id)
+
+
+def bootstrap_admin_key(ctx: Context, *, secret: str | None = None) -> str | None:
+    """On a database with no key at all, an admin key of the default tenant: ``secret`` (the
+    operator's, from CLIPFIT_BOOTSTRAP_ADMIN_KEY_FILE) or a random one. Returns the secret
+    stored, or None when a key exists already (nothing is changed then)."""
+    if secret is not None:
+        problem = tenant_rows.key_format_problem(secret)
+        if problem:
+            make = (f"python3 -c \"import secrets; print('{tenant_rows.KEY_PREFIX}' + "
+                    "secrets.token_urlsafe(32))\"")
+            raise Invalid([f"{problem}; make one with: {make}"], "invalid bootstrap admin key")
+    with ctx.transaction() as s:
+        if tenant_rows.count_keys(s):
+            return None
+        _, stored = tenant_rows.create_key(s, tenant_id=DEFAULT_TENANT, scopes=["admin"],
+                                           name="first admin key", secret=secret)
+        return stored

@@ -50,9 +50,10 @@ class Server:
                 raise RuntimeError(f"serve exited:\n{self.log.read_text()}")
             try:
                 if self.client.get("/readyz").status_code == 200:
-                    # the first admin key, printed once by the first start on this data dir
-                    key = re.search(r"^    (cfk_\S+)$", self.log.read_text(), re.MULTILINE)
-                    self.client.headers["Authorization"] = f"Bearer {key.group(1)}"
+                    if "Authorization" not in self.client.headers:
+                        # the first admin key, printed once by the first start on this data dir
+                        key = re.search(r"^    (cfk_\S+)$", self.log.read_text(), re.MULTILINE)
+                        self.client.headers["Authorization"] = f"Bearer {key.group(1)}"
                     return
             except httpx.TransportError:
                 pass
@@ -81,6 +82,52 @@ def serve(tmp_path):
     yield start
     for server in servers:
         server.stop()
+
+
+def test_bootstrap_admin_key_file_is_stored_not_printed(tmp_path):
+    import secrets
+
+    secret = "cfk_" + secrets.token_urlsafe(32)
+    key_file = tmp_path / "admin_key"
+    key_file.write_text(secret + "\n")  # a trailing newline, as `echo` and editors leave it
+    server = Server(tmp_path / "data", free_port(), tmp_path / "serve.log",
+                    env={"CLIPFIT_BOOTSTRAP_ADMIN_KEY_FILE": str(key_file)})
+    try:
+        server.client.headers["Authorization"] = f"Bearer {secret}"
+        server.wait_ready()
+        assert server.client.get("/v1/jobs").status_code == 200
+        assert server.client.get("/v1/keys").status_code == 200  # an admin key
+        log = server.log.read_text()
+        assert secret not in log and "created the first admin API key" not in log, log
+    finally:
+        server.stop()
+
+
+def serve_until_exit(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``clipfit serve`` that is expected to refuse to start (it would serve forever else)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPFIT_")} | env
+    return subprocess.run(
+        [sys.executable, "-m", "clipfit", "serve", "--data-dir", str(tmp_path / "data"),
+         "--port", str(free_port()), "--no-worker"], env=env, capture_output=True, text=True,
+        timeout=120, check=False)
+
+
+@pytest.mark.parametrize("content", ["", "not-a-key", "cfk_short", "cfk_" + "a" * 43,
+                                     "cfk_" + "é" * 40])
+def test_bootstrap_admin_key_file_refuses_a_bad_key(tmp_path, content):
+    key_file = tmp_path / "admin_key"
+    key_file.write_text(content)
+    done = serve_until_exit(tmp_path, {"CLIPFIT_BOOTSTRAP_ADMIN_KEY_FILE": str(key_file)})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "CLIPFIT_BOOTSTRAP_ADMIN_KEY_FILE" in done.stderr and "not a clipfit key" in \
+        done.stderr, done.stderr
+    assert "cfk_" not in done.stdout, done.stdout  # no key was made up and printed instead
+
+
+def test_bootstrap_admin_key_file_missing_is_an_error(tmp_path):
+    done = serve_until_exit(tmp_path,
+                            {"CLIPFIT_BOOTSTRAP_ADMIN_KEY_FILE": str(tmp_path / "absent")})
+    assert done.returncode == 2 and "cannot read it" in done.stderr, done.stderr
 
 
 def test_embedded_service_end_to_end_and_crash_recovery(serve, colour_set, tmp_path):
