@@ -40,7 +40,6 @@ from .jobs import (  # noqa: F401
     count_active_jobs,
     count_jobs_by_status,
     create_job,
-    delete_job,
     finish_attempt,
     finish_job,
     get_checkpoint,

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from .datasets import ImageRecord, _drop_dataset, create_dataset, dataset_images, dataset_size
+from .datasets import ImageRecord, create_dataset, dataset_images, dataset_size
 from .db import owned as _owned
 from .models import (
     FINISHED,
@@ -67,22 +67,6 @@ def create_job(
     add_event(session, job_id=job.id, kind="queued", payload={
         "images": len(images) if images else dataset_size(session, dataset_id=dataset.id)})
     return job
-
-
-def delete_job(session: Session, *, job_id: str, keep_dataset: bool = False) -> bool:
-    """Remove a job that never ran, with its events and (unless ``keep_dataset``: a stored
-    dataset the job was given) its dataset and the image blobs no other dataset uses."""
-    job = session.get(Job, job_id)
-    if job is None:
-        return False
-    dataset_id = job.dataset_id
-    session.execute(delete(JobEvent).where(JobEvent.job_id == job_id))
-    session.execute(delete(IdempotencyKey).where(IdempotencyKey.job_id == job_id))
-    session.delete(job)
-    session.flush()
-    if not keep_dataset:
-        _drop_dataset(session, dataset_id=dataset_id)
-    return True
 
 
 def get_job(session: Session, *, job_id: str, tenant_id: str | None = None) -> Job | None:

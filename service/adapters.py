@@ -26,7 +26,7 @@ from registry.blobs import get_blob
 from registry.models import Adapter
 
 from .context import Caller, Context
-from .errors import Conflict, Invalid, NotFound, Unavailable
+from .errors import Conflict, Invalid, NotFound, Unavailable, found
 from .quotas import check_room
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,8 @@ class AdapterInfo:
 
 def find(s: Session, caller: Caller, reference: str) -> Adapter:
     """The caller's adapter by id, ``name@VERSION`` or ``name@alias``."""
-    adapter = adapter_rows.resolve_adapter(s, tenant_id=caller.tenant_id, reference=reference)
-    if adapter is None:
-        raise NotFound("adapter", reference)
-    return adapter
+    return found(adapter_rows.resolve_adapter(s, tenant_id=caller.tenant_id,
+                                              reference=reference), "adapter", reference)
 
 
 def get(ctx: Context, caller: Caller, reference: str) -> Adapter:

@@ -12,7 +12,7 @@ from registry import datasets as dataset_rows
 from registry.models import Dataset
 
 from .context import Caller, Context
-from .errors import Conflict, Invalid, NotFound
+from .errors import Conflict, Invalid, found
 from .uploads import from_files, from_zip
 
 INVALID_DATASET = "invalid dataset"
@@ -68,10 +68,8 @@ def _summary(s, dataset: Dataset) -> DatasetSummary:
 
 
 def _owned(s, caller: Caller, dataset_id: str) -> Dataset:
-    dataset = dataset_rows.get_dataset(s, dataset_id=dataset_id, tenant_id=caller.tenant_id)
-    if dataset is None:
-        raise NotFound("dataset", dataset_id)
-    return dataset
+    return found(dataset_rows.get_dataset(s, dataset_id=dataset_id, tenant_id=caller.tenant_id),
+                 "dataset", dataset_id)
 
 
 def create(ctx: Context, caller: Caller, upload: Upload) -> DatasetSummary:

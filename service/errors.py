@@ -46,6 +46,14 @@ class NotFound(DomainError):
         super().__init__(message or f"{what} {shorten(ident)} not found")
 
 
+def found(row, what: str, ident: str):
+    """``row``, or ``NotFound`` naming ``what`` and ``ident`` when it is None (another
+    tenant's rows are looked up as None too)."""
+    if row is None:
+        raise NotFound(what, ident)
+    return row
+
+
 class Conflict(DomainError):
     """The request is fine but the current state does not allow it."""
 

@@ -22,7 +22,7 @@ from registry import jobs as job_rows
 from registry.models import FINISHED, Job, JobEvent, JobStatus, utcnow
 
 from .context import Caller, Context
-from .errors import Conflict, Invalid, NotFound
+from .errors import Conflict, Invalid, found
 from .quotas import check_room
 from .uploads import from_files, from_zip
 
@@ -233,9 +233,8 @@ def list_jobs(ctx: Context, caller: Caller, *, status: str | None, limit: int,
 
 def get_job(ctx: Context, caller: Caller, job_id: str) -> Job:
     with ctx.reading() as s:
-        job = job_rows.get_job(s, job_id=job_id, tenant_id=caller.tenant_id)
-        if job is None:
-            raise NotFound("job", job_id)
+        job = found(job_rows.get_job(s, job_id=job_id, tenant_id=caller.tenant_id), "job",
+                    job_id)
         job.adapter_id  # noqa: B018 (loaded while the session is open)
         return job
 
@@ -245,10 +244,9 @@ def events(ctx: Context, caller: Caller | None, job_id: str, *, after: int, limi
     """(events after the event id ``after``, whether the job has finished); ``caller`` None:
     the job was checked before (a stream's later polls)."""
     with ctx.reading() as s:
-        job = job_rows.get_job(s, job_id=job_id,
-                               tenant_id=caller.tenant_id if caller else None)
-        if job is None:
-            raise NotFound("job", job_id)
+        job = found(job_rows.get_job(s, job_id=job_id,
+                                     tenant_id=caller.tenant_id if caller else None),
+                    "job", job_id)
         return (job_rows.list_events(s, job_id=job_id, after_id=after, limit=limit),
                 job.status in FINISHED)
 
@@ -258,9 +256,8 @@ def cancel(ctx: Context, caller: Caller, job_id: str) -> Job:
     cancelled at once; a live one stops within a couple of seconds."""
     stale_before = utcnow() - timedelta(seconds=ctx.settings.stale_after_seconds)
     with ctx.transaction() as s:
-        job = job_rows.get_job(s, job_id=job_id, tenant_id=caller.tenant_id)
-        if job is None:
-            raise NotFound("job", job_id)
+        job = found(job_rows.get_job(s, job_id=job_id, tenant_id=caller.tenant_id), "job",
+                    job_id)
         if job.status in FINISHED:
             raise Conflict(f"job {job_id} already finished with status {job.status!r}")
         job = job_rows.request_cancel(s, job_id=job_id, stale_before=stale_before)

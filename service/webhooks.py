@@ -8,7 +8,7 @@ from registry import webhooks as webhook_rows
 from registry.models import WebhookDelivery, WebhookEndpoint
 
 from .context import Caller, Context
-from .errors import Conflict, Invalid, NotFound
+from .errors import Conflict, Invalid, NotFound, found
 from .webhook_urls import url_problem
 
 MAX_ENDPOINTS = 20
@@ -33,10 +33,8 @@ def list_endpoints(ctx: Context, caller: Caller) -> list[WebhookEndpoint]:
 
 
 def _endpoint(s, caller: Caller, webhook_id: str) -> WebhookEndpoint:
-    endpoint = webhook_rows.get_webhook(s, webhook_id=webhook_id, tenant_id=caller.tenant_id)
-    if endpoint is None:
-        raise NotFound("webhook", webhook_id)
-    return endpoint
+    return found(webhook_rows.get_webhook(s, webhook_id=webhook_id, tenant_id=caller.tenant_id),
+                 "webhook", webhook_id)
 
 
 def get(ctx: Context, caller: Caller, webhook_id: str) -> WebhookEndpoint:
