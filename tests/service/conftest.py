@@ -36,6 +36,9 @@ def service_env(new_postgres_database, tmp_path_factory):
         "CLIPFIT_PROGRESS_INTERVAL_SECONDS": "0.2",
         "CLIPFIT_DEVICE": "cpu",
         "CLIPFIT_MAX_ACTIVE_JOBS": "100",  # tests leave jobs queued; quotas are tested apart
+        # one key makes every request of the session: rate limits are tested apart
+        # (test_quotas, test_broker_outage), not left to whichever tests share a second
+        "CLIPFIT_RATE_LIMIT": "",
         # the reconciler's clocks, shortened from minutes to seconds
         "CLIPFIT_HEARTBEAT_SECONDS": "0.5", "CLIPFIT_STALE_AFTER_SECONDS": "4",
         "CLIPFIT_RECONCILE_INTERVAL_SECONDS": "1", "CLIPFIT_REQUEUE_AFTER_SECONDS": "3",

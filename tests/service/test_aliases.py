@@ -129,10 +129,9 @@ def test_alias_refusals(api, versions, colour_set):
     api.delete("/v1/aliases/live", params={"name": "shades"})
 
 
-def test_every_route_that_names_an_adapter_takes_a_reference(api, versions, monkeypatch):
+def test_every_route_that_names_an_adapter_takes_a_reference(api, versions):
     """An id, name@VERSION and name@alias name the same adapter on show, evaluation,
     download and delete, as they do on classify."""
-    monkeypatch.setattr(api.app.state.settings, "rate_limit", "")  # a burst of requests
     v2 = versions[1]
     api.put("/v1/aliases/canary", json={"name": "shades", "version": 2})
     for reference in (v2["id"], "shades@2", "shades@canary"):
@@ -152,9 +151,8 @@ def test_every_route_that_names_an_adapter_takes_a_reference(api, versions, monk
     assert api.delete("/v1/aliases/canary", params={"name": "shades"}).status_code == 204
 
 
-def test_every_error_has_one_shape(api, colour_set, monkeypatch):
+def test_every_error_has_one_shape(api, colour_set):
     """code, message and problems on every 4xx, with 0.1's detail kept beside them."""
-    monkeypatch.setattr(api.app.state.settings, "rate_limit", "")
     files, _ = image_files(colour_set)
     answers = {
         "not_found": api.get("/v1/jobs/nope"),
