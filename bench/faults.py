@@ -4,6 +4,7 @@ ports, temporary directories, never the machine's shared servers), the API as co
 
     python -m bench.faults                      # every scenario, default recovery settings
     python -m bench.faults --only worker-kill --trials 2
+    python -m bench.faults --compose ...        # on a docker compose stack: bench.compose_faults
 
 Scenarios: a worker SIGKILLed mid-job; Redis restarted without its data while jobs wait; Redis
 down while a job is submitted (202, reads and classify answer, the job runs once Redis is
@@ -117,52 +118,16 @@ class Process:
         self.handle.close()
 
 
-class Cluster:
-    """PostgreSQL + Redis + API + workers, with the project's default recovery settings."""
+class Api:
+    """A running service seen from outside: submit clipfit-tiny jobs, read them, and decide
+    whether each ended exactly once."""
 
-    def __init__(self, root: Path, data: Path):
-        self.root, self.data = root, data
-        self.pg, self.redis = Postgres(root), Redis(root)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPFIT_")} | {
-            "CLIPFIT_DATABASE_URL": self.pg.url, "CLIPFIT_BROKER_URL": self.redis.url,
-            "CLIPFIT_DATA_DIR": str(root / "data"), "CLIPFIT_BASE_MODELS": "clipfit-tiny",
-            "CLIPFIT_DEVICE": "cpu", "CLIPFIT_RATE_LIMIT": "", "CLIPFIT_MAX_ACTIVE_JOBS": "0",
-            "CLIPFIT_MAX_EPOCHS": "5000"}
-        from registry import crud
-        from registry.db import make_engine, session_scope
-        from registry.migrate import upgrade
+    data: Path
+    client: httpx.Client
 
-        upgrade(self.pg.url)
-        engine = make_engine(self.pg.url)
-        with session_scope(engine) as s:
-            _, self.key = crud.create_key(s, tenant_id="default", scopes=["admin"])
-        engine.dispose()
-        self.port = free_port()
-        self.api = None
-        self.start_api()
-        self.workers: list[Process] = []
-        self.started = 0
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30,
-                                   headers={"Authorization": f"Bearer {self.key}"})
-        self.wait_ready()
-
-    def start_api(self) -> None:
-        self.api = Process([sys.executable, "-m", "clipfit", "serve", "--no-worker",
-                            "--no-migrate", "--port", str(self.port)], self.env,
-                           self.root / "api.log")
-
-    def start_worker(self) -> Process:
-        self.started += 1
-        worker = Process([sys.executable, "-m", "clipfit", "worker", "--concurrency", "1",
-                          "--hostname", f"w{self.started}-{time.monotonic_ns()}@%h"],
-                         self.env, self.root / f"worker{self.started}.log")
-        self.workers.append(worker)
-        deadline = time.monotonic() + 60
-        while " ready." not in worker.log.read_text():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start: {worker.log.read_text()[-2000:]}")
-            time.sleep(0.2)
-        return worker
+    def connect(self, url: str, key: str) -> None:
+        self.client = httpx.Client(base_url=url, timeout=30,
+                                   headers={"Authorization": f"Bearer {key}"})
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -203,6 +168,17 @@ class Cluster:
             return False, "stuck"
         return self.outcome(job_id)
 
+    def adapters(self) -> list[dict]:
+        """Every adapter the key sees (all pages)."""
+        rows, cursor = [], None
+        while True:
+            page = self.client.get("/v1/adapters", params={"limit": 200} | (
+                {"cursor": cursor} if cursor else {})).json()
+            rows += page["data"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return rows
+
     def outcome(self, job_id: str) -> tuple[bool, str]:
         """(finished exactly once and succeeded, why not, or how it recovered)."""
         events = []
@@ -218,10 +194,59 @@ class Cluster:
             return False, f"status {job['status']}"
         if kinds.count("succeeded") != 1:
             return False, f"{kinds.count('succeeded')} succeeded events"
+        stored = sum(a["job_id"] == job_id for a in self.adapters())
+        if stored != 1:
+            return False, f"{stored} adapters stored"
         resumed = [e["payload"]["from_epoch"] for e in events if e["kind"] == "resumed"]
         return True, (f"attempts {job['attempts']}" +
                       (f", resumed after epoch {resumed[-1]} of {job['progress']['epochs']}"
                        if resumed else ""))
+
+class Cluster(Api):
+    """PostgreSQL + Redis + API + workers, with the project's default recovery settings."""
+
+    def __init__(self, root: Path, data: Path):
+        self.root, self.data = root, data
+        self.pg, self.redis = Postgres(root), Redis(root)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPFIT_")} | {
+            "CLIPFIT_DATABASE_URL": self.pg.url, "CLIPFIT_BROKER_URL": self.redis.url,
+            "CLIPFIT_DATA_DIR": str(root / "data"), "CLIPFIT_BASE_MODELS": "clipfit-tiny",
+            "CLIPFIT_DEVICE": "cpu", "CLIPFIT_RATE_LIMIT": "", "CLIPFIT_MAX_ACTIVE_JOBS": "0",
+            "CLIPFIT_MAX_EPOCHS": "5000"}
+        from registry import crud
+        from registry.db import make_engine, session_scope
+        from registry.migrate import upgrade
+
+        upgrade(self.pg.url)
+        engine = make_engine(self.pg.url)
+        with session_scope(engine) as s:
+            _, self.key = crud.create_key(s, tenant_id="default", scopes=["admin"])
+        engine.dispose()
+        self.port = free_port()
+        self.api = None
+        self.start_api()
+        self.workers: list[Process] = []
+        self.started = 0
+        self.connect(f"http://127.0.0.1:{self.port}", self.key)
+        self.wait_ready()
+
+    def start_api(self) -> None:
+        self.api = Process([sys.executable, "-m", "clipfit", "serve", "--no-worker",
+                            "--no-migrate", "--port", str(self.port)], self.env,
+                           self.root / "api.log")
+
+    def start_worker(self) -> Process:
+        self.started += 1
+        worker = Process([sys.executable, "-m", "clipfit", "worker", "--concurrency", "1",
+                          "--hostname", f"w{self.started}-{time.monotonic_ns()}@%h"],
+                         self.env, self.root / f"worker{self.started}.log")
+        self.workers.append(worker)
+        deadline = time.monotonic() + 60
+        while " ready." not in worker.log.read_text():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start: {worker.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        return worker
 
     def close(self) -> None:
         for worker in self.workers:
@@ -373,9 +398,31 @@ SCENARIOS = {"worker-kill": scenario_worker_kill, "worker-sigterm": scenario_wor
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__)
-    parser.add_argument("--only", action="append", choices=list(SCENARIOS))
+    parser.add_argument("--only", action="append", help="a scenario (repeatable): "
+                        f"{', '.join(SCENARIOS)}; with --compose, one of bench.compose_faults")
     parser.add_argument("--trials", type=int, default=1)
+    compose = parser.add_argument_group(
+        "compose mode", "the scenarios of bench.compose_faults on a running docker compose stack")
+    compose.add_argument("--compose", action="store_true", help="run the compose scenarios")
+    compose.add_argument("--api", default="http://127.0.0.1:8000", help="the stack's API")
+    compose.add_argument("--compose-dir", default=".", help="where to run docker compose")
+    compose.add_argument("--compose-file", action="append",
+                         help="compose files (default: docker-compose.yml "
+                              "docker-compose.cpu.yml)")
+    compose.add_argument("--project", default="clipfit", help="the compose project name")
+    compose.add_argument("--key", default=os.environ.get("CLIPFIT_FAULTS_KEY"),
+                         help="an admin key (default: made with compose run ... keys create)")
     args = parser.parse_args()
+    names: dict = SCENARIOS
+    if args.compose:
+        from . import compose_faults
+
+        names = compose_faults.SCENARIOS
+    if set(args.only or ()) - set(names):
+        parser.error(f"--only takes {', '.join(names)}")
+    if args.compose:
+        root = Path(tempfile.mkdtemp(prefix="clipfit-compose-faults-"))
+        return compose_faults.run(args, colour_zip(root))
     if PG_BIN is None or shutil.which("redis-server") is None:
         print("needs PostgreSQL's server binaries (apt-get install postgresql) and "
               "redis-server", file=sys.stderr)

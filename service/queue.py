@@ -21,7 +21,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         transport_options: dict[str, Any] = {"connect_args": {"timeout": 30}}
     else:  # Redis, SQS: unacknowledged messages return to the queue after this long
         visibility = settings.visibility_timeout_seconds or settings.job_timeout_seconds + 3600
-        transport_options = {"visibility_timeout": visibility}
+        transport_options = {"visibility_timeout": visibility,
+                             # a broker host that drops packets costs a request 5 s, not
+                             # the operating system's connect timeout (minutes)
+                             "socket_connect_timeout": 5, "socket_keepalive": True}
     return {
         "broker_url": broker,
         "task_serializer": "json", "accept_content": ["json"], "result_backend": None,

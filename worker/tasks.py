@@ -24,7 +24,7 @@ from registry.models import JobStatus, utcnow
 from registry.settings import Settings
 from service.jobs import stored_dataset
 
-from .failures import failure_message
+from .failures import check_finite, failure_message
 
 log = logging.getLogger(__name__)
 DATABASE_AWAY = (OperationalError, InterfaceError)
@@ -78,6 +78,7 @@ def train_job(self: TrainTask, job_id: str) -> str:
             parent = _parent_delta(self, parent_id, tenant_id, resumed=resume is not None)
             adapter_metrics, delta = _train(self, job_id, attempt, spec, config, dataset,
                                             beat, resume, parent)
+            check_finite(delta)
         except TrainingCancelled:
             return _end(self, job_id, attempt, JobStatus.cancelled)
         except Exception as e:  # the job failed; the worker lives on

@@ -36,3 +36,21 @@ def test_refused_settings_keep_the_reason():
 def test_anything_else_is_named_by_type_only():
     message = failure_message(KeyError("/srv/secret/path"), base_model="x")
     assert "KeyError" in message and "/srv/secret" not in message
+
+
+def test_a_diverged_delta_is_refused_with_what_to_do():
+    from clipfit_core.delta import Delta, DeltaConfig
+    from worker.failures import TrainingDiverged, check_finite
+
+    config = DeltaConfig(base_model="clipfit-tiny", base_fingerprint="f", classnames=["a", "b"],
+                         templates=["a photo of a {}."])
+    good = {"visual.ln_post.bias": torch.zeros(4), "visual.ln_post.weight": torch.ones(4)}
+    check_finite(Delta(config=config, tensors=good))  # finite: nothing raised
+    for bad in (float("nan"), float("inf")):
+        tensors = dict(good, **{"visual.ln_post.bias": torch.tensor([0.0, bad, 0.0, 0.0])})
+        with pytest.raises(TrainingDiverged) as e:
+            check_finite(Delta(config=config, tensors=tensors))
+        assert "'visual.ln_post.bias' holds 1 NaN or infinite values" in str(e.value)
+        message = failure_message(e.value, base_model="clipfit-tiny")
+        assert message.startswith("training diverged (tensor 'visual.ln_post.bias'")
+        assert "lower lr" in message
