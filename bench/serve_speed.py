@@ -20,11 +20,12 @@ measures, in this order, with the same synthetic images (64x64 PNG), classes and
 (b)-(e) run twice: through the real HTTP API of ``clipfit serve`` (a subprocess on a free port,
 SQLite, no worker, auth off, no rate limit; the adapters are random deltas written into its
 registry before it starts), and in-process through ``api.inference.InferenceEngine.classify``
-(no HTTP, images decoded once). Each phase: every client first sends one request per adapter
-it uses, untimed (loading deltas and text features), then ``--warmup`` seconds, then a
-``--seconds`` window (``--big-seconds`` for (e), (e0)). Throughput ("img/s") counts the images
-the model's inference thread finished inside the window (from ``/metrics`` over HTTP); beside
-it, "answered" counts the images of requests answered inside it; also the mean batch and the
+(no HTTP, images decoded once; ``--skip-http`` or ``--skip-inprocess`` runs one of the two).
+Each phase: every client first sends one request per adapter it uses, untimed (loading
+deltas and text features), then ``--warmup`` seconds, then a ``--seconds`` window
+(``--big-seconds`` for (e), (e0)). Throughput ("img/s") counts the images the model's
+inference thread finished inside the window (from ``/metrics`` over HTTP); beside it,
+"answered" counts the images of requests answered inside it; also the mean batch and the
 share of the window the model was busy. Latency p50/p99 over the answered requests. Every
 answer is checked (HTTP 200, one prediction per image): an error, or a request still
 unanswered 5 minutes after the window, stops the run. With ``--rounds R`` every phase runs R
@@ -42,6 +43,7 @@ import io
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import threading
@@ -346,11 +348,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--big-seconds", type=float, default=30.0,
                    help="window for (e) and (e0), whose requests take seconds each")
     p.add_argument("--skip-http", action="store_true", help="in-process phases only")
+    p.add_argument("--skip-inprocess", action="store_true", help="HTTP phases only")
     p.add_argument("--rounds", type=int, default=1,
                    help="run the phases this many times, interleaved; report the median")
     p.add_argument("--phases", default="b,c,d,e,e0",
                    help="which of b,c,d,e,e0 to run (a always runs)")
     args = p.parse_args(argv)
+    if args.skip_http and args.skip_inprocess:
+        p.error("--skip-http and --skip-inprocess leave nothing to measure")
     device = resolve_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -396,17 +401,18 @@ def main(argv: list[str] | None = None) -> int:
             settings = Settings(data_dir=tmp / "data", base_models=args.model, device=device,
                                 batching=batching, batch_max_size=args.max_batch,
                                 batch_max_wait_ms=args.max_wait_ms, batch_queue_images=100000)
-            engine = InferenceEngine(settings)
-            for round_, (name, (kind, clients, n)) in rounds(todo, args.rounds):
-                print(f"({name}) in-process, {label}, round {round_}: {clients} clients x "
-                      f"{n} image(s), {kind} ...", flush=True)
-                plans = traffic(kind, clients, n, ids)
-                row = inprocess_phase(
-                    engine, args.model, plans, images, by_id, args.warmup,
-                    args.big_seconds if name.startswith("e") else args.seconds)
-                runs.setdefault((name, "in_process"), []).append(row)
-                print(f"    {row}", flush=True)
-            engine.close()
+            if not args.skip_inprocess:
+                engine = InferenceEngine(settings)
+                for round_, (name, (kind, clients, n)) in rounds(todo, args.rounds):
+                    print(f"({name}) in-process, {label}, round {round_}: {clients} clients "
+                          f"x {n} image(s), {kind} ...", flush=True)
+                    plans = traffic(kind, clients, n, ids)
+                    row = inprocess_phase(
+                        engine, args.model, plans, images, by_id, args.warmup,
+                        args.big_seconds if name.startswith("e") else args.seconds)
+                    runs.setdefault((name, "in_process"), []).append(row)
+                    print(f"    {row}", flush=True)
+                engine.close()
             if args.skip_http:
                 continue
             server = Server(args.model, device, tmp, free_port(),
@@ -481,4 +487,6 @@ def print_table(r: dict) -> None:
 
 
 if __name__ == "__main__":
+    # SIGTERM (a timeout) unwinds like Ctrl-C, so that the server subprocess is stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())

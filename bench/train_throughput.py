@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--text-repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, help="folder for train_throughput.json")
     args = parser.parse_args()
     base = create_base_model(args.model, device=args.device)
     report = {"model": args.model, "device": args.device, "threads": torch.get_num_threads(),
@@ -84,6 +86,9 @@ def main() -> None:
                                         args.device),
               "text": text_speedup(base, args.classes, args.text_repeats)}
     print(json.dumps(report, indent=2))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "train_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
