@@ -18,7 +18,18 @@ from .auth import unless_open
 from .inference import InferenceEngine
 from .limits import BodyLimitMiddleware
 from .metrics import MetricsMiddleware
-from .routes import adapters, admin, aliases, classify, datasets, health, jobs, models, webhooks
+from .routes import (
+    adapters,
+    admin,
+    aliases,
+    captures,
+    classify,
+    datasets,
+    health,
+    jobs,
+    models,
+    webhooks,
+)
 from .schemas import ERROR_RESPONSES, without_null_parameters
 from .web import mount_page
 
@@ -34,8 +45,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        app.state.context.captures.start()  # writes captures, sweeps expired ones
         yield
         app.state.inference.close()  # the inference threads finish their batch and stop
+        app.state.context.captures.close()  # what is queued is written first
 
     app = FastAPI(title="clipfit", version=health.RELEASE, lifespan=lifespan,
                   description="Few-shot CLIP fine-tuning with ClipFit, served as tiny deltas.",
@@ -64,7 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimitMiddleware, settings=settings)  # outermost: before parsing
 
-    for module in (jobs, datasets, adapters, aliases, classify, models, webhooks, admin, health):
+    for module in (jobs, datasets, adapters, captures, aliases, classify, models, webhooks,
+                   admin, health):
         app.include_router(module.router)
     mount_page(app)
 

@@ -13,7 +13,7 @@
 
 URL and key default to ``CLIPFIT_URL`` and ``CLIPFIT_API_KEY``. Every answer is a typed
 object (``Job``, ``Event``, ``Adapter``, ``Prediction``, ``Alias``, ``Webhook``,
-``Delivery``) that keeps the whole JSON in ``raw``. A refusal raises ``ApiError`` with the API's list of problems. ``429`` and ``503``
+``Delivery``, ``CaptureSettings``, ``Capture``) that keeps the whole JSON in ``raw``. A refusal raises ``ApiError`` with the API's list of problems. ``429`` and ``503``
 are retried with exponential backoff, honouring ``Retry-After``; so are lost connections,
 for requests that are safe to repeat (reads, and job creation, which carries an
 ``Idempotency-Key`` generated per call so a retried upload makes one job).
@@ -483,6 +483,124 @@ class Adapters:
 
     def delete(self, adapter_id: str) -> None:
         self._c.request("DELETE", f"/v1/adapters/{adapter_id}")
+
+    # --- capture and review ---------------------------------------------------------------
+
+    def set_capture(self, adapter_id: str, *, sample_rate: float | None = None,
+                    below_confidence: float | None = None, unknown: bool = False,
+                    classes: Iterable[str] | None = None, max_per_hour: int | None = None,
+                    max_per_day: int | None = None, retention_days: int | None = None,
+                    alias: str | None = None) -> CaptureSettings:
+        """Capture classified images of the adapter's lineage (its name: every version) for
+        review, by these rules (at least one): a random ``sample_rate``, a top probability
+        ``below_confidence``, answers of ``unknown``, answers of some ``classes``; capped
+        per hour / day, kept ``retention_days``; with ``alias``, only requests through
+        ``name@alias``. Replaces the lineage's settings."""
+        body = {"sample_rate": sample_rate, "below_confidence": below_confidence,
+                "unknown": unknown or None, "max_per_hour": max_per_hour,
+                "max_per_day": max_per_day, "retention_days": retention_days, "alias": alias,
+                "classes": list(classes) if classes is not None else None}
+        return _typed(CaptureSettings, self._c.request(
+            "PUT", f"/v1/adapters/{adapter_id}/capture",
+            json={k: v for k, v in body.items() if v is not None}, idempotent=True).json())
+
+    def get_capture(self, adapter_id: str) -> CaptureSettings:
+        """The lineage's capture settings (``enabled`` False: nothing is captured)."""
+        return _typed(CaptureSettings, self._c.get_json(f"/v1/adapters/{adapter_id}/capture"))
+
+    def disable_capture(self, adapter_id: str) -> None:
+        """Stop capturing (what was captured stays until it expires)."""
+        self._c.request("DELETE", f"/v1/adapters/{adapter_id}/capture")
+
+    def captures(self, adapter_id: str, *, rule: str | None = None,
+                 predicted: str | None = None, min_confidence: float | None = None,
+                 max_confidence: float | None = None, state: str | None = None,
+                 limit: int = 50) -> Iterator[Capture]:
+        """The lineage's captures, newest first, page by page: by ``rule`` (``unknown``,
+        ``below_confidence``, ``classes``, ``sample_rate``), ``predicted`` label, confidence
+        range, ``state`` (``pending``, ``labelled``, ``discarded``)."""
+        params = {"rule": rule, "predicted": predicted, "min_confidence": min_confidence,
+                  "max_confidence": max_confidence, "state": state, "limit": limit}
+        yield from (_typed(Capture, c) for c in self._c.pages(
+            f"/v1/adapters/{adapter_id}/captures",
+            {k: v for k, v in params.items() if v is not None}))
+
+    def capture(self, adapter_id: str, capture_id: str) -> Capture:
+        return _typed(Capture, self._c.get_json(
+            f"/v1/adapters/{adapter_id}/captures/{capture_id}"))
+
+    def capture_image(self, adapter_id: str, capture_id: str,
+                      to: str | Path | None = None) -> bytes:
+        """The captured image as classify received it, written to ``to`` if given."""
+        content = self._c.request(
+            "GET", f"/v1/adapters/{adapter_id}/captures/{capture_id}/image").content
+        if to is not None:
+            Path(to).write_bytes(content)
+        return content
+
+    def label_capture(self, adapter_id: str, capture_id: str, label: str | None = None, *,
+                      new_class: bool = False, discard: bool = False) -> Capture:
+        """Label a capture with one of the adapter's classes (or a new class, with
+        ``new_class``), or ``discard`` it."""
+        return _typed(Capture, self._c.request(
+            "POST", f"/v1/adapters/{adapter_id}/captures/{capture_id}",
+            json=_label_body(label, new_class, discard), idempotent=True).json())
+
+    def label_captures(self, adapter_id: str, items: Iterable[dict]) -> list[Capture]:
+        """Label or discard many captures at once, all or none: ``items`` of ``{"id",
+        "label"[, "new_class": True]}`` or ``{"id", "discard": True}``. A refusal names
+        every bad item."""
+        return [_typed(Capture, c) for c in self._c.request(
+            "POST", f"/v1/adapters/{adapter_id}/captures:label",
+            json={"items": list(items)}, idempotent=True).json()["data"]]
+
+
+def _label_body(label: str | None, new_class: bool, discard: bool) -> dict:
+    body: dict[str, Any] = {"discard": True} if discard else {}
+    if label is not None:
+        body["label"] = label
+    if new_class:
+        body["new_class"] = True
+    return body
+
+
+@dataclass
+class CaptureSettings:
+    adapter_id: str
+    lineage: str  # the adapter's name (every version), or its id when unnamed
+    enabled: bool
+    alias: str | None = None
+    sample_rate: float | None = None
+    below_confidence: float | None = None
+    unknown: bool = False
+    classes: list[str] = field(default_factory=list)
+    max_per_hour: int | None = None
+    max_per_day: int | None = None
+    retention_days: int | None = None
+    updated_at: str | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class Capture:
+    id: str
+    adapter_id: str  # the version that answered
+    rule: str  # unknown, below_confidence, classes or sample_rate
+    predicted: str  # the answer's label ("unknown" when rejected)
+    confidence: float
+    state: str  # pending, labelled or discarded
+    lineage: str | None = None
+    unknown: bool = False
+    top_k: list[dict] = field(default_factory=list)
+    filename: str | None = None
+    media_type: str | None = None
+    size_bytes: int | None = None
+    label: str | None = None
+    new_class: bool = False
+    labelled_at: str | None = None
+    created_at: str | None = None
+    expires_at: str | None = None
+    raw: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass

@@ -10,6 +10,12 @@
     clipfit remote adapters delete ID
     clipfit remote webhooks create URL --events job.succeeded,job.failed [--description D]
     clipfit remote webhooks ls | show ID | rm ID | deliveries ID | redeliver ID DELIVERY
+    clipfit remote capture set REF [--sample-rate P] [--below-confidence P] [--unknown]
+                           [--classes a,b] [--max-per-hour N] [--max-per-day N]
+                           [--retention-days N] [--alias A]  |  capture show REF | capture off REF
+    clipfit remote captures ls REF [--rule R] [--predicted C] [--state S] | show REF ID
+    clipfit remote captures label REF LABEL ID... [--new-class] | discard REF ID...
+    clipfit remote captures image REF ID [-o FILE]
     clipfit remote classify IMAGE... --adapter ID [--reject-unknown | --threshold P]
                                                        (or --model M --classes a,b,c)
 
@@ -32,7 +38,16 @@ import httpx
 
 from clipfit_core.config import AUTO_FIELDS, TrainConfig, input_name, number_or_auto
 
-from .client import DEFAULT_URL, ApiError, Client, Job, Webhook, folder_summary
+from .client import (
+    DEFAULT_URL,
+    ApiError,
+    Capture,
+    CaptureSettings,
+    Client,
+    Job,
+    Webhook,
+    folder_summary,
+)
 
 CONFIG_PATH = "~/.config/clipfit/remote.toml"
 
@@ -269,6 +284,78 @@ def cmd_webhooks(args) -> int:
     return 0
 
 
+def _show_capture_settings(c: CaptureSettings) -> None:
+    if not c.enabled:
+        print(f"capture is off for {c.lineage}")
+        return
+    rules = [f"{name} {value}" for name, value in (
+        ("sample_rate", c.sample_rate), ("below_confidence", c.below_confidence),
+        ("classes", ",".join(c.classes) or None), ("unknown", c.unknown or None)) if value]
+    caps = [f"{n} per {unit}" for n, unit in ((c.max_per_hour, "hour"), (c.max_per_day, "day"))
+            if n is not None]
+    print(f"capture on for {c.lineage}" + (f"@{c.alias}" if c.alias else "") + ": "
+          + "; ".join(rules) + (f"; at most {', '.join(caps)}" if caps else "")
+          + f"; kept {c.retention_days} days")
+
+
+def cmd_capture(args) -> int:
+    client = connect(args)
+    if args.capture_command == "set":
+        classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+        c = client.adapters.set_capture(
+            args.ref, sample_rate=args.sample_rate, below_confidence=args.below_confidence,
+            unknown=args.unknown, classes=classes, max_per_hour=args.max_per_hour,
+            max_per_day=args.max_per_day, retention_days=args.retention_days, alias=args.alias)
+    elif args.capture_command == "show":
+        c = client.adapters.get_capture(args.ref)
+    else:
+        client.adapters.disable_capture(args.ref)
+        c = client.adapters.get_capture(args.ref)
+    _print(args, c.raw, lambda: _show_capture_settings(c))
+    return 0
+
+
+def _capture_line(c: Capture) -> str:
+    verdict = {"labelled": f"-> {c.label}" + (" (new class)" if c.new_class else ""),
+               "discarded": "discarded"}.get(c.state, "pending")
+    return (f"{c.id}\t{c.created_at}\t{c.rule}\t{c.predicted} {c.confidence:.3f}\t"
+            f"{verdict}\t{c.filename or ''}")
+
+
+def cmd_captures(args) -> int:
+    client, command = connect(args), args.captures_command
+    if command == "ls":
+        rows = list(client.adapters.captures(
+            args.ref, rule=args.rule, predicted=args.predicted,
+            min_confidence=args.min_confidence, max_confidence=args.max_confidence,
+            state=args.state, limit=min(args.limit, 200)))[:args.limit]
+        _print(args, [c.raw for c in rows], lambda: [print(_capture_line(c)) for c in rows])
+        return 0
+    if command == "show":
+        c = client.adapters.capture(args.ref, args.id)
+        _print(args, c.raw, lambda: print(_capture_line(c) + "\n  top: " + ", ".join(
+            f"{t['label']} {t['prob']:.3f}" for t in c.top_k)))
+        return 0
+    if command == "image":
+        c = client.adapters.capture(args.ref, args.id)
+        kind = c.media_type or "application/octet-stream"
+        suffix = {"image/jpeg": ".jpg", "application/octet-stream": ".bin"}.get(
+            kind, "." + kind.split("/")[-1])
+        out = Path(args.output or f"capture-{args.id}{suffix}")
+        content = client.adapters.capture_image(args.ref, args.id, out)
+        _print(args, {"path": str(out), "bytes": len(content)},
+               lambda: print(f"{out} ({len(content)} bytes)"))
+        return 0
+    if command == "label":
+        items = [{"id": i, "label": args.label} | ({"new_class": True} if args.new_class else {})
+                 for i in args.ids]
+    else:
+        items = [{"id": i, "discard": True} for i in args.ids]
+    rows = client.adapters.label_captures(args.ref, items)  # all or none
+    _print(args, [c.raw for c in rows], lambda: [print(_capture_line(c)) for c in rows])
+    return 0
+
+
 def print_evaluation(report: dict) -> None:
     """The held-out report as a table: zero-shot vs tuned per class, then the calibration."""
     ev, cal = report["evaluation"], report.get("calibration")
@@ -428,6 +515,8 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
     rd.add_argument("id")
     rd.add_argument("delivery")
 
+    add_capture_commands(groups)
+
     k = groups.add_parser("classify", help="classify image files")
     k.set_defaults(remote_func=cmd_classify)
     k.add_argument("images", nargs="+")
@@ -439,3 +528,54 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--reject-unknown", action="store_true",
                    help="answer 'unknown' below the adapter's threshold")
     k.add_argument("--threshold", type=float, help="answer 'unknown' below this probability")
+
+
+def add_capture_commands(groups) -> None:
+    cp = groups.add_parser("capture", help="which classified images of an adapter's lineage "
+                           "(its name, every version) are kept for review")
+    cp.set_defaults(remote_func=cmd_capture)
+    sub = cp.add_subparsers(dest="capture_command", required=True)
+    st = sub.add_parser("set", help="capture by these rules (at least one); replaces the "
+                        "lineage's settings")
+    st.add_argument("ref", help="the adapter: id, NAME@VERSION or NAME@ALIAS")
+    st.add_argument("--sample-rate", type=float, help="keep this share of answers at random")
+    st.add_argument("--below-confidence", type=float,
+                    help="keep answers whose top probability is below this")
+    st.add_argument("--unknown", action="store_true", help="keep answers of 'unknown'")
+    st.add_argument("--classes", help="keep answers of these classes (comma-separated)")
+    st.add_argument("--max-per-hour", type=int)
+    st.add_argument("--max-per-day", type=int)
+    st.add_argument("--retention-days", type=int, help="days a capture is kept (default 30)")
+    st.add_argument("--alias", help="only requests that named the adapter NAME@ALIAS")
+    sub.add_parser("show", help="the lineage's settings").add_argument("ref")
+    sub.add_parser("off", help="stop capturing (captures stay until they expire)"
+                   ).add_argument("ref")
+
+    cs = groups.add_parser("captures", help="review captured images: list, look, label, "
+                           "discard")
+    cs.set_defaults(remote_func=cmd_captures)
+    sub = cs.add_subparsers(dest="captures_command", required=True)
+    ls = sub.add_parser("ls", help="the lineage's captures, newest first")
+    ls.add_argument("ref")
+    ls.add_argument("--rule", choices=["unknown", "below_confidence", "classes",
+                                       "sample_rate"])
+    ls.add_argument("--predicted", help="the answer's label")
+    ls.add_argument("--min-confidence", type=float)
+    ls.add_argument("--max-confidence", type=float)
+    ls.add_argument("--state", choices=["pending", "labelled", "discarded"])
+    ls.add_argument("--limit", type=int, default=50)
+    for name, text in (("show", "one capture and its answer"),
+                       ("image", "save the captured image")):
+        one = sub.add_parser(name, help=text)
+        one.add_argument("ref")
+        one.add_argument("id")
+        if name == "image":
+            one.add_argument("-o", "--output", help="default capture-ID.<type>")
+    lb = sub.add_parser("label", help="label captures with LABEL (all or none)")
+    lb.add_argument("ref")
+    lb.add_argument("label", help="one of the adapter's classes (or --new-class)")
+    lb.add_argument("ids", nargs="+", metavar="ID")
+    lb.add_argument("--new-class", action="store_true", help="LABEL is a new class")
+    dc = sub.add_parser("discard", help="discard captures (all or none)")
+    dc.add_argument("ref")
+    dc.add_argument("ids", nargs="+", metavar="ID")

@@ -8,17 +8,16 @@ import re
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from .blobs import put_blob
+from .blobs import delete_unreferenced, put_blob
 from .db import owned as _owned
 from .jobs import finish_job
 from .models import (
     Adapter,
     AdapterAlias,
     AdapterName,
-    Blob,
     Job,
     JobStatus,
     Tenant,
@@ -180,8 +179,5 @@ def delete_adapter(session: Session, *, adapter_id: str, tenant_id: str | None =
                                 "base_model": adapter.base_model})
     session.delete(adapter)
     session.flush()
-    shared = session.scalar(select(func.count()).select_from(Adapter)
-                            .where(Adapter.weights_sha256 == digest))
-    if not shared:
-        session.execute(delete(Blob).where(Blob.sha256 == digest))
+    delete_unreferenced(session, digests=[digest])
     return True

@@ -10,7 +10,7 @@ from typing import Protocol
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from .blobs import put_blob
+from .blobs import delete_unreferenced, put_blob
 from .models import (
     FINISHED,
     Blob,
@@ -110,7 +110,4 @@ def _drop_dataset(session: Session, *, dataset_id: str) -> None:
                                   .where(DatasetImage.dataset_id == dataset_id)))
     session.execute(delete(DatasetImage).where(DatasetImage.dataset_id == dataset_id))
     session.execute(delete(Dataset).where(Dataset.id == dataset_id))
-    still_used = set(session.scalars(select(DatasetImage.blob_sha256)
-                                     .where(DatasetImage.blob_sha256.in_(digests))))
-    if digests - still_used:
-        session.execute(delete(Blob).where(Blob.sha256.in_(digests - still_used)))
+    delete_unreferenced(session, digests=digests)  # a capture may hold the same bytes

@@ -261,3 +261,57 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None]
+
+
+CAPTURE_STATES = ("pending", "labelled", "discarded")
+CAPTURE_RULES = ("unknown", "below_confidence", "classes", "sample_rate")  # checked in order
+
+
+class CaptureSetting(Base):
+    """Which classified images of an adapter lineage (its name, or the id of an unnamed
+    adapter) are kept for review: the rules, their caps and the retention time."""
+
+    __tablename__ = "capture_settings"
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", name="fk_capture_settings_tenant", ondelete="CASCADE"),
+        primary_key=True)
+    lineage: Mapped[str] = mapped_column(String(200), primary_key=True)
+    alias: Mapped[str | None] = mapped_column(String(40))  # only name@alias requests
+    sample_rate: Mapped[float | None]
+    below_confidence: Mapped[float | None]
+    unknown: Mapped[bool] = mapped_column(default=False)
+    classes: Mapped[list[str] | None] = mapped_column(JSON)
+    max_per_hour: Mapped[int | None]
+    max_per_day: Mapped[int | None]
+    retention_days: Mapped[int]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Capture(Base):
+    """A classified image kept for review: the image (a blob), the answer of the version that
+    gave it, the rule that kept it, and the reviewer's label."""
+
+    __tablename__ = "captures"
+    __table_args__ = (Index("ix_captures_lineage_created", "tenant_id", "lineage",
+                            "created_at"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", name="fk_captures_tenant", ondelete="CASCADE"))
+    lineage: Mapped[str] = mapped_column(String(200))
+    adapter_id: Mapped[str] = mapped_column(String(32))  # the version that answered
+    blob_sha256: Mapped[str] = mapped_column(
+        ForeignKey("blobs.sha256", name="fk_captures_blob"), index=True)
+    size_bytes: Mapped[int]
+    media_type: Mapped[str] = mapped_column(String(50))
+    filename: Mapped[str] = mapped_column(String(512))
+    predicted: Mapped[str] = mapped_column(String(200))  # the answer's label ("unknown" too)
+    confidence: Mapped[float]  # the top class's probability
+    unknown: Mapped[bool]
+    top_k: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    rule: Mapped[str] = mapped_column(String(20))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    label: Mapped[str | None] = mapped_column(String(200))
+    new_class: Mapped[bool] = mapped_column(default=False)
+    labelled_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -85,6 +85,13 @@ class Settings(BaseSettings):
                                  "0: none")
     max_adapters: int = Field(1000, ge=0, description="stored adapters per tenant (counting "
                               "jobs that will make one); 0: none")
+    capture_bytes_per_tenant: int = Field(
+        1024**3, ge=0, description="bytes of captured classify images (kept for review) per "
+        "tenant; beyond it a capture is skipped and counted, never an error to classify; "
+        "0: none")
+    capture_queue_mb: float = Field(64.0, gt=0, description="captured images waiting to be "
+                                    "written, per API process; beyond it captures are dropped "
+                                    "and counted")
     key_cache_seconds: float = Field(30.0, gt=0, description="an API key, once checked, is "
                                      "trusted this long without the database (revocation "
                                      "takes effect within it)")

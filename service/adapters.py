@@ -22,6 +22,7 @@ from clipfit_core.delta import CONFIG_NAME, WEIGHTS_NAME, Delta, DeltaError, che
 from clipfit_core.export import read_delta_zip, write_open_clip, zip_directory
 from clipfit_core.models import WeightsUnavailableError
 from registry import adapters as adapter_rows
+from registry import captures as capture_rows
 from registry.blobs import get_blob
 from registry.models import Adapter
 
@@ -63,11 +64,12 @@ class AdapterInfo:
     templates: list[str]
     weights_sha256: str
     config: dict
+    name: str | None = None
 
     @classmethod
     def of(cls, row: Adapter) -> AdapterInfo:
         return cls(row.id, row.tenant_id, row.base_model, list(row.classnames),
-                   list(row.templates), row.weights_sha256, dict(row.config))
+                   list(row.templates), row.weights_sha256, dict(row.config), row.name)
 
 
 def find(s: Session, caller: Caller, reference: str) -> Adapter:
@@ -191,6 +193,10 @@ def delete(ctx: Context, caller: Caller, reference: str) -> None:
             names = ", ".join(f"{a.name}@{a.alias}" for a in pointing[:5])
             raise Conflict(f"{names} point(s) at this adapter: move or delete the alias first")
         adapter_rows.delete_adapter(s, adapter_id=adapter.id, tenant_id=caller.tenant_id)
+        if adapter.name is None:  # nothing continues its lineage: its captures go with it
+            capture_rows.delete_lineage_captures(s, tenant_id=caller.tenant_id,
+                                                 lineage=adapter.id)
+    ctx.captures.forget(caller.tenant_id, adapter.id)
     if ctx.inference is not None:
         ctx.inference.forget(adapter.id)
 

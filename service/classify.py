@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from anyio.to_thread import run_sync
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from clipfit_core.classify import calibration_for
 from clipfit_core.prompts import classname_problems, resolve_templates, shorten
@@ -17,6 +18,7 @@ from clipfit_core.serving import Overloaded, ServerClosed
 from registry import adapters as adapter_rows
 
 from .adapters import AdapterInfo, base_model_errors
+from .capture_writer import lineage_of
 from .context import Caller, Context
 from .errors import Invalid, NotFound, Unavailable
 from .uploads import decode_image
@@ -75,6 +77,18 @@ def _adapter_and_delta(ctx: Context, caller: Caller, reference: str):
             return adapter, engine.delta(s, adapter)
 
 
+def _resolve(ctx: Context, caller: Caller, reference: str):
+    """The adapter, its delta and its lineage's capture rules for this request (None when
+    capture is off or does not apply to ``reference``)."""
+    adapter, delta = _adapter_and_delta(ctx, caller, reference)
+    try:
+        with ctx.reading() as s:  # no connection at all while the rules are cached
+            rules = ctx.captures.rules(s, caller.tenant_id, lineage_of(adapter))
+    except (OperationalError, InterfaceError, SQLAlchemyTimeoutError):
+        return adapter, delta, None  # the database is away: classify, capture nothing
+    return adapter, delta, rules if rules is not None and rules.applies_to(reference) else None
+
+
 class _ImageProblems(Exception):
     def __init__(self, problems: list[str]):
         self.problems = problems
@@ -92,11 +106,11 @@ async def classify(ctx: Context, caller: Caller, request: ClassifyRequest,
         problems.append("no images: send 'images' files (multipart) or base64 strings (JSON)")
     if len(request.images) > settings.max_images:
         problems.append(f"{len(request.images)} images, the limit is {settings.max_images}")
-    adapter, delta = None, None
+    adapter, delta, capture = None, None, None
     if request.adapter:
         # off the event loop (a pool wait must not stall other requests); the session is
         # closed right after, so no connection is held while the request waits for the model
-        adapter, delta = await run_sync(_adapter_and_delta, ctx, caller, request.adapter)
+        adapter, delta, capture = await run_sync(_resolve, ctx, caller, request.adapter)
         spec, classnames, templates = adapter.base_model, adapter.classnames, adapter.templates
         if requested:
             classnames = requested  # the paper's new-class use: tuned model, other classes
@@ -147,6 +161,12 @@ async def classify(ctx: Context, caller: Caller, request: ClassifyRequest,
                           retry_after=math.ceil(e.retry_after)) from e
     except ServerClosed as e:  # the process is shutting down
         raise Unavailable("the classifier is stopping; retry shortly", retry_after=5) from e
+    answers = [p.to_dict() for p in predictions]
+    if capture is not None and (not requested or requested == adapter.classnames):
+        # only answers over the adapter's own classes can be labelled with them; queued
+        # here, written after the answer is sent
+        ctx.captures.offer(capture, tenant_id=caller.tenant_id, lineage=lineage_of(adapter),
+                           adapter_id=adapter.id, images=request.images, answers=answers)
     return ClassifyResult(model=spec, adapter_id=adapter.id if adapter else None,
-                          predictions=[p.to_dict() for p in predictions],
-                          calibrated=temperature != 1.0, threshold=threshold)
+                          predictions=answers, calibrated=temperature != 1.0,
+                          threshold=threshold)

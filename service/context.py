@@ -1,6 +1,6 @@
-"""What every use case runs with: the settings, the database, the job queue and quotas, and
-the caller's identity. Built once per process by its front door (``api.app.create_app``,
-the ``clipfit`` command)."""
+"""What every use case runs with: the settings, the database, the job queue and quotas, the
+capture writer, and the caller's identity. Built once per process by its front door
+(``api.app.create_app``, the ``clipfit`` command)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from registry.db import get_engine, session_factory
 from registry.settings import Settings
 
+from .capture_writer import CaptureWriter
 from .errors import Conflict
 from .queue import JobQueue
 from .quotas import Quotas
@@ -34,13 +35,15 @@ class Context:
     sessions: sessionmaker[Session]
     queue: JobQueue
     quotas: Quotas
+    captures: CaptureWriter  # classified images kept for review, written off the request path
     inference: Any = None  # the serving engine (api.inference), where this process serves
 
     @classmethod
     def create(cls, settings: Settings, *, inference: Any = None) -> Context:
-        return cls(settings=settings, sessions=session_factory(get_engine(
-            settings.sqlalchemy_url)), queue=JobQueue(settings), quotas=Quotas(settings),
-            inference=inference)
+        sessions = session_factory(get_engine(settings.sqlalchemy_url))
+        return cls(settings=settings, sessions=sessions, queue=JobQueue(settings),
+                   quotas=Quotas(settings), captures=CaptureWriter(settings, sessions),
+                   inference=inference)
 
     @contextmanager
     def reading(self) -> Iterator[Session]:

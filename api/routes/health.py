@@ -54,6 +54,18 @@ def readyz(ctx: ContextDep):
                         content={"status": "ok" if ok else "unavailable", "checks": checks})
 
 
+def capture_counters(ctx, scrape: CollectorRegistry) -> None:
+    """This process's captures: written, and skipped by reason (a fixed set of labels)."""
+    Counter("clipfit_captures_written", "classified images captured for review",
+            registry=scrape).inc(ctx.captures.written)
+    skipped = Counter("clipfit_captures_skipped", "captures a rule kept but that were not "
+                      "stored: over a lineage's cap (cap), over the tenant's capture quota "
+                      "(quota), the write queue full (queue_full), capture turned off "
+                      "meanwhile (off), a database error (error)", ["reason"], registry=scrape)
+    for reason, n in ctx.captures.skipped.items():
+        skipped.labels(reason).inc(n)
+
+
 # operators only: the job counts and queue depth are every tenant's
 @router.get("/metrics", dependencies=[Depends(unless_open("open_metrics", "admin"))],
             response_class=Response, responses={200: {
@@ -74,6 +86,7 @@ def metrics(ctx: ContextDep, engine: InferenceDep):
           registry=scrape).set(int(ctx.quotas.redis_away))
     Counter("clipfit_quota_redis_failures", "counter updates Redis did not answer (counted "
             "in memory instead)", registry=scrape).inc(ctx.quotas.redis_failures)
+    capture_counters(ctx, scrape)
     cache = Gauge("clipfit_cache_events", "inference cache hits and misses", ["cache", "kind"],
                   registry=scrape)
     text_hits, text_misses = engine.text_cache_stats()

@@ -53,6 +53,7 @@ def test_database_outage_is_503_and_a_resident_adapter_still_answers(tmp_path, t
     assert before.status_code == 200, before.text
 
     app.state.context.sessions = sessionmaker(make_engine(CLOSED_PORT))  # the database is gone
+    app.state.context.captures.forget(DEFAULT_TENANT, adapter_id)  # its capture rules: unread
     during = client.post("/v1/classify", data={"adapter_id": adapter_id}, files=image)
     assert during.status_code == 200 and during.json() == before.json()
     zero_shot = client.post("/v1/classify", files=image,

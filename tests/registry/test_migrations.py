@@ -8,7 +8,8 @@ from registry.migrate import alembic_config
 from registry.models import Base
 
 TABLES = {"blobs", "datasets", "dataset_images", "jobs", "job_events", "adapters", "tenants",
-          "api_keys", "idempotency_keys", "webhook_endpoints", "webhook_deliveries"}
+          "api_keys", "idempotency_keys", "webhook_endpoints", "webhook_deliveries",
+          "capture_settings", "captures"}
 
 
 def test_upgrade_downgrade_upgrade_and_models_match(database_url, tmp_path):
