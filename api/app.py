@@ -28,6 +28,7 @@ from .routes import (
     health,
     jobs,
     models,
+    stats,
     webhooks,
 )
 from .schemas import ERROR_RESPONSES, without_null_parameters
@@ -46,9 +47,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.context.captures.start()  # writes captures, sweeps expired ones
+        app.state.context.served.start()  # adds served counts to the database, checks drift
         yield
         app.state.inference.close()  # the inference threads finish their batch and stop
         app.state.context.captures.close()  # what is queued is written first
+        app.state.context.served.close()  # a last flush
 
     app = FastAPI(title="clipfit", version=health.RELEASE, lifespan=lifespan,
                   description="Few-shot CLIP fine-tuning with ClipFit, served as tiny deltas.",
@@ -77,8 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimitMiddleware, settings=settings)  # outermost: before parsing
 
-    for module in (jobs, datasets, adapters, captures, aliases, classify, models, webhooks,
-                   admin, health):
+    for module in (jobs, datasets, adapters, captures, stats, aliases, classify, models,
+                   webhooks, admin, health):
         app.include_router(module.router)
     mount_page(app)
 

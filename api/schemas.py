@@ -94,6 +94,27 @@ _DEFAULT_HYPERPARAMETERS = {k: v for k, v in TrainConfig().to_dict().items() if 
 JobStatusName = Literal[tuple(s.value for s in JobStatus)]  # queued, running, ...
 
 
+class RetrainPublic(BaseModel):
+    """What a retrain took, and what it leaves out of training."""
+
+    lineage: str = Field(description="the name whose benchmark set it leaves out")
+    benchmark_images: int = Field(description="the size of the lineage's benchmark set when "
+                                  "the job was made: those images are not trained on")
+    added: int = Field(description="labelled captures added to training (in dataset_id, a "
+                       "new dataset version)")
+    benchmarked: int = Field(description="labelled captures set aside into the benchmark set "
+                             "instead (every fifth of the lineage)")
+    held_out: int = Field(description="the parent's held-out images put into the benchmark "
+                          "set (the lineage's first retrain only)")
+    promote: Literal["manual", "auto"] = Field(description="what promotion of the new "
+                                               "version may do")
+    alias: str | None = Field(None, description="the alias promotion would move")
+    trigger: Literal["request", "labels"] = Field(
+        description="POST /v1/adapters/{ref}/retrain, or the capture setting retrain_after")
+    continues: str | None = Field(None, description="a failed or cancelled retrain whose "
+                                  "dataset version this one builds on")
+
+
 class JobPublic(BaseModel):
     id: str
     name: str | None
@@ -104,6 +125,9 @@ class JobPublic(BaseModel):
                                             "resolved")
     auto: list[str] | None = Field(None, description="the hyperparameters given as auto")
     parent_adapter_id: str | None = Field(None, description="the warm start's adapter")
+    dataset_id: str = Field(description="the dataset (version) it trains on")
+    retrain: RetrainPublic | None = Field(None, description="a retrain's dataset version "
+                                          "counts and benchmark set (null: not a retrain)")
     attempts: int
     cancel_requested: bool
     progress: dict[str, Any] | None
@@ -117,6 +141,7 @@ class JobPublic(BaseModel):
         "id": "3fc4e2c00c7b42dd9066b0cdadbfc31c", "name": "pets v1", "status": "running",
         "base_model": "ViT-B-16:openai", "templates": ["a photo of a {}, a type of pet."],
         "hyperparameters": _DEFAULT_HYPERPARAMETERS,
+        "dataset_id": "5d0e3f0a9b1c4c0e8f2a6b7c8d9e0f1a",
         "attempts": 1, "cancel_requested": False,
         "progress": {"epoch": 3, "epochs": 10, "step": 12, "total_steps": 40, "loss": 0.8123,
                      "lr": 0.0018, "images_per_sec": 95.2, "eta_seconds": 9.4},
@@ -159,6 +184,10 @@ class AdapterPublic(BaseModel):
     trainable_count: int
     size_bytes: int
     sha256: str = Field(validation_alias=AliasChoices("weights_sha256", "sha256"))
+    dataset_id: str | None = Field(None, description="the dataset version its job trained "
+                                   "on (null: imported)")
+    benchmark_images: int | None = Field(None, description="a retrain: the images of its "
+                                         "name's benchmark set kept out of its training")
     created_at: Timestamp
 
 
@@ -166,6 +195,37 @@ class AdaptersPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     data: list[AdapterPublic]
     next_cursor: str | None
+
+
+def _override_field(f) -> tuple[type, object]:
+    """A retrain's override of one exposed field of the training spec (left out: the parent
+    job's value); bounds published, checked by the service with every other problem."""
+    kind, info = _form_field(f)
+    extra = dict(info.json_schema_extra or {})
+    return kind, Field(None, description=info.description, alias=info.alias,
+                       json_schema_extra=lambda schema: schema.pop("default", None)
+                       or schema.update(extra))
+
+
+RetrainHyperparameters = create_model(
+    "RetrainHyperparameters", __config__=ConfigDict(extra="forbid"),
+    __doc__="Overrides of the parent job's hyperparameters (its auto ones are resolved "
+    "again for the new dataset version).",
+    **{f.name: _override_field(f) for f in TrainConfig.exposed_fields()
+       if f.name != "templates"})
+
+
+class RetrainCreate(BaseModel):
+    """A retrain (all optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+    promote: Literal["manual", "auto"] = Field(
+        "manual", description="kept on the job for promotion: manual (a person moves the "
+        "alias) or auto (the new version may be promoted when it beats the current one)")
+    alias: str | None = Field(None, min_length=1, max_length=40, description="the alias "
+                              "promotion would move", json_schema_extra={
+                                  "pattern": "^[a-z][a-z0-9_-]{0,39}$"})
+    hyperparameters: RetrainHyperparameters | None = None  # type: ignore[valid-type]
 
 
 class ClassifyOptions(BaseModel):
@@ -381,7 +441,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     return EPOCH + timedelta(microseconds=int(micros)), ident
 
 
-WebhookEvent = Literal["job.succeeded", "job.failed", "job.cancelled", "adapter.deleted"]
+WebhookEvent = Literal["job.succeeded", "job.failed", "job.cancelled", "adapter.deleted",
+                       "adapter.drift", "adapter.version_ready"]
 
 
 class WebhookCreate(BaseModel):
@@ -389,7 +450,7 @@ class WebhookCreate(BaseModel):
                      pattern=r"^https?://[^\s/?#]+([/?#]\S*)?$",
                      description="where events are POSTed (http or https); its host must be "
                      "public unless CLIPFIT_WEBHOOK_ALLOW_PRIVATE=true")
-    events: list[WebhookEvent] = Field(min_length=1, max_length=4,
+    events: list[WebhookEvent] = Field(min_length=1, max_length=len(WebhookEvent.__args__),
                                        description="the event types to send")
     description: str | None = Field(None, max_length=200)
 

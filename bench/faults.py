@@ -165,7 +165,14 @@ class Api:
     def settle(self, job_id: str, timeout: float = 300) -> tuple[bool, str]:
         """Wait for the job to finish, then ``outcome``; (False, 'stuck') if it does not."""
         if self.wait(job_id, lambda j: j["status"] in FINISHED, timeout) is None:
-            return False, "stuck"
+            try:  # where it stands, so a slow job is told apart from one nobody runs
+                job = self.job(job_id)
+                progress = job.get("progress") or {}
+                return False, (f"stuck after {timeout:.0f} s: {job['status']}, attempt "
+                               f"{job.get('attempts')}, epoch {progress.get('epoch', '-')} of "
+                               f"{progress.get('epochs', '-')}")
+            except (httpx.HTTPError, ValueError, KeyError):
+                return False, f"stuck after {timeout:.0f} s (the API does not answer)"
         return self.outcome(job_id)
 
     def adapters(self) -> list[dict]:

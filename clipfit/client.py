@@ -83,6 +83,8 @@ class Job:
     hyperparameters: dict = field(default_factory=dict)
     auto: list[str] | None = None  # the hyperparameters given as "auto"
     parent_adapter_id: str | None = None  # a warm start's adapter
+    dataset_id: str | None = None  # the dataset (version) it trains on
+    retrain: dict | None = None  # a retrain: what it took (added, benchmarked, ...)
     progress: dict | None = None
     error: str | None = None
     adapter_id: str | None = None
@@ -117,6 +119,8 @@ class Adapter:
     hyperparameters: dict = field(default_factory=dict)
     trainable_count: int | None = None
     size_bytes: int | None = None
+    dataset_id: str | None = None  # the dataset version its job trained on
+    benchmark_images: int | None = None  # a retrain: its name's benchmark images left out
     created_at: str | None = None
     raw: dict = field(default_factory=dict, repr=False)
 
@@ -404,7 +408,8 @@ class Datasets:
 
     def add(self, dataset_id: str, source: str | Path | Iterable[tuple[str | Path, str]]
             ) -> dict:
-        """More images (new classes allowed); refused while a job trains on the dataset."""
+        """A new version of the dataset with more images (new classes allowed): its own id,
+        ``parent_id`` the dataset given, which stays as it is."""
         files, data = _upload(source)
         return self._c.request("POST", f"/v1/datasets/{dataset_id}/images", files=files,
                                data=data).json()
@@ -463,6 +468,14 @@ class Adapters:
         matrices) and ``calibration`` (temperature, calibration error, threshold)."""
         return self._c.get_json(f"/v1/adapters/{adapter_id}/evaluation")
 
+    def stats(self, adapter_id: str, *, hours: int = 24, lineage: bool = False) -> dict:
+        """What the adapter served, hour by hour over the last ``hours`` (1 to 2160, the
+        current hour included): answers, the shares answered "unknown", of low confidence and
+        captured, a histogram of the top probability, the totals and the held-out baseline,
+        under ``versions`` (with ``lineage``: every version of its name)."""
+        return self._c.get_json(f"/v1/adapters/{adapter_id}/stats",
+                                params={"hours": hours, "lineage": str(lineage).lower()})
+
     def download(self, adapter_id: str, to: str | Path | None = None, *,
                  format: str = "delta") -> bytes:
         """The adapter as a zip, written to ``to`` if given: ``delta`` (the two delta files)
@@ -484,22 +497,42 @@ class Adapters:
     def delete(self, adapter_id: str) -> None:
         self._c.request("DELETE", f"/v1/adapters/{adapter_id}")
 
+    def retrain(self, adapter_id: str, *, promote: str | None = None,
+                alias: str | None = None, **hyperparameters: Any) -> Job:
+        """Train the next version of the adapter's name, warm-started from it, on its
+        dataset plus the labelled captures that wait (a new dataset version; every fifth
+        capture joins the name's benchmark set instead). ``promote`` (``manual`` or
+        ``auto``) and ``alias`` are kept for promotion; hyperparameters (API names,
+        ``lambda_`` for ``lambda``) override the parent job's. The queued job; its
+        ``retrain`` says what it took."""
+        body: dict[str, Any] = {"promote": promote, "alias": alias}
+        body = {k: v for k, v in body.items() if v is not None}
+        values = {k.rstrip("_"): v for k, v in hyperparameters.items() if v is not None}
+        if values:
+            body["hyperparameters"] = values
+        return _typed(Job, self._c.request("POST", f"/v1/adapters/{adapter_id}/retrain",
+                                           json=body).json())
+
     # --- capture and review ---------------------------------------------------------------
 
     def set_capture(self, adapter_id: str, *, sample_rate: float | None = None,
                     below_confidence: float | None = None, unknown: bool = False,
                     classes: Iterable[str] | None = None, max_per_hour: int | None = None,
                     max_per_day: int | None = None, retention_days: int | None = None,
-                    alias: str | None = None) -> CaptureSettings:
+                    alias: str | None = None, retrain_after: int | None = None,
+                    promote: str | None = None) -> CaptureSettings:
         """Capture classified images of the adapter's lineage (its name: every version) for
         review, by these rules (at least one): a random ``sample_rate``, a top probability
         ``below_confidence``, answers of ``unknown``, answers of some ``classes``; capped
         per hour / day, kept ``retention_days``; with ``alias``, only requests through
-        ``name@alias``. Replaces the lineage's settings."""
+        ``name@alias``. With ``retrain_after``, the label that makes that many labelled
+        captures wait starts a retrain (its ``promote``: manual or auto). Replaces the
+        lineage's settings."""
         body = {"sample_rate": sample_rate, "below_confidence": below_confidence,
                 "unknown": unknown or None, "max_per_hour": max_per_hour,
                 "max_per_day": max_per_day, "retention_days": retention_days, "alias": alias,
-                "classes": list(classes) if classes is not None else None}
+                "classes": list(classes) if classes is not None else None,
+                "retrain_after": retrain_after, "promote": promote}
         return _typed(CaptureSettings, self._c.request(
             "PUT", f"/v1/adapters/{adapter_id}/capture",
             json={k: v for k, v in body.items() if v is not None}, idempotent=True).json())
@@ -577,6 +610,8 @@ class CaptureSettings:
     max_per_hour: int | None = None
     max_per_day: int | None = None
     retention_days: int | None = None
+    retrain_after: int | None = None  # labelled captures waiting that start a retrain
+    promote: str | None = None  # of such a retrain: manual or auto
     updated_at: str | None = None
     raw: dict = field(default_factory=dict, repr=False)
 
@@ -598,6 +633,8 @@ class Capture:
     label: str | None = None
     new_class: bool = False
     labelled_at: str | None = None
+    dataset_id: str | None = None  # the dataset version a retrain added it to
+    benchmark: bool = False  # a retrain set it aside into the benchmark set
     created_at: str | None = None
     expires_at: str | None = None
     raw: dict = field(default_factory=dict, repr=False)
@@ -639,8 +676,8 @@ class Webhooks:
     def create(self, url: str, events: Iterable[str], *, description: str | None = None
                ) -> Webhook:
         """Register ``url`` for ``events`` (``job.succeeded``, ``job.failed``,
-        ``job.cancelled``, ``adapter.deleted``). The answer's ``secret`` verifies the
-        signatures; the service shows it only now."""
+        ``job.cancelled``, ``adapter.deleted``, ``adapter.drift``, ``adapter.version_ready``).
+        The answer's ``secret`` verifies the signatures; the service shows it only now."""
         body = {"url": url, "events": list(events), "description": description}
         return _typed(Webhook, self._c.request(
             "POST", "/v1/webhooks", json={k: v for k, v in body.items() if v is not None}

@@ -3,8 +3,10 @@
     clipfit remote jobs create DIR --model clipfit-mini --epochs 30 --watch
     clipfit remote jobs ls | jobs show ID | jobs watch ID | jobs cancel ID
     clipfit remote adapters ls | adapters show ID | adapters evaluation ID
+    clipfit remote adapters stats REF [--hours N] [--lineage]
     clipfit remote adapters download ID [--format delta|open_clip] [-o FILE]
     clipfit remote adapters import ZIP [--name N]
+    clipfit remote adapters retrain REF [--promote auto] [--alias A] [--epochs N ...] [--watch]
     clipfit remote aliases set NAME ALIAS VERSION | aliases ls [--name N] | aliases rm NAME ALIAS
     clipfit remote datasets create DIR | ls | show ID | add ID DIR | rm ID;  jobs create --dataset ID
     clipfit remote adapters delete ID
@@ -12,7 +14,8 @@
     clipfit remote webhooks ls | show ID | rm ID | deliveries ID | redeliver ID DELIVERY
     clipfit remote capture set REF [--sample-rate P] [--below-confidence P] [--unknown]
                            [--classes a,b] [--max-per-hour N] [--max-per-day N]
-                           [--retention-days N] [--alias A]  |  capture show REF | capture off REF
+                           [--retention-days N] [--alias A] [--retrain-after N]
+                           [--promote manual|auto]  |  capture show REF | capture off REF
     clipfit remote captures ls REF [--rule R] [--predicted C] [--state S] | show REF ID
     clipfit remote captures label REF LABEL ID... [--new-class] | discard REF ID...
     clipfit remote captures image REF ID [-o FILE]
@@ -164,6 +167,13 @@ def _show_job(job: Job) -> None:
         p = job.progress
         print(f"  progress: epoch {p.get('epoch')}/{p.get('epochs')}, step {p.get('step')}/"
               f"{p.get('total_steps')}")
+    if job.retrain:
+        r = job.retrain
+        print(f"  retrain of {r['lineage']} from adapter {job.parent_adapter_id}: dataset "
+              f"version {job.dataset_id} (+{r['added']} captures), benchmark set "
+              f"{r['benchmark_images']} images (+{r['benchmarked']} captures, "
+              f"+{r['held_out']} held out) never trained on; promote {r['promote']}"
+              + (f" to @{r['alias']}" if r.get("alias") else ""))
     if job.error:
         print(f"  error: {job.error}")
     if job.adapter_id:
@@ -194,11 +204,25 @@ def cmd_adapters(args) -> int:
         report = client.adapters.evaluation(args.id)
         _print(args, report, lambda: print_evaluation(report))
         return 0
+    if args.adapters_command == "stats":
+        served = client.adapters.stats(args.ref, hours=args.hours, lineage=args.lineage)
+        _print(args, served, lambda: print_stats(served))
+        return 0
     if args.adapters_command == "import":
         a = client.adapters.import_zip(Path(args.zip), name=args.name)
         _print(args, a.raw, lambda: print(f"imported adapter {a.id} on {a.base_model}: "
                                           f"{', '.join(a.classnames)}"))
         return 0
+    if args.adapters_command == "retrain":
+        hyper = {input_name(f): getattr(args, f.name) for f in TrainConfig.exposed_fields()
+                 if f.name != "templates" and getattr(args, f.name) is not None}
+        job = client.adapters.retrain(args.id, promote=args.promote, alias=args.alias, **hyper)
+        if not args.json:
+            print(f"job {job.id} {job.status}", file=sys.stderr)
+        if args.watch or args.wait:
+            job = watch(client, job, args.json) if args.watch else client.jobs.wait(job.id)
+        _print(args, job.raw, lambda: _show_job(job))
+        return 0 if job.status in ("queued", "running", "succeeded") else 1
     if args.adapters_command == "download":
         prefix = "clipfit-adapter" if args.format == "delta" else "clipfit-open-clip"
         out = Path(args.output or f"{prefix}-{args.id}.zip")
@@ -228,8 +252,10 @@ def cmd_datasets(args) -> int:
         client.datasets.delete(args.id)
         _print(args, {"deleted": args.id}, lambda: print(f"deleted dataset {args.id}"))
         return 0
-    _print(args, d, lambda: print(f"dataset {d['id']}: {d['images']} images, " + ", ".join(
-        f"{c} {n}" for c, n in d["counts"].items())))
+    version = f" (version {d['version']}, from {d['parent_id']})" if d.get("parent_id") \
+        else ""
+    _print(args, d, lambda: print(f"dataset {d['id']}{version}: {d['images']} images, "
+                                  + ", ".join(f"{c} {n}" for c, n in d["counts"].items())))
     return 0
 
 
@@ -295,7 +321,9 @@ def _show_capture_settings(c: CaptureSettings) -> None:
             if n is not None]
     print(f"capture on for {c.lineage}" + (f"@{c.alias}" if c.alias else "") + ": "
           + "; ".join(rules) + (f"; at most {', '.join(caps)}" if caps else "")
-          + f"; kept {c.retention_days} days")
+          + f"; kept {c.retention_days} days"
+          + (f"; retrain after {c.retrain_after} labels (promote {c.promote})"
+             if c.retrain_after else ""))
 
 
 def cmd_capture(args) -> int:
@@ -305,7 +333,8 @@ def cmd_capture(args) -> int:
         c = client.adapters.set_capture(
             args.ref, sample_rate=args.sample_rate, below_confidence=args.below_confidence,
             unknown=args.unknown, classes=classes, max_per_hour=args.max_per_hour,
-            max_per_day=args.max_per_day, retention_days=args.retention_days, alias=args.alias)
+            max_per_day=args.max_per_day, retention_days=args.retention_days, alias=args.alias,
+            retrain_after=args.retrain_after, promote=args.promote)
     elif args.capture_command == "show":
         c = client.adapters.get_capture(args.ref)
     else:
@@ -373,6 +402,24 @@ def print_evaluation(report: dict) -> None:
               f"(rejects {_pct(cal['held_out_rejected_right'])} of right held-out answers)")
 
 
+def print_stats(served: dict) -> None:
+    """What each version served: its totals against its held-out baseline, then its hours."""
+    for v in served["versions"]:
+        t, base = v["totals"], v["baseline"]
+        print(f"{v['adapter_id']} {v['name'] or 'unnamed'}"
+              + (f" v{v['version']}" if v["version"] else "")
+              + f": {t['predictions']} answers in {served['hours']} h; unknown "
+              f"{_pct(t['unknown_share'])} (held-out {_pct(base['unknown_share'])}), "
+              f"low confidence {_pct(t['low_confidence_share'])} (held-out "
+              f"{_pct(base['low_confidence_share'])}), captured {_pct(t['captured_share'])}")
+        if v["hours"]:
+            print("  hour (UTC)\tanswers\tunknown\tlow confidence\tcaptured")
+        for h in v["hours"]:
+            print(f"  {h['hour'][:16].replace('T', ' ')}\t{h['predictions']}\t"
+                  f"{_pct(h['unknown_share'])}\t{_pct(h['low_confidence_share'])}\t"
+                  f"{_pct(h['captured_share'])}")
+
+
 def cmd_classify(args) -> int:
     if not (args.adapter or (args.model and args.classes)):
         raise ValueError("give --adapter ID, or --model SPEC with --classes a,b,c")
@@ -429,19 +476,10 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--dataset", help="train on a stored dataset instead (its id)")
     c.add_argument("--model", help="base model (default: the service's first)")
     c.add_argument("--name")
-    for f in TrainConfig.exposed_fields():
-        kwargs = {"dest": f.name, "default": None,
-                  "help": f"{f.metadata['help']} (default: the service's, {f.default})"}
-        if f.name in AUTO_FIELDS:  # a number, or auto (the service picks it)
-            kwargs["type"] = number_or_auto(type(f.default))
-        elif not isinstance(f.default, str):
-            kwargs["type"] = type(f.default)
-        c.add_argument("--" + input_name(f).replace("_", "-"), **kwargs)
+    add_spec_flags(c)
     c.add_argument("--parent", help="warm start from this adapter (id, NAME@VERSION or "
                    "NAME@ALIAS)")
-    how = c.add_mutually_exclusive_group()
-    how.add_argument("--watch", action="store_true", help="follow progress until it ends")
-    how.add_argument("--wait", action="store_true", help="wait quietly until it ends")
+    add_wait_flags(c)
     ls = jobs.add_parser("ls", help="the tenant's jobs, newest first")
     ls.add_argument("--status", choices=["queued", "running", "succeeded", "failed",
                                          "cancelled"])
@@ -458,6 +496,11 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
     a.add_parser("show", help="one adapter").add_argument("id")
     a.add_parser("evaluation", help="zero-shot vs tuned per class on the held-out split, "
                  "and the calibration").add_argument("id")
+    st = a.add_parser("stats", help="what the adapter served, hour by hour: answers, shares "
+                      "'unknown', of low confidence and captured, against its held-out split")
+    st.add_argument("ref", help="id, name@VERSION or name@alias")
+    st.add_argument("--hours", type=int, default=24, help="the window (1 to 2160, default 24)")
+    st.add_argument("--lineage", action="store_true", help="every version of its name")
     d = a.add_parser("download", help="the delta files, zipped")
     d.add_argument("id")
     d.add_argument("-o", "--output", help="default clipfit-adapter-ID.zip "
@@ -469,6 +512,14 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
     i.add_argument("zip")
     i.add_argument("--name")
     a.add_parser("delete", help="delete an adapter").add_argument("id")
+    rt = a.add_parser("retrain", help="train the next version of REF's name, warm-started "
+                      "from it, on its dataset plus the labelled captures that wait")
+    rt.add_argument("id", metavar="REF", help="id, NAME@VERSION or NAME@ALIAS")
+    rt.add_argument("--promote", choices=["manual", "auto"],
+                    help="kept on the job for promotion (default manual)")
+    rt.add_argument("--alias", help="the alias promotion would move")
+    add_spec_flags(rt, retrain=True)
+    add_wait_flags(rt)
 
     ds = groups.add_parser("datasets", help="stored image sets to train jobs on")
     ds.set_defaults(remote_func=cmd_datasets)
@@ -477,7 +528,8 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
         "source")
     sub_ds.add_parser("ls", help="the tenant's datasets")
     sub_ds.add_parser("show", help="one dataset: classes and counts").add_argument("id")
-    add = sub_ds.add_parser("add", help="add a folder's images (new classes allowed)")
+    add = sub_ds.add_parser("add", help="a new version with a folder's images added (new "
+                            "classes allowed); the dataset ID stays as it is")
     add.add_argument("id")
     add.add_argument("source")
     sub_ds.add_parser("rm", help="delete a dataset no job used").add_argument("id")
@@ -503,7 +555,8 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
                           "only now)")
     c.add_argument("endpoint", metavar="URL", help="where the service POSTs the events")
     c.add_argument("--events", required=True, help="comma-separated: job.succeeded, "
-                   "job.failed, job.cancelled, adapter.deleted")
+                   "job.failed, job.cancelled, adapter.deleted, adapter.drift, "
+                   "adapter.version_ready")
     c.add_argument("--description")
     sub_wh.add_parser("ls", help="the tenant's webhook endpoints")
     sub_wh.add_parser("show", help="one endpoint").add_argument("id")
@@ -530,6 +583,28 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--threshold", type=float, help="answer 'unknown' below this probability")
 
 
+def add_spec_flags(parser, *, retrain: bool = False) -> None:
+    """A flag per exposed field of the training spec, by its API name (--lambda); a
+    retrain's default is the parent job's value, and it keeps the parent's templates."""
+    for f in TrainConfig.exposed_fields():
+        if retrain and f.name == "templates":
+            continue
+        default = "the parent job's" if retrain else f"the service's, {f.default}"
+        kwargs = {"dest": f.name, "default": None,
+                  "help": f"{f.metadata['help']} (default: {default})"}
+        if f.name in AUTO_FIELDS:  # a number, or auto (the service picks it)
+            kwargs["type"] = number_or_auto(type(f.default))
+        elif not isinstance(f.default, str):
+            kwargs["type"] = type(f.default)
+        parser.add_argument("--" + input_name(f).replace("_", "-"), **kwargs)
+
+
+def add_wait_flags(parser) -> None:
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--watch", action="store_true", help="follow progress until it ends")
+    how.add_argument("--wait", action="store_true", help="wait quietly until it ends")
+
+
 def add_capture_commands(groups) -> None:
     cp = groups.add_parser("capture", help="which classified images of an adapter's lineage "
                            "(its name, every version) are kept for review")
@@ -547,6 +622,10 @@ def add_capture_commands(groups) -> None:
     st.add_argument("--max-per-day", type=int)
     st.add_argument("--retention-days", type=int, help="days a capture is kept (default 30)")
     st.add_argument("--alias", help="only requests that named the adapter NAME@ALIAS")
+    st.add_argument("--retrain-after", type=int, help="start a retrain when this many "
+                    "labelled captures wait (a named adapter)")
+    st.add_argument("--promote", choices=["manual", "auto"], help="such a retrain's "
+                    "promotion (default manual)")
     sub.add_parser("show", help="the lineage's settings").add_argument("ref")
     sub.add_parser("off", help="stop capturing (captures stay until they expire)"
                    ).add_argument("ref")

@@ -15,6 +15,8 @@ its probabilities can be trusted.
   answers ``"unknown"`` is the 5th percentile of the top probabilities of the held-out images
   the tuned model labels right, so it turns away at most about 5% of correct answers on data
   like the held-out split; what it turns away of the wrong answers there is reported too.
+- **Low confidence**: the share of held-out images whose calibrated top probability is below
+  LOW_CONFIDENCE, the baseline the service compares what an adapter serves with.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ ECE_BINS = 15
 KEEP_CORRECT = 0.95  # share of the held-out split's right answers the threshold keeps
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
 PRIOR_LOG_SIGMA = 0.5  # the prior on log T: T within [0.37, 2.7] at two sigma
+LOW_CONFIDENCE = 0.5  # a top probability below this is a low-confidence answer
 
 
 def _rounded(x: float | None, digits: int = 4) -> float | None:
@@ -137,6 +140,7 @@ def calibration(logits: torch.Tensor, labels: torch.Tensor) -> dict | None:
         if right.any() else None,
         "held_out_rejected_wrong": _rounded(rejected[~right].float().mean())
         if (~right).any() else None,
+        "held_out_low_confidence": _rounded((top < LOW_CONFIDENCE).float().mean()),
         "images": int(labels.numel()),
     }
 

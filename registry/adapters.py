@@ -45,7 +45,8 @@ def store_adapter(
         base_fingerprint=config["base_fingerprint"], classnames=config["classnames"],
         templates=config["templates"],
         metrics=metrics, config=config, trainable_count=config.get("trainable_count", 0),
-        weights_sha256=digest, size_bytes=len(weights))
+        weights_sha256=digest, size_bytes=len(weights), dataset_id=job.dataset_id,
+        benchmark_images=(job.retrain or {}).get("benchmark_images"))
     session.add(adapter)
     session.flush()
     finish_job(session, job=job, status=JobStatus.succeeded, adapter_id=adapter.id)
@@ -71,6 +72,21 @@ def next_version(session: Session, *, tenant_id: str, name: str | None) -> int |
         session.flush()
         return 1
     return session.scalar(select(AdapterName.last_version).where(*counter))
+
+
+def lock_name(session: Session, *, tenant_id: str, name: str) -> None:
+    """Lock the name's version counter until the transaction ends: the retrains of a
+    lineage (and the labels that may start one) take turns (PostgreSQL; SQLite has one
+    writer at a time anyway)."""
+    session.execute(select(AdapterName.name).where(
+        AdapterName.tenant_id == tenant_id, AdapterName.name == name).with_for_update())
+
+
+def newest_version(session: Session, *, tenant_id: str, name: str) -> Adapter | None:
+    """The name's adapter with the highest version number."""
+    return session.scalar(select(Adapter).where(Adapter.tenant_id == tenant_id,
+                                                Adapter.name == name)
+                          .order_by(Adapter.version.desc()).limit(1))
 
 
 def resolve_adapter(session: Session, *, tenant_id: str, reference: str) -> Adapter | None:
@@ -181,3 +197,9 @@ def delete_adapter(session: Session, *, adapter_id: str, tenant_id: str | None =
     session.flush()
     delete_unreferenced(session, digests=[digest])
     return True
+
+
+def versions_of(session: Session, *, tenant_id: str, name: str) -> list[Adapter]:
+    """Every stored version of the tenant's ``name``, oldest first."""
+    return list(session.scalars(select(Adapter).where(
+        Adapter.tenant_id == tenant_id, Adapter.name == name).order_by(Adapter.version)))

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from .models import (
     Adapter,
+    BenchmarkImage,
     Blob,
     Capture,
     DatasetImage,
@@ -33,13 +34,14 @@ def get_blob(session: Session, *, sha256: str) -> bytes | None:
 
 
 def delete_unreferenced(session: Session, *, digests: Iterable[str]) -> int:
-    """Delete those of ``digests`` that no dataset image, adapter or capture names (equal
-    bytes are one blob, whoever stored them); how many went."""
+    """Delete those of ``digests`` that no dataset image, adapter, capture or benchmark image
+    names (equal bytes are one blob, whoever stored them); how many went."""
     digests = set(digests)
     if not digests:
         return 0
     used = set()
-    for column in (DatasetImage.blob_sha256, Adapter.weights_sha256, Capture.blob_sha256):
+    for column in (DatasetImage.blob_sha256, Adapter.weights_sha256, Capture.blob_sha256,
+                   BenchmarkImage.blob_sha256):
         used |= set(session.scalars(select(column).where(column.in_(digests)).distinct()))
     unused = digests - used
     if unused:

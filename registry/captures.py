@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import and_, delete, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from .blobs import delete_unreferenced, put_blob
@@ -72,6 +72,33 @@ def add_capture(session: Session, *, data: bytes, **values: Any) -> Capture:
     return capture
 
 
+def waiting():
+    """A labelled capture no retrain has taken yet (into a dataset version or the benchmark
+    set): it waits for the next retrain, and does not expire meanwhile."""
+    return and_(Capture.state == "labelled", Capture.dataset_id.is_(None),
+                Capture.benchmark.is_(False))
+
+
+def _kept(now: datetime):
+    """Not expired, or waiting for a retrain."""
+    return or_(Capture.expires_at > now, waiting())
+
+
+def waiting_captures(session: Session, *, tenant_id: str, lineage: str,
+                     lock: bool = False) -> list[Capture]:
+    """The lineage's labelled captures that wait for a retrain, in the order they were
+    labelled (then taken, then by id: deterministic)."""
+    query = (select(Capture).where(Capture.tenant_id == tenant_id, Capture.lineage == lineage,
+                                   waiting())
+             .order_by(Capture.labelled_at, Capture.created_at, Capture.id))
+    return list(session.scalars(query.with_for_update() if lock else query))
+
+
+def count_waiting(session: Session, *, tenant_id: str, lineage: str) -> int:
+    return session.scalar(select(func.count()).select_from(Capture).where(
+        Capture.tenant_id == tenant_id, Capture.lineage == lineage, waiting())) or 0
+
+
 @dataclass(frozen=True)
 class CaptureFilter:
     rule: str | None = None
@@ -84,10 +111,10 @@ class CaptureFilter:
 def list_captures(session: Session, *, tenant_id: str, lineage: str, now: datetime,
                   where: CaptureFilter = CaptureFilter(), limit: int = 50,
                   before: tuple[datetime, str] | None = None) -> list[Capture]:
-    """The lineage's unexpired captures that match ``where``, newest first, after the
-    (created_at, id) ``before``."""
+    """The lineage's unexpired (or waiting) captures that match ``where``, newest first,
+    after the (created_at, id) ``before``."""
     query = select(Capture).where(Capture.tenant_id == tenant_id, Capture.lineage == lineage,
-                                  Capture.expires_at > now)
+                                  _kept(now))
     for column, value in ((Capture.rule, where.rule), (Capture.predicted, where.predicted),
                           (Capture.state, where.state)):
         if value is not None:
@@ -106,10 +133,10 @@ def list_captures(session: Session, *, tenant_id: str, lineage: str, now: dateti
 
 def get_captures(session: Session, *, tenant_id: str, lineage: str, ids: list[str],
                  now: datetime, lock: bool = False) -> dict[str, Capture]:
-    """The lineage's unexpired captures among ``ids``, by id (another tenant's or lineage's
-    are left out)."""
+    """The lineage's unexpired (or waiting) captures among ``ids``, by id (another tenant's
+    or lineage's are left out)."""
     query = select(Capture).where(Capture.tenant_id == tenant_id, Capture.lineage == lineage,
-                                  Capture.id.in_(set(ids)), Capture.expires_at > now)
+                                  Capture.id.in_(set(ids)), _kept(now))
     return {c.id: c for c in session.scalars(query.with_for_update() if lock else query)}
 
 
@@ -119,9 +146,11 @@ def capture_image(session: Session, *, capture: Capture) -> bytes | None:
 
 def delete_expired_captures(session: Session, *, now: datetime, limit: int = 1000) -> int:
     """Up to ``limit`` captures whose retention ended, with the images nothing else holds;
-    how many went."""
+    how many went. A labelled capture waiting for a retrain is kept (one a retrain took may
+    go: its dataset version or the benchmark set keeps the image)."""
     rows = session.execute(select(Capture.id, Capture.blob_sha256)
-                           .where(Capture.expires_at <= now).limit(limit)).all()
+                           .where(Capture.expires_at <= now, not_(waiting()))
+                           .limit(limit)).all()
     if not rows:
         return 0
     session.execute(delete(Capture).where(Capture.id.in_([ident for ident, _ in rows])))

@@ -1,7 +1,7 @@
 """Every data-access function under one name, for callers that span aggregates (tests,
 benchmarks). New code imports the aggregate's own module: ``registry.jobs``,
 ``registry.adapters``, ``registry.datasets``, ``registry.tenants``, ``registry.webhooks``,
-``registry.blobs``."""
+``registry.blobs``, ``registry.benchmarks``."""
 
 from .adapters import (  # noqa: F401
     aliases_of,
@@ -14,19 +14,28 @@ from .adapters import (  # noqa: F401
     import_adapter,
     list_adapters,
     list_aliases,
+    lock_name,
+    newest_version,
     next_version,
     resolve_adapter,
     set_alias,
     store_adapter,
+)
+from .benchmarks import (  # noqa: F401
+    add_benchmark_images,
+    benchmark_digests,
+    benchmark_images,
+    benchmark_size,
 )
 from .blobs import (  # noqa: F401
     get_blob,
     put_blob,
 )
 from .datasets import (  # noqa: F401
-    add_dataset_images,
+    child_versions,
     count_dataset_jobs,
     create_dataset,
+    create_version,
     dataset_counts,
     dataset_images,
     dataset_size,
@@ -39,6 +48,7 @@ from .jobs import (  # noqa: F401
     add_event,
     count_active_jobs,
     count_jobs_by_status,
+    count_named_jobs_in_flight,
     create_job,
     finish_attempt,
     finish_job,
@@ -54,6 +64,7 @@ from .jobs import (  # noqa: F401
     record_idempotency,
     record_progress,
     request_cancel,
+    retrain_jobs,
     save_checkpoint,
     stale_running_jobs,
     training_images,

@@ -1,13 +1,15 @@
-"""Stored image sets: their classes and images (each image a blob).
+"""Stored image sets: their classes and images (each image a blob). A dataset never changes
+once stored: more images make a new version (``create_version``) whose images are its
+parent's, naming the same blobs, plus the new ones.
 
 Keyword-only arguments; ``None`` when nothing is found; the caller owns the transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Collection, Sequence
+from typing import NamedTuple, Protocol
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, literal, select
 from sqlalchemy.orm import Session
 
 from .blobs import delete_unreferenced, put_blob
@@ -49,13 +51,45 @@ def _add_images(session: Session, *, dataset_id: str, start: int,
     session.flush()
 
 
-def add_dataset_images(session: Session, *, dataset: Dataset, classnames: Sequence[str],
-                       images: Sequence[ImageRecord]) -> None:
-    """More images (labels index ``classnames``: the dataset's, then any new ones)."""
-    dataset.classnames = list(classnames)
+class StoredImage(NamedTuple):
+    """An image already stored as a blob (a capture's), by its digest."""
+
+    blob_sha256: str
+    label: int
+    name: str
+
+
+def create_version(session: Session, *, parent: Dataset, classnames: Sequence[str],
+                   images: Sequence[ImageRecord] = (),
+                   stored: Sequence[StoredImage] = ()) -> Dataset:
+    """The next version of ``parent``: its images (the same blobs, nothing copied), then
+    ``images`` (bytes, stored once) and ``stored`` (blobs already there). Labels index
+    ``classnames``: the parent's, then any new ones."""
+    if list(classnames[:len(parent.classnames)]) != list(parent.classnames):
+        raise ValueError("a version keeps its parent's classes, in order, and adds to them")
+    dataset = Dataset(tenant_id=parent.tenant_id, classnames=list(classnames),
+                      parent_id=parent.id, version=parent.version + 1)
+    session.add(dataset)
+    session.flush()
+    columns = ("dataset_id", "position", "blob_sha256", "label", "filename")
+    session.execute(insert(DatasetImage).from_select(columns, select(
+        literal(dataset.id), DatasetImage.position, DatasetImage.blob_sha256,
+        DatasetImage.label, DatasetImage.filename).where(DatasetImage.dataset_id == parent.id)))
     start = session.scalar(select(func.coalesce(func.max(DatasetImage.position) + 1, 0))
                            .where(DatasetImage.dataset_id == dataset.id))
     _add_images(session, dataset_id=dataset.id, start=start, images=images)
+    for position, image in enumerate(stored, start=start + len(images)):
+        session.add(DatasetImage(dataset_id=dataset.id, position=position,
+                                 blob_sha256=image.blob_sha256, label=image.label,
+                                 filename=image.name[:512]))
+    session.flush()
+    return dataset
+
+
+def child_versions(session: Session, *, dataset_id: str) -> list[str]:
+    """The ids of the versions made from this dataset, oldest first."""
+    return list(session.scalars(select(Dataset.id).where(Dataset.parent_id == dataset_id)
+                                .order_by(Dataset.created_at, Dataset.id)))
 
 
 def get_dataset(session: Session, *, dataset_id: str,
@@ -89,19 +123,32 @@ def count_dataset_jobs(session: Session, *, dataset_id: str, unfinished: bool = 
     return session.scalar(query)
 
 
-def dataset_images(session: Session, *, dataset_id: str) -> list[ImageRecord]:
-    """Every image (``source`` bytes, ``label``, ``name``), in stored order."""
-    rows = session.execute(
-        select(Blob.data.label("source"), DatasetImage.label,
-               DatasetImage.filename.label("name"))
-        .join(DatasetImage, DatasetImage.blob_sha256 == Blob.sha256)
-        .where(DatasetImage.dataset_id == dataset_id)
-        .order_by(DatasetImage.position))
-    return list(rows)
+def dataset_images(session: Session, *, dataset_id: str,
+                   excluding: Collection[str] = ()) -> list[ImageRecord]:
+    """Every image (``source`` bytes, ``label``, ``name``), in stored order, less those
+    whose blob is one of ``excluding``."""
+    query = (select(Blob.data.label("source"), DatasetImage.label,
+                    DatasetImage.filename.label("name"))
+             .join(DatasetImage, DatasetImage.blob_sha256 == Blob.sha256)
+             .where(DatasetImage.dataset_id == dataset_id)
+             .order_by(DatasetImage.position))
+    if excluding:
+        query = query.where(DatasetImage.blob_sha256.not_in(list(excluding)))
+    return list(session.execute(query))
+
+
+def dataset_blobs(session: Session, *, dataset_id: str) -> list[StoredImage]:
+    """Every image by its blob (no bytes read), in stored order."""
+    rows = session.execute(select(DatasetImage.blob_sha256, DatasetImage.label,
+                                  DatasetImage.filename)
+                           .where(DatasetImage.dataset_id == dataset_id)
+                           .order_by(DatasetImage.position))
+    return [StoredImage(*row) for row in rows]
 
 
 def delete_dataset(session: Session, *, dataset: Dataset) -> None:
-    """A dataset no job uses, with the image blobs no other dataset uses."""
+    """A dataset no job uses and no version continues, with the image blobs nothing else
+    names."""
     _drop_dataset(session, dataset_id=dataset.id)
 
 

@@ -52,6 +52,7 @@ def create_job(
     images: Sequence[ImageRecord], base_model: str, templates: Sequence[str],
     hyperparameters: dict[str, Any], name: str | None = None, dataset: Dataset | None = None,
     auto: list[str] | None = None, parent_adapter_id: str | None = None,
+    retrain: dict[str, Any] | None = None,
 ) -> Job:
     """A dataset (images with ``source`` bytes, ``label``, ``name``) and its queued job, of ``tenant_id``;
     with ``dataset``, the job trains on that stored dataset instead (``images`` unused)."""
@@ -60,7 +61,7 @@ def create_job(
                                  images=images)
     job = Job(tenant_id=tenant_id, dataset_id=dataset.id, base_model=base_model,
               templates=list(templates), hyperparameters=dict(hyperparameters), name=name,
-              auto=auto, parent_adapter_id=parent_adapter_id,
+              auto=auto, parent_adapter_id=parent_adapter_id, retrain=retrain,
               status=JobStatus.queued.value, enqueued_at=utcnow())
     session.add(job)
     session.flush()
@@ -95,6 +96,20 @@ def count_active_jobs(session: Session, *, tenant_id: str) -> int:
     return session.scalar(select(func.count()).select_from(Job).where(
         Job.tenant_id == tenant_id,
         Job.status.in_([JobStatus.queued.value, JobStatus.running.value]))) or 0
+
+
+def count_named_jobs_in_flight(session: Session, *, tenant_id: str, name: str) -> int:
+    """The tenant's queued and running jobs that will make a version of ``name``."""
+    return session.scalar(select(func.count()).select_from(Job).where(
+        Job.tenant_id == tenant_id, Job.name == name,
+        Job.status.in_([JobStatus.queued.value, JobStatus.running.value]))) or 0
+
+
+def retrain_jobs(session: Session, *, tenant_id: str, lineage: str) -> list[Job]:
+    """The retrains of a lineage (jobs with ``retrain``, named after it), oldest first."""
+    return list(session.scalars(select(Job).where(
+        Job.tenant_id == tenant_id, Job.name == lineage, Job.retrain.is_not(None))
+        .order_by(Job.created_at, Job.id)))
 
 
 def count_jobs_by_status(session: Session) -> dict[str, int]:

@@ -86,11 +86,18 @@ class IdempotencyKey(Base):
 
 
 class Dataset(Base):
+    """A labelled image set, never changed once stored: more images make a new version (a
+    row whose ``parent_id`` is this one and whose images are this one's plus the new ones,
+    naming the same blobs)."""
+
     __tablename__ = "datasets"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", name="fk_datasets_tenant"),
                                            index=True)
     classnames: Mapped[list[str]]
+    parent_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", name="fk_datasets_parent"), index=True)
+    version: Mapped[int] = mapped_column(default=1)  # its parent's + 1
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     images: Mapped[list[DatasetImage]] = relationship(
         back_populates="dataset", cascade="all, delete-orphan", order_by="DatasetImage.position")
@@ -121,6 +128,9 @@ class Job(Base):
     hyperparameters: Mapped[dict[str, Any]]  # the training spec, auto values resolved
     auto: Mapped[list[str] | None] = mapped_column(JSON)  # the fields given as "auto"
     parent_adapter_id: Mapped[str | None] = mapped_column(String(32))  # the warm start's
+    # a retrain (service/retrain.py): the lineage whose benchmark images it leaves out, how
+    # many there were, what it took from the captures and what promotion is asked for
+    retrain: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     attempts: Mapped[int] = mapped_column(default=0)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -188,6 +198,11 @@ class Adapter(Base):
     trainable_count: Mapped[int]
     weights_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
     size_bytes: Mapped[int]
+    # the dataset version its job trained on (None: imported), and how many images of its
+    # lineage's benchmark set were kept out of training (None: not a retrain)
+    dataset_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", name="fk_adapters_dataset"))
+    benchmark_images: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     job: Mapped[Job | None] = relationship(back_populates="adapter")
 
@@ -224,7 +239,8 @@ class AdapterAlias(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-WEBHOOK_EVENTS = ("job.succeeded", "job.failed", "job.cancelled", "adapter.deleted")
+WEBHOOK_EVENTS = ("job.succeeded", "job.failed", "job.cancelled", "adapter.deleted",
+                  "adapter.drift", "adapter.version_ready")
 
 
 class WebhookEndpoint(Base):
@@ -284,6 +300,8 @@ class CaptureSetting(Base):
     max_per_hour: Mapped[int | None]
     max_per_day: Mapped[int | None]
     retention_days: Mapped[int]
+    retrain_after: Mapped[int | None]  # labelled captures waiting that start a retrain
+    promote: Mapped[str] = mapped_column(String(10), default="manual")  # of such a retrain
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -313,5 +331,61 @@ class Capture(Base):
     label: Mapped[str | None] = mapped_column(String(200))
     new_class: Mapped[bool] = mapped_column(default=False)
     labelled_at: Mapped[datetime | None]
+    # a retrain took it: into this dataset version, or (benchmark) into the lineage's
+    # benchmark set; a labelled capture with neither waits for the next retrain
+    dataset_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", name="fk_captures_dataset"))
+    benchmark: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+BENCHMARK_SOURCES = ("held_out", "capture")
+
+
+class BenchmarkImage(Base):
+    """One image of a lineage's benchmark set: held out for good, never trained on by a
+    retrain of the lineage (the first version's held-out split, then every fifth labelled
+    capture). Positions count from 0 and never change; a job records how many it left out."""
+
+    __tablename__ = "benchmark_images"
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", name="fk_benchmark_images_tenant", ondelete="CASCADE"),
+        primary_key=True)
+    lineage: Mapped[str] = mapped_column(String(200), primary_key=True)
+    position: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    blob_sha256: Mapped[str] = mapped_column(
+        ForeignKey("blobs.sha256", name="fk_benchmark_images_blob"), index=True)
+    label: Mapped[str] = mapped_column(String(200))  # the class name
+    source: Mapped[str] = mapped_column(String(10))  # held_out or capture
+    capture_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+HISTOGRAM_BUCKETS = 10  # served_stats.histogram: top probabilities in [0, 0.1), ..., [0.9, 1]
+
+
+class ServedStats(Base):
+    """What one adapter answered in one hour (UTC), summed over every API process: each
+    process adds its counts (``registry.served.add_served``). No foreign keys: the counts of
+    an adapter deleted meanwhile are kept until they age out, like every row (90 days)."""
+
+    __tablename__ = "served_stats"
+    tenant_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    adapter_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(primary_key=True, index=True)  # truncated
+    predictions: Mapped[int] = mapped_column(default=0)
+    unknown: Mapped[int] = mapped_column(default=0)
+    low_confidence: Mapped[int] = mapped_column(default=0)
+    captured: Mapped[int] = mapped_column(default=0)  # queued for capture
+    histogram: Mapped[list[int]] = mapped_column(JSON)  # HISTOGRAM_BUCKETS counts
+
+
+class DriftAlert(Base):
+    """When an adapter's ``adapter.drift`` event was last put in the outbox: at most one per
+    drift window."""
+
+    __tablename__ = "drift_alerts"
+    adapter_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(32))
+    fired_at: Mapped[datetime] = mapped_column(index=True)

@@ -92,6 +92,16 @@ class Settings(BaseSettings):
     capture_queue_mb: float = Field(64.0, gt=0, description="captured images waiting to be "
                                     "written, per API process; beyond it captures are dropped "
                                     "and counted")
+    drift_window_minutes: int = Field(60, ge=1, le=30 * 24 * 60, description="the window "
+                                      "the drift check reads (in whole hours: those it "
+                                      "overlaps); an adapter's adapter.drift event is sent "
+                                      "at most once per window")
+    drift_min_predictions: int = Field(100, ge=1, description="answers an adapter must have "
+                                       "given in the window before its drift is judged")
+    drift_factor: float = Field(3.0, gt=0, description="adapter.drift is sent when the "
+                                "window's share of 'unknown' (or of low-confidence) answers "
+                                "exceeds this times the adapter's held-out share (at least "
+                                "0.01)")
     key_cache_seconds: float = Field(30.0, gt=0, description="an API key, once checked, is "
                                      "trusted this long without the database (revocation "
                                      "takes effect within it)")

@@ -1,7 +1,8 @@
 """Capture rules: which classified images of an adapter lineage are kept for review. Checked
 per image against the answer the caller got, in the order of ``RULES`` (the first that fires
 is recorded): answered unknown, top probability below a confidence, predicted one of some
-classes, and a random sample."""
+classes, and a random sample. The settings also say when labelled captures start a retrain
+(``retrain_after``, ``promote``: ``service/retrain.py``)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ MAX_PER_HOUR = 100_000
 MAX_PER_DAY = 1_000_000
 MAX_RETENTION_DAYS = 365
 DEFAULT_RETENTION_DAYS = 30
+MAX_RETRAIN_AFTER = 100_000
+PROMOTE = ("manual", "auto")  # what promotion of a retrained version does
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class CaptureRules:
     max_per_hour: int | None = None
     max_per_day: int | None = None
     retention_days: int = DEFAULT_RETENTION_DAYS
+    retrain_after: int | None = None  # labelled captures waiting that start a retrain
+    promote: str = "manual"  # of such a retrain
 
     @classmethod
     def of(cls, row) -> CaptureRules:
@@ -86,6 +91,13 @@ def rules_from(values: dict[str, Any], classnames: list[str], *, named: bool
     bounded("max_per_hour", 0, MAX_PER_HOUR, int)
     bounded("max_per_day", 0, MAX_PER_DAY, int)
     bounded("retention_days", 1, MAX_RETENTION_DAYS, int)
+    bounded("retrain_after", 1, MAX_RETRAIN_AFTER, int)
+    if values.get("retrain_after") is not None and not named:
+        problems.append("retrain_after: this adapter has no name, and a retrain makes the next "
+                        "version of a name; leave it out, or train a named version first")
+    promote = values.get("promote")
+    if promote is not None and promote not in PROMOTE:
+        problems.append(f"promote: must be manual or auto, not {shorten(promote)}")
     classes = values.get("classes")
     if classes is not None:
         unknown = [c for c in classes if c not in classnames]
@@ -115,4 +127,5 @@ def rules_from(values: dict[str, Any], classnames: list[str], *, named: bool
         below_confidence=values.get("below_confidence"), unknown=bool(values.get("unknown")),
         classes=tuple(classes) if classes else None, max_per_hour=values.get("max_per_hour"),
         max_per_day=values.get("max_per_day"),
-        retention_days=values.get("retention_days") or DEFAULT_RETENTION_DAYS), []
+        retention_days=values.get("retention_days") or DEFAULT_RETENTION_DAYS,
+        retrain_after=values.get("retrain_after"), promote=promote or "manual"), []

@@ -1,8 +1,9 @@
 """Capture and review: which classified images of an adapter's lineage are kept (the
 settings, set by a ``train`` key), and the review of what was kept: list, look, label with
 one of the adapter's classes or a new class, or discard; one at a time or many at once, all
-or nothing. Everything is the caller's tenant's only (another tenant's captures are not
-found)."""
+or nothing. The label that makes ``retrain_after`` labelled captures wait starts a retrain
+in its transaction (``service/retrain.py``). Everything is the caller's tenant's only
+(another tenant's captures are not found)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from registry import captures as capture_rows
 from registry.captures import CaptureFilter
 from registry.models import Adapter, Capture, CaptureSetting, utcnow
 
+from . import retrain
 from .adapters import find
 from .capture_rules import DEFAULT_RETENTION_DAYS, rules_from
 from .capture_writer import lineage_of
 from .context import Caller, Context
 from .errors import Invalid, found
+from .jobs import send
 
 INVALID_CAPTURE = "invalid capture settings"
 INVALID_LABELS = "invalid labels"
@@ -39,6 +42,8 @@ class CaptureSettingsView:
     max_per_hour: int | None = None
     max_per_day: int | None = None
     retention_days: int = DEFAULT_RETENTION_DAYS
+    retrain_after: int | None = None
+    promote: str = "manual"
     updated_at: datetime | None = None
 
 
@@ -47,7 +52,8 @@ def _view(adapter: Adapter, row: CaptureSetting | None) -> CaptureSettingsView:
                                enabled=row is not None)
     if row is not None:
         for name in ("alias", "sample_rate", "below_confidence", "unknown", "max_per_hour",
-                     "max_per_day", "retention_days", "updated_at"):
+                     "max_per_day", "retention_days", "retrain_after", "promote",
+                     "updated_at"):
             setattr(view, name, getattr(row, name))
         view.classes = list(row.classes or [])
     return view
@@ -135,7 +141,11 @@ class LabelItem:
     discard: bool = False
 
 
-def _problem(item: LabelItem, classnames: list[str]) -> str | None:
+def _problem(item: LabelItem, capture: Capture, classnames: list[str]) -> str | None:
+    if capture.dataset_id is not None or capture.benchmark:
+        where = f"dataset version {capture.dataset_id}" if capture.dataset_id \
+            else "the benchmark set"
+        return f"a retrain took this capture into {where}: its label can no longer change"
     if item.discard:
         if item.label is not None or item.new_class:
             return "give a label or discard: true, not both"
@@ -161,17 +171,32 @@ def _apply(capture: Capture, item: LabelItem, classnames: list[str], now: dateti
     capture.labelled_at = now
 
 
+def _retrain_setting(s, caller: Caller, adapter: Adapter) -> CaptureSetting | None:
+    """The lineage's settings when its labels may start a retrain (the name is then locked
+    before any capture is)."""
+    setting = capture_rows.get_capture_settings(s, tenant_id=caller.tenant_id,
+                                                lineage=lineage_of(adapter))
+    if setting is None or setting.retrain_after is None or adapter.name is None:
+        return None
+    retrain.lock_for_labels(s, setting)
+    return setting
+
+
 def label_capture(ctx: Context, caller: Caller, reference: str, item: LabelItem) -> Capture:
     """Label or discard one capture (again, if it was reviewed before)."""
-    with ctx.transaction() as s:
+    with ctx.transaction(conflict=retrain.RACE) as s:
         adapter = find(s, caller, reference)
+        setting = _retrain_setting(s, caller, adapter)
         capture = _capture(s, caller, adapter, item.id, lock=True)
         classnames = list(adapter.classnames)
-        if problem := _problem(item, classnames):
+        if problem := _problem(item, capture, classnames):
             raise Invalid([problem], INVALID_LABELS)
         _apply(capture, item, classnames, utcnow())
         s.flush()
-        return capture
+        job = retrain.start_if_due(s, ctx, setting)
+    if job is not None:
+        send(ctx, job)
+    return capture
 
 
 def label_captures(ctx: Context, caller: Caller, reference: str, items: list[LabelItem]
@@ -181,8 +206,9 @@ def label_captures(ctx: Context, caller: Caller, reference: str, items: list[Lab
     if not items or len(items) > MAX_LABELS:
         raise Invalid([f"items: give 1 to {MAX_LABELS} captures, not {len(items)}"],
                       INVALID_LABELS)
-    with ctx.transaction() as s:
+    with ctx.transaction(conflict=retrain.RACE) as s:
         adapter = find(s, caller, reference)
+        setting = _retrain_setting(s, caller, adapter)
         classnames = list(adapter.classnames)
         captures = capture_rows.get_captures(s, tenant_id=caller.tenant_id,
                                              lineage=lineage_of(adapter),
@@ -193,7 +219,7 @@ def label_captures(ctx: Context, caller: Caller, reference: str, items: list[Lab
                 problems.append(f"items[{n}]: capture {shorten(item.id)} not found")
             elif item.id in seen:
                 problems.append(f"items[{n}]: capture {item.id} is named twice")
-            elif problem := _problem(item, classnames):
+            elif problem := _problem(item, captures[item.id], classnames):
                 problems.append(f"items[{n}]: {problem}")
             seen.add(item.id)
         if problems:
@@ -202,5 +228,8 @@ def label_captures(ctx: Context, caller: Caller, reference: str, items: list[Lab
         for item in items:
             _apply(captures[item.id], item, classnames, now)
         s.flush()
-        return [captures[item.id] for item in items]
+        job = retrain.start_if_due(s, ctx, setting)
+    if job is not None:
+        send(ctx, job)
+    return [captures[item.id] for item in items]
 

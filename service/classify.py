@@ -161,12 +161,16 @@ async def classify(ctx: Context, caller: Caller, request: ClassifyRequest,
                           retry_after=math.ceil(e.retry_after)) from e
     except ServerClosed as e:  # the process is shutting down
         raise Unavailable("the classifier is stopping; retry shortly", retry_after=5) from e
-    answers = [p.to_dict() for p in predictions]
+    answers, captured = [p.to_dict() for p in predictions], 0
     if capture is not None and (not requested or requested == adapter.classnames):
         # only answers over the adapter's own classes can be labelled with them; queued
         # here, written after the answer is sent
-        ctx.captures.offer(capture, tenant_id=caller.tenant_id, lineage=lineage_of(adapter),
-                           adapter_id=adapter.id, images=request.images, answers=answers)
+        captured = ctx.captures.offer(
+            capture, tenant_id=caller.tenant_id, lineage=lineage_of(adapter),
+            adapter_id=adapter.id, images=request.images, answers=answers)
+    if adapter is not None:  # counted in memory; added to served_stats off the request path
+        ctx.served.record(tenant_id=caller.tenant_id, adapter_id=adapter.id, answers=answers,
+                          captured=captured)
     return ClassifyResult(model=spec, adapter_id=adapter.id if adapter else None,
                           predictions=answers, calibrated=temperature != 1.0,
                           threshold=threshold)

@@ -1,5 +1,5 @@
 """What every use case runs with: the settings, the database, the job queue and quotas, the
-capture writer, and the caller's identity. Built once per process by its front door
+capture writer, the counts of what is served, and the caller's identity. Built once per process by its front door
 (``api.app.create_app``, the ``clipfit`` command)."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .capture_writer import CaptureWriter
 from .errors import Conflict
 from .queue import JobQueue
 from .quotas import Quotas
+from .served import ServedCounts
 
 
 class Caller(Protocol):
@@ -36,6 +37,7 @@ class Context:
     queue: JobQueue
     quotas: Quotas
     captures: CaptureWriter  # classified images kept for review, written off the request path
+    served: ServedCounts  # what adapters answered, counted here and added to the database
     inference: Any = None  # the serving engine (api.inference), where this process serves
 
     @classmethod
@@ -43,7 +45,7 @@ class Context:
         sessions = session_factory(get_engine(settings.sqlalchemy_url))
         return cls(settings=settings, sessions=sessions, queue=JobQueue(settings),
                    quotas=Quotas(settings), captures=CaptureWriter(settings, sessions),
-                   inference=inference)
+                   served=ServedCounts(settings, sessions), inference=inference)
 
     @contextmanager
     def reading(self) -> Iterator[Session]:

@@ -1,6 +1,7 @@
 """Datasets you can reuse: upload once, train many jobs on it, add images later. Every
-job's upload is a dataset too; a dataset that a job used cannot be deleted, and one a queued
-or running job uses cannot change (that job reads it while it trains)."""
+job's upload is a dataset too. A dataset never changes once stored (so every adapter says
+exactly which images trained it): adding images makes a new version. A dataset that a job
+used, or that a later version continues, cannot be deleted."""
 
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ class DatasetSummary:
     images: int
     jobs: int
     created_at: datetime
+    version: int = 1
+    parent_id: str | None = None
+    children: list[str] = field(default_factory=list)
 
 
 def _read(ctx: Context, caller: Caller, upload: Upload, *, min_classes: int) -> FewShotDataset:
@@ -64,7 +68,8 @@ def _summary(s, dataset: Dataset) -> DatasetSummary:
         counts={name: counts.get(i, 0) for i, name in enumerate(dataset.classnames)},
         images=sum(counts.values()),
         jobs=dataset_rows.count_dataset_jobs(s, dataset_id=dataset.id),
-        created_at=dataset.created_at)
+        created_at=dataset.created_at, version=dataset.version, parent_id=dataset.parent_id,
+        children=dataset_rows.child_versions(s, dataset_id=dataset.id))
 
 
 def _owned(s, caller: Caller, dataset_id: str) -> Dataset:
@@ -93,15 +98,13 @@ def get(ctx: Context, caller: Caller, dataset_id: str) -> DatasetSummary:
 
 def add_images(ctx: Context, caller: Caller, dataset_id: str, upload: Upload
                ) -> DatasetSummary:
-    """More images, new classes allowed; refused while a queued or running job uses it."""
+    """A new version of the dataset: its images plus these (new classes allowed); the
+    dataset itself stays as it is (jobs that trained on it keep saying what they used)."""
     with ctx.reading() as s:
         _owned(s, caller, dataset_id)
     added = _read(ctx, caller, upload, min_classes=1)
     with ctx.transaction() as s:
         dataset = _owned(s, caller, dataset_id)
-        if dataset_rows.count_dataset_jobs(s, dataset_id=dataset_id, unfinished=True):
-            raise Conflict("a queued or running job trains on this dataset: add images when "
-                           "it has finished")
         total = dataset_rows.dataset_size(s, dataset_id=dataset_id) + len(added)
         merged = list(dataset.classnames) + [c for c in added.classnames
                                              if c not in dataset.classnames]
@@ -114,18 +117,25 @@ def add_images(ctx: Context, caller: Caller, dataset_id: str, upload: Upload
                             f"{settings.max_classes}")
         if problems:
             raise Invalid(problems, INVALID_DATASET)
-        dataset_rows.add_dataset_images(s, dataset=dataset, classnames=merged, images=[
+        version = dataset_rows.create_version(s, parent=dataset, classnames=merged, images=[
             Sample(x.source, merged.index(added.classnames[x.label]), x.name)
             for x in added.samples])
-        return _summary(s, dataset)
+        return _summary(s, version)
 
 
 def delete(ctx: Context, caller: Caller, dataset_id: str) -> None:
-    """Only a dataset no job used (it is kept with them)."""
-    with ctx.transaction(conflict="a job was given this dataset meanwhile; it is kept with "
-                         "it") as s:
+    """Only a dataset no job used (it is kept with them) and no later version continues (a
+    version keeps its parent)."""
+    with ctx.transaction(conflict="a job or a new version was given this dataset meanwhile; "
+                         "it is kept with it") as s:
         dataset = _owned(s, caller, dataset_id)
         used = dataset_rows.count_dataset_jobs(s, dataset_id=dataset_id)
         if used:
             raise Conflict(f"{used} job(s) used this dataset; it is kept with them")
+        children = dataset_rows.child_versions(s, dataset_id=dataset_id)
+        if children:
+            raise Conflict(f"dataset {dataset_id} is the parent of version(s) "
+                           f"{', '.join(children[:5])}"
+                           + (f" and {len(children) - 5} more" if len(children) > 5 else "")
+                           + ": delete those first (a version keeps its parent)")
         dataset_rows.delete_dataset(s, dataset=dataset)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -17,6 +18,7 @@ from clipfit_core.config import AUTO, TrainConfig, with_auto
 from clipfit_core.data import FewShotDataset, Sample
 from clipfit_core.prompts import classname_problems, shorten
 from registry import adapters as adapter_rows
+from registry import benchmarks as benchmark_rows
 from registry import datasets as dataset_rows
 from registry import jobs as job_rows
 from registry.models import FINISHED, Job, JobEvent, JobStatus, utcnow
@@ -80,14 +82,11 @@ def submit(ctx: Context, caller: Caller, request: JobRequest) -> tuple[Job, bool
     with ctx.reading() as s:
         problems, base_model, parent_id, stored = _checked_request(s, ctx, tenant, request)
         dataset = _training_set(s, ctx, request, stored, problems)
-    config = _spec(request.values, problems)
-    if problems or config is None:
+    problems += spec_problems(settings, request.values)
+    if problems or dataset is None:
         raise Invalid(problems, INVALID_JOB)
-    config, autos = with_auto(request.values, dataset, base_model=base_model)
-    if config.epochs > settings.max_epochs:  # only an auto value can get here
-        config = dataclasses.replace(config, epochs=settings.max_epochs)
-    hyperparameters = config.to_dict()
-    templates = hyperparameters.pop("templates")  # a column of its own
+    hyperparameters, templates, autos = resolved_spec(settings, request.values, dataset,
+                                                      base_model=base_model)
     try:
         with ctx.transaction() as s:
             job = job_rows.create_job(
@@ -109,11 +108,34 @@ def submit(ctx: Context, caller: Caller, request: JobRequest) -> tuple[Job, bool
                               INVALID_JOB) from e
             raise
         return job, False
-    _send(ctx, job)
+    send(ctx, job)
     return job, True
 
 
-def _send(ctx: Context, job: Job) -> None:
+def spec_problems(settings, values: dict[str, Any]) -> list[str]:
+    """Every problem with the training spec's values (field names; ``auto`` allowed for
+    AUTO_FIELDS): out of bounds, or epochs over the operator's limit."""
+    problems = []
+    epochs = values.get("epochs")
+    if isinstance(epochs, int) and epochs > settings.max_epochs:
+        problems.append(f"epochs {epochs} exceeds the limit {settings.max_epochs}")
+    _spec(values, problems)
+    return problems
+
+
+def resolved_spec(settings, values: dict[str, Any], dataset: FewShotDataset, *,
+                  base_model: str) -> tuple[dict[str, Any], list[str], list[str]]:
+    """(hyperparameters, templates, the fields given as auto) of checked ``values``, the
+    ``auto`` ones resolved for ``dataset`` (the images the job trains on)."""
+    config, autos = with_auto(values, dataset, base_model=base_model)
+    if config.epochs > settings.max_epochs:  # only an auto value can get here
+        config = dataclasses.replace(config, epochs=settings.max_epochs)
+    hyperparameters = config.to_dict()
+    templates = hyperparameters.pop("templates")  # a column of its own
+    return hyperparameters, templates, autos
+
+
+def send(ctx: Context, job: Job) -> None:
     """Publish the committed job (a worker always finds it). When the broker is away the
     job stays stored and queued (the database is the truth), marked never sent, and the
     reconciler sends it on its first round once the broker answers."""
@@ -168,9 +190,6 @@ def _checked_request(s: Session, ctx: Context, tenant_id: str, request: JobReque
         parent.base_model if parent is not None else allowed[0])
     if base_model not in allowed:
         problems.append(f"base_model {shorten(base_model)} is not allowed; allowed: {allowed}")
-    epochs = request.values.get("epochs")
-    if isinstance(epochs, int) and epochs > settings.max_epochs:
-        problems.append(f"epochs {epochs} exceeds the limit {settings.max_epochs}")
     if request.classes is not None:
         problems += classname_problems(request.classes, max_count=settings.max_classes)
     if request.archive is not None and request.files:
@@ -202,12 +221,27 @@ def _training_set(s: Session, ctx: Context, request: JobRequest, stored: str | N
         return None
 
 
-def stored_dataset(s: Session, *, dataset_id: str) -> FewShotDataset:
-    """A stored dataset as the core reads it (the job's, for the worker)."""
+def stored_dataset(s: Session, *, dataset_id: str, excluding: Collection[str] = ()
+                   ) -> FewShotDataset:
+    """A stored dataset as the core reads it, less the images whose blob is one of
+    ``excluding``."""
     dataset = dataset_rows.get_dataset(s, dataset_id=dataset_id)
     return FewShotDataset(list(dataset.classnames), [
         Sample(row.source, row.label, row.name)
-        for row in dataset_rows.dataset_images(s, dataset_id=dataset_id)])
+        for row in dataset_rows.dataset_images(s, dataset_id=dataset_id, excluding=excluding)])
+
+
+def job_dataset(s: Session, job: Job) -> tuple[FewShotDataset, int]:
+    """What a job trains on (for the worker), and how many images of its dataset were left
+    out: a retrain leaves out its lineage's benchmark set, as it was when the job was made
+    (by blob: the same bytes elsewhere in the dataset are left out too)."""
+    if not job.retrain:
+        return stored_dataset(s, dataset_id=job.dataset_id), 0
+    held = benchmark_rows.benchmark_digests(s, tenant_id=job.tenant_id,
+                                            lineage=job.retrain["lineage"],
+                                            size=job.retrain["benchmark_images"])
+    dataset = stored_dataset(s, dataset_id=job.dataset_id, excluding=held)
+    return dataset, dataset_rows.dataset_size(s, dataset_id=job.dataset_id) - len(dataset)
 
 
 def _spec(values: dict[str, Any], problems: list[str]) -> TrainConfig | None:

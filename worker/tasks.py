@@ -22,8 +22,9 @@ from registry import crud
 from registry.db import get_engine, session_scope
 from registry.models import JobStatus, utcnow
 from registry.settings import Settings
-from service.jobs import stored_dataset
+from service.jobs import job_dataset
 
+from . import promotion
 from .failures import check_finite, failure_message
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,9 @@ def train_job(self: TrainTask, job_id: str) -> str:
         if resume is not None:
             crud.add_event(s, job_id=job_id, kind="resumed",
                            payload={"attempt": attempt, "from_epoch": saved.epoch})
-        dataset = stored_dataset(s, dataset_id=job.dataset_id)
+        # a retrain leaves its lineage's benchmark set out (recorded with the adapter)
+        dataset, left_out = job_dataset(s, job)
+        retrain = job.retrain is not None
         spec, name = job.base_model, job.name
         hyperparameters, templates = job.hyperparameters, job.templates
         tenant_id, parent_id = job.tenant_id, job.parent_adapter_id
@@ -78,26 +81,45 @@ def train_job(self: TrainTask, job_id: str) -> str:
             parent = _parent_delta(self, parent_id, tenant_id, resumed=resume is not None)
             adapter_metrics, delta = _train(self, job_id, attempt, spec, config, dataset,
                                             beat, resume, parent)
+            if retrain:
+                adapter_metrics["benchmark_excluded"] = left_out
             check_finite(delta)
+            comparison = _compare(self, job_id, spec, delta) if retrain else None
         except TrainingCancelled:
             return _end(self, job_id, attempt, JobStatus.cancelled)
         except Exception as e:  # the job failed; the worker lives on
             log.exception("job %s failed", job_id)
             return _end(self, job_id, attempt, JobStatus.failed,
                         failure_message(e, base_model=spec))
-    return with_retries(lambda: _store(self, job_id, attempt, delta, adapter_metrics, name),
+    return with_retries(lambda: _store(self, job_id, attempt, delta, adapter_metrics, name,
+                                       comparison),
                         f"storing the adapter of job {job_id}")
 
 
-def _store(task: TrainTask, job_id: str, attempt: int, delta, metrics, name) -> str:
+def _compare(task: TrainTask, job_id: str, spec: str, delta) -> dict:
+    """The new version beside the previous one and zero-shot on the benchmark set
+    (``worker.promotion``); a comparison that cannot be made is recorded as such and never
+    promotes, but does not fail the job: the version is trained and stored all the same."""
+    try:
+        return promotion.compare(lambda: session_scope(task.engine), task.base_model(spec),
+                                 job_id, delta)
+    except Exception:
+        log.exception("job %s: the comparison on the benchmark set failed", job_id)
+        return {"error": "the comparison on the benchmark set could not be made",
+                "not_worse": None}
+
+
+def _store(task: TrainTask, job_id: str, attempt: int, delta, metrics, name,
+           comparison: dict | None = None) -> str:
     with session_scope(task.engine) as s:
         job = crud.get_job(s, job_id=job_id)
         if crud.get_adapter_for_job(s, job_id=job_id) is not None:
             return "exists"
         if not crud.holds(job, attempt):
             return "superseded"
-        crud.store_adapter(s, job=job, weights=delta.to_bytes(), config=delta.config_dict(),
-                           metrics=metrics, name=name)
+        adapter = crud.store_adapter(s, job=job, weights=delta.to_bytes(),
+                                     config=delta.config_dict(), metrics=metrics, name=name)
+        promotion.settle(s, job, adapter, comparison)  # aliases, event, webhook: one commit
     return "succeeded"
 
 

@@ -1,18 +1,19 @@
-"""The registry of trained deltas. Every route that names an adapter takes its id,
-``name@VERSION`` or ``name@alias``."""
+"""The registry of trained deltas, and the retrain of a named one. Every route that names an
+adapter takes its id, ``name@VERSION`` or ``name@alias``."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from service import adapters
+from service import adapters, retrain
 from service.adapters import INVALID_ADAPTER
 from service.errors import Invalid
+from service.retrain import RetrainRequest
 
 from ..auth import Reader, Trainer
 from ..deps import ContextDep, page_next, page_start
@@ -23,6 +24,8 @@ from ..schemas import (
     AdapterPublic,
     AdaptersPublic,
     EvaluationPublic,
+    JobPublic,
+    RetrainCreate,
     multipart_schema,
 )
 
@@ -86,6 +89,26 @@ async def import_adapter(request: Request, ctx: ContextDep, principal: Trainer):
         raise Invalid(["name: at most 200 characters"], INVALID_ADAPTER)
     data = await upload[0].read()
     return await run_in_threadpool(adapters.import_adapter, ctx, principal, data, name)
+
+
+@router.post("/{adapter_id}/retrain", status_code=202, response_model=JobPublic,
+             responses={409: {"description": "no new labelled captures; or the adapter has "
+                              "no name, or was imported (no training images here)"}},
+             summary="Train the next version of the adapter's name, warm-started from it, "
+             "on its dataset plus the labelled captures; answers 202 with the queued job")
+def retrain_adapter(adapter_id: Reference, ctx: ContextDep, principal: Trainer,
+                    body: Annotated[RetrainCreate | None, Body()] = None):
+    """The labelled captures of its name that no retrain took yet join a new version of its
+    training dataset, except every fifth, which joins the name's benchmark set (never
+    trained on; the first retrain also puts the parent's held-out images there). The job
+    is ``POST /v1/jobs``'s, with ``parent_adapter_id`` this adapter, its name, base model,
+    templates and hyperparameters (``auto`` ones resolved again, ``hyperparameters``
+    overrides on top); ``retrain`` says what it took."""
+    body = body or RetrainCreate()
+    overrides = body.hyperparameters.model_dump(exclude_none=True) \
+        if body.hyperparameters is not None else {}
+    return retrain.retrain(ctx, principal, adapter_id, RetrainRequest(
+        promote=body.promote, alias=body.alias, hyperparameters=overrides))
 
 
 @router.delete("/{adapter_id}", status_code=204,

@@ -17,6 +17,8 @@ from service.capture_rules import (
     MAX_PER_DAY,
     MAX_PER_HOUR,
     MAX_RETENTION_DAYS,
+    MAX_RETRAIN_AFTER,
+    PROMOTE,
 )
 from service.capture_writer import MEDIA_TYPES, OCTET_STREAM
 from service.captures import MAX_LABELS, LabelItem
@@ -60,6 +62,12 @@ class CaptureSettingsSet(BaseModel):
     retention_days: int | None = Field(
         None, description=f"days a capture is kept (default {DEFAULT_RETENTION_DAYS})",
         json_schema_extra={"minimum": 1, "maximum": MAX_RETENTION_DAYS})
+    retrain_after: int | None = Field(
+        None, description="start a retrain when this many labelled captures wait and no "
+        "version of the name is being trained (a named adapter only)",
+        json_schema_extra={"minimum": 1, "maximum": MAX_RETRAIN_AFTER})
+    promote: str | None = Field(None, description="such a retrain's promotion (default "
+                                "manual)", json_schema_extra={"enum": list(PROMOTE)})
 
 
 class CaptureSettingsPublic(BaseModel):
@@ -76,6 +84,8 @@ class CaptureSettingsPublic(BaseModel):
     max_per_hour: int | None
     max_per_day: int | None
     retention_days: int
+    retrain_after: int | None = None
+    promote: Literal["manual", "auto"] = "manual"
     updated_at: Timestamp | None
 
 
@@ -97,6 +107,10 @@ class CapturePublic(BaseModel):
     label: str | None = Field(description="the reviewer's label")
     new_class: bool = Field(description="the label is not one of the adapter's classes")
     labelled_at: Timestamp | None
+    dataset_id: str | None = Field(None, description="the dataset version a retrain added it "
+                                   "to (labelled, not yet taken: waiting for a retrain)")
+    benchmark: bool = Field(False, description="a retrain set it aside into the name's "
+                            "benchmark set (never trained on)")
     created_at: Timestamp
     expires_at: Timestamp
 

@@ -1,6 +1,6 @@
 """Datasets you can reuse: upload once, train many jobs on it (``dataset_id``), add images
-later. A dataset that a job used cannot be deleted; one a queued or running job uses cannot
-change."""
+later. A dataset never changes once stored: adding images makes a new version (a retrain
+does too). One that a job used, or that a later version continues, cannot be deleted."""
 
 from __future__ import annotations
 
@@ -29,6 +29,11 @@ class DatasetPublic(BaseModel):
     counts: dict[str, int] = Field(description="images per class")
     images: int
     jobs: int = Field(description="jobs that trained (or will train) on it")
+    version: int = Field(1, description="1, or its parent's version + 1")
+    parent_id: str | None = Field(None, description="the version it was made from (its "
+                                  "images, then the added ones)")
+    children: list[str] = Field(default_factory=list, description="the versions made from "
+                                "this one, oldest first")
     created_at: Timestamp
 
 
@@ -81,8 +86,8 @@ def get_dataset(dataset_id: str, ctx: ContextDep, principal: Reader):
 
 
 @router.post("/{dataset_id}/images", response_model=DatasetPublic, openapi_extra=_FORM,
-             responses={409: {"description": "a queued or running job uses the dataset"}},
-             summary="Add images (new classes allowed) to a dataset")
+             summary="Add images (new classes allowed): answers the new version of the "
+             "dataset (its own id; parent_id: this one), which stays as it is")
 async def add_images(dataset_id: str, request: Request, ctx: ContextDep, principal: Trainer):
     await run_in_threadpool(datasets.get, ctx, principal, dataset_id)  # 404 before reading
     upload = await read_upload(request, ctx.settings)
@@ -90,7 +95,8 @@ async def add_images(dataset_id: str, request: Request, ctx: ContextDep, princip
 
 
 @router.delete("/{dataset_id}", status_code=204,
-               responses={409: {"description": "a job uses the dataset"}})
+               responses={409: {"description": "a job used the dataset, or a later version "
+                                "continues it"}})
 def delete_dataset(dataset_id: str, ctx: ContextDep, principal: Trainer):
     datasets.delete(ctx, principal, dataset_id)
     return Response(status_code=204)

@@ -3,6 +3,8 @@ metrics."""
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import (
@@ -12,10 +14,11 @@ from prometheus_client import (
     Gauge,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from pydantic import BaseModel, Field
 
 from clipfit_core.version import __version__ as RELEASE
-from service import status
+from service import served, status
 
 from ..auth import unless_open
 from ..deps import ContextDep, InferenceDep
@@ -66,6 +69,49 @@ def capture_counters(ctx, scrape: CollectorRegistry) -> None:
         skipped.labels(reason).inc(n)
 
 
+class _Families:
+    """Metric families built for one scrape (a collector of a per-scrape registry)."""
+
+    def __init__(self, families: list):
+        self.families = families
+
+    def collect(self):
+        return iter(self.families)
+
+
+def served_counters(ctx, scrape: CollectorRegistry) -> None:
+    """This process's answers with adapters since it started, per adapter id (never a
+    tenant or anything from a request): a bounded label set, the served.METRIC_ADAPTERS
+    adapters with the most answers, every other one summed under adapter="other"."""
+    labels = (f"; label adapter: the {served.METRIC_ADAPTERS} adapters with the most answers "
+              f"in this process by id, every other summed under adapter=\"{served.OTHER}\"")
+    counters = {name: CounterMetricFamily(f"clipfit_served_{name}", help_ + labels,
+                                          labels=["adapter"])
+                for name, help_ in [
+                    ("predictions", "images answered with an adapter"),
+                    ("unknown", "answers of 'unknown' (below a rejection threshold)"),
+                    ("low_confidence",
+                     f"answers whose top probability is below {served.LOW_CONFIDENCE}"),
+                    ("captured", "answers queued for capture by their lineage's rules")]}
+    confidence = HistogramMetricFamily(
+        "clipfit_served_confidence", "the top probability of answers with an adapter "
+        "(buckets of 0.1; a probability equal to a bound counts in the bucket above it)"
+        + labels, labels=["adapter"])
+    for adapter, counts in ctx.served.totals().items():
+        for name, family in counters.items():
+            family.add_metric([adapter], getattr(counts, name))
+        bounds = [str(b) for b in served.BUCKET_BOUNDS] + ["1.0", "+Inf"]
+        cumulative = list(accumulate(counts.histogram))
+        confidence.add_metric([adapter], list(zip(bounds, [*cumulative, cumulative[-1]])),
+                              counts.confidence_sum)
+    scrape.register(_Families([*counters.values(), confidence]))
+    Counter("clipfit_served_dropped", "adapter-hours of served counts dropped while the "
+            f"database was away (beyond the {served.MAX_PENDING:,} kept in memory)",
+            registry=scrape).inc(ctx.served.dropped)
+    Counter("clipfit_served_flush_failures", "flushes of served counts the database did not "
+            "take (kept for the next one)", registry=scrape).inc(ctx.served.flush_failures)
+
+
 # operators only: the job counts and queue depth are every tenant's
 @router.get("/metrics", dependencies=[Depends(unless_open("open_metrics", "admin"))],
             response_class=Response, responses={200: {
@@ -87,6 +133,7 @@ def metrics(ctx: ContextDep, engine: InferenceDep):
     Counter("clipfit_quota_redis_failures", "counter updates Redis did not answer (counted "
             "in memory instead)", registry=scrape).inc(ctx.quotas.redis_failures)
     capture_counters(ctx, scrape)
+    served_counters(ctx, scrape)
     cache = Gauge("clipfit_cache_events", "inference cache hits and misses", ["cache", "kind"],
                   registry=scrape)
     text_hits, text_misses = engine.text_cache_stats()

@@ -5,8 +5,8 @@ and tqdm (the base) and reaches no index; everything else must come from the car
 (bench/gpu_requirements.txt). Here the check runs in a throwaway venv that links only the
 base and the carried distributions from .venv (bench/gpu_venv.py: seconds, no download), so a
 wheel missing from the list fails here, in CI. ``bash bench/gpu_rehearsal.sh`` goes further
-(the downloaded cp311 wheels installed with --target, the machine's torch 2.11); it
-downloads about 550 MB, so CI does not run it.
+(the downloaded cp312 wheels installed with --target on CPython 3.12 with the machine's torch
+2.11); it downloads about 4 GB the first time, so CI does not run it.
 """
 
 from __future__ import annotations

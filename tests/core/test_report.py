@@ -50,6 +50,9 @@ def test_temperature_scaling_recovers_an_overconfident_scale():
     kept = (top[right] >= result["threshold"]).float().mean().item()
     assert 0.94 <= kept <= 0.96 and abs(result["held_out_rejected_right"] - (1 - kept)) < 1e-3
     assert result["held_out_rejected_wrong"] > 0.05  # wrong answers are less confident
+    # the share of held-out answers below LOW_CONFIDENCE (what served answers are compared with)
+    assert result["held_out_low_confidence"] == round((top < 0.5).float().mean().item(), 4)
+    assert 0 < result["held_out_low_confidence"] < 1
 
 
 def test_training_stores_the_report_and_calibration(tiny, colour_train, colour_test):

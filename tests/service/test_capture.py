@@ -289,7 +289,7 @@ def test_setting_reading_and_turning_off(api, make_adapter, files):
         "adapter_id": adapter["id"], "lineage": adapter["name"], "enabled": True,
         "alias": None, "sample_rate": None, "below_confidence": 0.5, "unknown": False,
         "classes": ["red"], "max_per_hour": None, "max_per_day": 100, "retention_days": 30,
-        "updated_at": None}
+        "retrain_after": None, "promote": "manual", "updated_at": None}
     assert api.get(f"/v1/adapters/{adapter['id']}/capture").json() == body
     assert api.delete(f"/v1/adapters/{adapter['id']}/capture").status_code == 204
     assert api.get(f"/v1/adapters/{adapter['id']}/capture").json()["enabled"] is False

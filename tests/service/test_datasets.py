@@ -1,5 +1,6 @@
 """Datasets you can reuse (PostgreSQL + a real Celery worker): upload once, train on it by
-``dataset_id``, add images, delete only when no job used it."""
+``dataset_id``, add images (a new version; the dataset itself never changes), delete only
+when no job used it."""
 
 from __future__ import annotations
 
@@ -26,11 +27,15 @@ def test_a_stored_dataset_trains_jobs_grows_and_is_kept_while_used(api, start_wo
     assert r.status_code == 202, r.text
     assert count(api, Dataset) == datasets_before  # no copy: the job uses the stored one
     job = r.json()
-    # while the job waits or runs, the dataset cannot change
+    # while the job waits, images added make a new version: the job's dataset stays as it is
     files, labels = image_files(colour_set)
     r = api.post(f"/v1/datasets/{dataset['id']}/images", files=files[:2],
                  data={"labels": labels[:2]})
-    assert r.status_code == 409 and "queued or running" in r.text
+    assert r.status_code == 200, r.text
+    assert (r.json()["parent_id"], r.json()["version"], r.json()["images"]) == \
+        (dataset["id"], 2, 66)
+    assert api.get(f"/v1/datasets/{dataset['id']}").json()["images"] == 64
+    assert api.delete(f"/v1/datasets/{r.json()['id']}").status_code == 204
     start_worker()
     job = wait_for(api, job["id"], lambda j: j["status"] in FINISHED)
     assert job["status"] == "succeeded", job
@@ -48,7 +53,9 @@ def test_a_stored_dataset_trains_jobs_grows_and_is_kept_while_used(api, start_wo
     assert r.status_code == 200, r.text
     grown = r.json()
     assert grown["classnames"] == ["blue", "green", "red", "yellow", "purple"]
-    assert grown["counts"]["purple"] == 3 and grown["images"] == 67 and grown["jobs"] == 1
+    assert grown["counts"]["purple"] == 3 and grown["images"] == 67 and grown["jobs"] == 0
+    assert (grown["parent_id"], grown["version"]) == (dataset["id"], 2)
+    assert api.get(f"/v1/datasets/{dataset['id']}").json()["children"] == [grown["id"]]
 
     # a dataset a job used is kept; an unused one goes, with its blobs
     r = api.delete(f"/v1/datasets/{dataset['id']}")
