@@ -90,8 +90,9 @@ def domain_data(domain: str, test_per_class: int, train_limit: int) -> Data:
     train_idx = rng.permutation(len(train_labels))[:train_limit]
     test_idx = np.concatenate([rng.permutation(np.flatnonzero(test_labels == c))[
         :test_per_class] for c in range(len(ITEMS))])
-    to_pool = lambda items, labels: Pool([png(x) for x in DOMAINS[domain](items)],  # noqa: E731
-                                         [int(v) for v in labels])
+    def to_pool(items, labels) -> Pool:
+        return Pool([png(x) for x in DOMAINS[domain](items)], [int(v) for v in labels])
+
     return Data(list(ITEMS), to_pool(train_items[train_idx], train_labels[train_idx]),
                 to_pool(test_items[test_idx], test_labels[test_idx]))
 
@@ -338,18 +339,18 @@ def markdown(summary: dict, args) -> str:
         return f"{100 * mean:.1f}" + ("" if math.isnan(half) else f" ± {100 * half:.1f}")
 
     lines = [f"`python -m bench.loop {' '.join(args.argv)}`".replace(" `", "`"), "",
-             "| round | loop: newest | loop: prod | captured | random: newest | random: prod "
-             "| zero-shot |", "|---|---|---|---|---|---|---|"]
+             ("| round | loop: newest | loop: prod | captured | random: newest | random: prod "
+             "| zero-shot |"), "|---|---|---|---|---|---|---|"]
     for row in summary["table"]:
         lines.append(f"| {row['round']} | {cell(row['loop_newest'])} | {cell(row['loop_prod'])}"
                      f" | {row['loop_captured']:.0f} | {cell(row['random_newest'])} | "
                      f"{cell(row['random_prod'])} | {cell(row['zero_shot'])} |")
-    lines += ["", f"Test accuracy (%), mean ± 95% t interval over {len(args.seeds)} seed(s). "
+    lines += ["", (f"Test accuracy (%), mean ± 95% t interval over {len(args.seeds)} seed(s). "
               f"Loop after {len(summary['table']) - 1} rounds vs round 0: "
               f"{summary['gain_over_round0_points']:+.2f} points; vs random: "
               f"{summary['loop_minus_random_points']:+.2f} points. Promotions: "
               f"{summary['promotions']}, to a version worse on the test set: "
-              f"{len(summary['worse_promotions'])}."]
+              f"{len(summary['worse_promotions'])}.")]
     return "\n".join(lines) + "\n"
 
 

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 RULES_TTL_SECONDS = 5.0  # a changed setting reaches every API process within this
 SWEEP_SECONDS = 60.0
 SWEEP_BATCH = 1000  # captures deleted per transaction
+# a tenant's capture bytes are summed from the database at most this often per process (the
+# sum visits every capture of the tenant); in between, what this process wrote is added
+QUOTA_RECOUNT_SECONDS = 30.0
 SKIP_REASONS = ("cap", "quota", "queue_full", "off", "error")
 MEDIA_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp",
                "image/tiff")
@@ -78,6 +81,7 @@ class CaptureWriter:
         self._writing = 0
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._tenant_bytes: dict[str, tuple[int, float]] = {}  # tenant -> (bytes, read at)
         self.written = 0
         self.skipped: Counter[str] = Counter({reason: 0 for reason in SKIP_REASONS})
 
@@ -215,11 +219,12 @@ class CaptureWriter:
             if cap is not None and capture_rows.count_captures_since(
                     s, tenant_id=tenant, lineage=lineage, since=now - window) >= cap:
                 return "cap"
-        quota = self.settings.capture_bytes_per_tenant
+        quota, used = self.settings.capture_bytes_per_tenant, None
         if quota and not capture_rows.holds_capture_image(
-                s, tenant_id=tenant, sha256=hashlib.sha256(item.data).hexdigest()) \
-                and capture_rows.capture_bytes(s, tenant_id=tenant) + len(item.data) > quota:
-            return "quota"
+                s, tenant_id=tenant, sha256=hashlib.sha256(item.data).hexdigest()):
+            used = self._used_bytes(s, tenant)
+            if used + len(item.data) > quota:
+                return "quota"
         answer = item.answer
         capture_rows.add_capture(
             s, data=item.data, tenant_id=tenant, lineage=lineage, adapter_id=item.adapter_id,
@@ -228,7 +233,19 @@ class CaptureWriter:
             confidence=answer["top_k"][0]["prob"] if answer["top_k"] else 0.0,
             unknown=bool(answer.get("unknown")), top_k=answer["top_k"], rule=item.rule,
             created_at=now, expires_at=now + timedelta(days=rules.retention_days))
+        if used is not None:  # a new image: counted until the next recount
+            self._tenant_bytes[tenant] = (used + len(item.data), self._tenant_bytes[tenant][1])
         return "written"
+
+    def _used_bytes(self, s: Session, tenant: str) -> int:
+        """The tenant's capture bytes: summed in the database every QUOTA_RECOUNT_SECONDS,
+        plus what this process stored since (another API process's captures of the last
+        QUOTA_RECOUNT_SECONDS may be missed: the quota can be passed by that much)."""
+        cached = self._tenant_bytes.get(tenant)
+        if cached is None or time.monotonic() - cached[1] >= QUOTA_RECOUNT_SECONDS:
+            cached = (capture_rows.capture_bytes(s, tenant_id=tenant), time.monotonic())
+            self._tenant_bytes[tenant] = cached
+        return cached[0]
 
     def sweep(self, now=None) -> int:
         """Delete every capture whose retention has ended (with the images nothing else

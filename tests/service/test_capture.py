@@ -244,6 +244,37 @@ def test_the_tenant_capture_quota_skips_never_refuses(api, make_adapter, files, 
     assert writer.skipped["quota"] == skipped + 2
 
 
+def test_the_quota_sum_is_recounted_only_now_and_then(api, make_adapter, files, monkeypatch):
+    """The tenant's bytes are summed in the database once per QUOTA_RECOUNT_SECONDS (the sum
+    visits every capture of the tenant); in between, the writer adds what it stored."""
+    from registry import captures as capture_rows
+    from service import capture_writer
+
+    key = new_key(api, ["admin"], tenant=f"recount-{uuid.uuid4().hex[:6]}")
+    headers = {"Authorization": f"Bearer {key}"}
+    adapter = make_adapter(key=key)
+    assert api.put(f"/v1/adapters/{adapter['id']}/capture", json={"sample_rate": 1.0},
+                   headers=headers).status_code == 200
+    sums, real = [], capture_rows.capture_bytes
+
+    def counted(session, *, tenant_id: str) -> int:
+        sums.append(tenant_id)
+        return real(session, tenant_id=tenant_id)
+
+    monkeypatch.setattr(capture_rows, "capture_bytes", counted)
+    classify(api, adapter["id"], files[:4], headers)
+    flush(api)
+    tenant = sums[0]
+    assert sums == [tenant] and len(listed(api, adapter["id"], headers)) == 4  # 4 images, 1 sum
+    writer = api.app.state.context.captures
+    with api.app.state.context.sessions() as s:
+        assert writer._tenant_bytes[tenant][0] == real(s, tenant_id=tenant)
+    monkeypatch.setattr(capture_writer, "QUOTA_RECOUNT_SECONDS", 0.0)
+    classify(api, adapter["id"], files[4:6], headers)
+    flush(api)
+    assert sums.count(tenant) == 3  # recounted for each new image once the window is 0
+
+
 def test_a_full_queue_drops_and_counts(api, make_adapter, files, monkeypatch):
     adapter = make_adapter()
     capture_on(api, adapter["id"], sample_rate=1.0)
