@@ -221,9 +221,11 @@ class RetrainCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     promote: Literal["manual", "auto"] = Field(
         "manual", description="kept on the job for promotion: manual (a person moves the "
-        "alias) or auto (the new version may be promoted when it beats the current one)")
+        "alias) or auto (the alias moves to the new version unless it is worse than the "
+        "previous one on the benchmark set beyond the paired 95% interval)")
     alias: str | None = Field(None, min_length=1, max_length=40, description="the alias "
-                              "promotion would move", json_schema_extra={
+                              "promotion moves (made if missing); without one, every alias "
+                              "of the name that points at the previous version", json_schema_extra={
                                   "pattern": "^[a-z][a-z0-9_-]{0,39}$"})
     hyperparameters: RetrainHyperparameters | None = None  # type: ignore[valid-type]
 

@@ -12,6 +12,8 @@ const view = document.getElementById("view");
 let cleanups = [];  // what leaving the current view must stop (streams, timers, object URLs)
 let catalog = null;  // GET /v1/models: base models, templates, limits
 let formSchema = null;  // the job form's JSON schema, from /openapi.json
+let captureSchema = null;  // the capture settings' JSON schema, from /openapi.json
+let retrainSchema = null;  // a retrain's JSON body schema, from /openapi.json
 let routeSignal = null;  // aborted when the user leaves the view: its requests stop with it
 
 // ---------------------------------------------------------------- small helpers
@@ -101,7 +103,9 @@ function errorFrom(status, body, retryAfter) {
     message += ` (try again in ${retryAfter} s)`;
   }
   if (status === 401) signOut(sentence(message));
-  return new ApiError(status, message, problems);
+  const error = new ApiError(status, message, problems);
+  error.retryAfter = Number(retryAfter) || 0;
+  return error;
 }
 
 async function responseError(r) {
@@ -110,8 +114,12 @@ async function responseError(r) {
   return errorFrom(r.status, body, r.headers.get("Retry-After"));
 }
 
-async function api(path, { method = "GET", body, headers = {}, signal = routeSignal,
+async function api(path, { method = "GET", body, json, headers = {}, signal = routeSignal,
   raw = false } = {}) {
+  if (json !== undefined) {
+    body = JSON.stringify(json);
+    headers = { ...headers, "Content-Type": "application/json" };
+  }
   let r;
   try {
     r = await fetch(path, { method, body, signal, headers: authHeaders(headers) });
@@ -197,10 +205,18 @@ async function followEvents(jobId, onEvent, signal, onTrouble, finished) {
 
 async function loadCatalog() {
   if (!catalog) catalog = await api("/v1/models");
-  if (!formSchema) {
+  if (!formSchema || !captureSchema || !retrainSchema) {
     const openapi = await api("/openapi.json");
+    const named = (schema) => {  // a $ref, or anyOf [$ref, null] for an optional body
+      const ref = (schema.anyOf || [schema]).find((s) => s.$ref).$ref;
+      return openapi.components.schemas[ref.split("/").pop()];
+    };
     const post = openapi.paths["/v1/jobs"].post;
     formSchema = post.requestBody.content["multipart/form-data"].schema;
+    const put = openapi.paths["/v1/adapters/{adapter_id}/capture"].put;
+    captureSchema = named(put.requestBody.content["application/json"].schema);
+    const retrain = openapi.paths["/v1/adapters/{adapter_id}/retrain"].post;
+    retrainSchema = named(retrain.requestBody.content["application/json"].schema);
   }
   return catalog;
 }
@@ -215,7 +231,7 @@ function notice(message) {
 
 function signOut(message) {
   sessionStorage.removeItem(KEY);
-  catalog = formSchema = null;
+  catalog = formSchema = captureSchema = retrainSchema = null;
   if (message) sessionStorage.setItem("clipfit.signin-message", message);
   if (location.hash !== "#/signin") location.hash = "#/signin";
   else route();
@@ -230,7 +246,7 @@ function errorView(e) {
 }
 
 function show(...nodes) {
-  view.replaceChildren(...nodes);
+  view.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined));  // optional cards
 }
 
 const ROUTES = [
@@ -239,6 +255,7 @@ const ROUTES = [
   [/^#\/jobs\/([\w-]+)$/, "jobs", viewJob],
   [/^#\/adapters$/, "adapters", viewAdapters],
   [/^#\/adapters\/([\w-]+)$/, "adapters", viewAdapter],
+  [/^#\/adapters\/([\w-]+)\/review$/, "adapters", viewReview],
   [/^#\/try(?:\?adapter=([\w-]+))?$/, "try", viewTry],
 ];
 
@@ -292,7 +309,7 @@ function viewSignIn() {
       await loadCatalog();
     } catch (err) {
       sessionStorage.removeItem(KEY);
-      catalog = formSchema = null;
+      catalog = formSchema = captureSchema = retrainSchema = null;
       status.replaceChildren(errorView(err.status === 403
         ? new ApiError(403, "this key cannot read jobs and adapters; use a key with the read scope")
         : err));
@@ -823,6 +840,7 @@ async function viewJob(jobId) {
   const hp = Object.entries(job.hyperparameters).map(([k, v]) => [k, String(v)]);
   if (job.auto) hp.push(["auto", job.auto.join(",")]);
   if (job.parent_adapter_id) hp.push(["warm start from", job.parent_adapter_id]);
+  if (job.retrain) hp.push(["retrain", retrainText(job.retrain)]);
   show(h("div", { class: "head" }, h("div", {}, h("h1", { text: job.name || "Training job" }),
     h("p", { class: "sub mono", text: job.id })), h("div", { class: "row" }, statusSlot, cancel)),
   h("div", { class: "card" }, h("h2", { style: "margin-top:0", text: "Progress" }), meter,
@@ -936,6 +954,17 @@ async function viewAdapter(adapterId) {
   } catch (e) {
     if (e.status !== 404) throw e;  // 404: no held-out split, no report
   }
+  await loadCatalog();  // the capture and retrain forms' bounds and help
+  const comparison = (a.metrics || {}).comparison || null;
+  const [capture, served, waiting, aliases, previous] = await Promise.all([
+    api(`/v1/adapters/${enc(adapterId)}/capture`),
+    patient(() => api(`/v1/adapters/${enc(adapterId)}/stats?hours=${SERVED_HOURS}`),
+      routeSignal),
+    countWaiting(adapterId, routeSignal),
+    a.name ? patient(() => api(`/v1/aliases?${new URLSearchParams({ name: a.name })}`),
+      routeSignal).then((r) => r.data) : [],
+    comparison?.previous_adapter_id ? previousVersion(comparison.previous_adapter_id) : null,
+  ]);
   const { zero, tuned } = accuracies(a);
   const gain = zero !== null && tuned !== null ? `${(100 * (tuned - zero)).toFixed(1)} points`
     : "—";
@@ -983,13 +1012,808 @@ async function viewAdapter(adapterId) {
     h("div", { class: "stats" }, stat("acc-zero", pct(zero), "zero-shot"),
       stat("acc-tuned", pct(tuned), "tuned"), stat("acc-gain", gain, "gain"),
       stat("acc-classes", String(a.classnames.length), "classes"))),
-  evaluationCard(report),
+  comparison ? comparisonCard(comparison, previous) : null, servedCard(served),
+  evaluationCard(report), captureCard(a, capture),
+  h("div", { class: "grid2" }, retrainCard(a, waiting, aliases), promoteCard(a, aliases)),
   h("div", { class: "grid2" },
     h("div", { class: "card" }, h("h2", { style: "margin-top:0", text: "Classes" }),
       h("div", { class: "chips" }, a.classnames.map((c) => h("span", { class: "chip", text: c })))),
     h("div", { class: "card" }, h("h2", { style: "margin-top:0", text: "Details" }),
       h("dl", { class: "facts" }, facts.flatMap(([k, v]) => [h("dt", { text: k }),
         h("dd", { class: k === "sha256" || k === "id" ? "mono" : null, text: String(v) })])))));
+}
+
+// ---------------------------------------------------------------- capture and review
+
+// docs/capture.md's order: the rules (checked in this order), then the filter and the
+// limits; the schema's other fields follow in its order
+const CAPTURE_ORDER = ["unknown", "below_confidence", "classes", "sample_rate", "alias",
+  "max_per_hour", "max_per_day", "retention_days"];
+const REVIEW_STATES = ["pending", "labelled", "discarded"];
+const REVIEW_PAGE = 50;
+const COUNT_PAGES = 10;  // the API has no count: up to 10 pages of 200 are counted, then "+"
+
+function captureSummary(s) {
+  if (!s.enabled) return "Off: nothing this adapter classifies is kept.";
+  const keeps = [];
+  if (s.unknown) keeps.push("answers of \"unknown\"");
+  if (s.below_confidence) keeps.push(`answers below ${pct(s.below_confidence)} confidence`);
+  if (s.classes.length) keeps.push(`answers of ${s.classes.join(", ")}`);
+  if (s.sample_rate) keeps.push(`${pct(s.sample_rate)} of all answers, at random`);
+  const limits = [];
+  if (s.alias) limits.push(`only requests through @${s.alias}`);
+  if (s.max_per_hour !== null) limits.push(`at most ${s.max_per_hour} an hour`);
+  if (s.max_per_day !== null) limits.push(`at most ${s.max_per_day} a day`);
+  limits.push(`each kept ${s.retention_days} days`);
+  return `On: keeps ${keeps.join("; ")} (${limits.join(", ")}).`;
+}
+
+// One field of the capture form, its type, bounds and help from the API schema; the current
+// settings fill it (after "turn off" too, so that "turn on" brings them back). null for a
+// kind of value the form cannot show.
+function captureField(key, prop, adapter, s) {
+  const id = `capture-${key}`;
+  const label = key.replaceAll("_", " ");
+  const variants = prop.anyOf || [];
+  const type = prop.type ?? variants.map((t) => t.type).find((t) => t !== "null");
+  const choices = prop.enum ?? variants.find((t) => t.enum)?.enum;
+  const value = s[key] ?? null;
+  if (key === "classes") {  // a list of the adapter's own classes
+    const chosen = new Set(value || []);
+    return h("details", { id, open: chosen.size > 0 }, h("summary", { text: prop.description }),
+      h("div", { class: "chips" }, adapter.classnames.map((c) => h("label",
+        { class: "choice chip" }, h("input", { type: "checkbox", name: key, value: c,
+          checked: chosen.has(c) }), c))));
+  }
+  if (type === "boolean") {
+    return h("div", {}, h("label", { class: "choice", style: "margin:0" },
+      h("input", { type: "checkbox", id, name: key, checked: Boolean(value) }), label),
+    h("span", { class: "hint", text: prop.description || "" }));
+  }
+  let input;
+  if (choices) {
+    input = h("select", { id, name: key }, h("option", { value: "", text: "(default)" }),
+      choices.map((c) => h("option", { value: c, text: c, selected: c === value })));
+  } else if (type === "string") {
+    input = h("input", { type: "text", id, name: key, value,
+      disabled: key === "alias" && !adapter.name });
+  } else if (type === "integer" || type === "number") {
+    input = h("input", { type: "number", id, name: key, value, min: prop.minimum,
+      max: prop.maximum, step: type === "integer" ? "1" : "any" });
+  } else {
+    return null;
+  }
+  const range = prop.minimum !== undefined && prop.maximum !== undefined
+    ? ` (${prop.minimum} to ${Number(prop.maximum).toLocaleString("en")})` : "";
+  const hint = key === "alias" && !adapter.name ? "this adapter has no name, so no aliases"
+    : `${prop.description || ""}${range}`;
+  return h("div", {}, h("label", { for: id }, label, h("span", { class: "hint", text: hint })),
+    input);
+}
+
+function captureValues(form) {
+  const values = {};
+  const problems = [];
+  for (const el of form.querySelectorAll("input[name], select[name]")) {
+    if (el.disabled) continue;
+    if (el.name === "classes") {
+      if (el.checked) values.classes = [...(values.classes || []), el.value];
+    } else if (el.type === "checkbox") {
+      if (el.checked) values[el.name] = true;
+    } else if (el.validity.badInput) {
+      problems.push(`${el.name}: not a number`);
+    } else if (el.value.trim() !== "") {
+      values[el.name] = el.type === "number" ? Number(el.value) : el.value.trim();
+    }
+  }
+  return { values, problems };
+}
+
+// The adapter page's capture card. The form is sent as typed (novalidate): the service names
+// every problem at once in its 422, where the browser would stop at the first.
+function captureCard(adapter, initial) {
+  const card = h("div", { class: "card", id: "capture" });
+  const path = `/v1/adapters/${enc(adapter.id)}/capture`;
+  const props = captureSchema.properties;
+
+  function render(s, message) {
+    const status = h("div", { id: "capture-status", class: "status" },
+      message ? h("div", { class: "ok-box", text: message }) : null);
+    const save = h("button", { type: "submit", id: "capture-save",
+      text: s.enabled ? "Save" : "Turn on" });
+    const off = h("button", { type: "button", class: "danger", id: "capture-off",
+      text: "Turn off", hidden: !s.enabled, onclick: async () => {
+        off.disabled = true;
+        try {
+          await api(path, { method: "DELETE" });
+          render({ ...s, enabled: false }, "Capture is off. What was captured stays until it "
+            + "expires.");
+        } catch (e) {
+          if (e.name === "AbortError") return;
+          off.disabled = false;
+          status.replaceChildren(errorView(e));
+        }
+      } });
+    // A PUT replaces the whole setting: every field of the schema is on the form, and one it
+    // cannot show keeps its current value.
+    const keys = [...CAPTURE_ORDER.filter((k) => props[k]),
+      ...Object.keys(props).filter((k) => !CAPTURE_ORDER.includes(k))];
+    const fields = new Map(keys.map((k) => [k, captureField(k, props[k], adapter, s)]));
+    const form = h("form", { id: "capture-form", novalidate: true, onsubmit: async (e) => {
+      e.preventDefault();
+      const { values, problems } = captureValues(form);
+      for (const [k, field] of fields) if (!field && s[k] !== null) values[k] = s[k];
+      if (problems.length) {
+        status.replaceChildren(errorView(new ApiError(0, "some values are not numbers",
+          problems)));
+        return;
+      }
+      save.disabled = true;
+      status.replaceChildren(h("p", { class: "sub", text: "Saving…" }));
+      try {
+        render(await api(path, { method: "PUT", json: values }), "Saved: the images this "
+          + "adapter classifies from now on are kept by these rules.");
+      } catch (err) {
+        if (err.name === "AbortError") return;
+        save.disabled = false;
+        status.replaceChildren(errorView(err));
+      }
+    } },
+    h("div", { class: "fields" }, [...fields].filter(([k]) => k !== "classes")
+      .map(([, field]) => field)), fields.get("classes"),
+    h("div", { class: "row", style: "margin-top:1rem" }, save, off), status);
+    card.dataset.enabled = String(s.enabled);
+    card.replaceChildren(h("div", { class: "head", style: "margin-bottom:.4rem" },
+      h("h2", { style: "margin:0", text: "Capture" }),
+      h("a", { class: "button quiet", id: "review-link", href: `#/adapters/${adapter.id}/review`,
+        text: "Review captures" })),
+    h("p", { class: "summary", id: "capture-summary", text: captureSummary(s) }),
+    h("p", { class: "sub", text: "Keep some of the images this adapter classifies, to look "
+      + "at and label them. Give at least one rule; the others are optional. "
+      + (adapter.name ? `The settings and captures belong to every version of ${adapter.name}.`
+        : "") }),
+    form);
+  }
+  render(initial, null);
+  return card;
+}
+
+// A request the key's rate limit refused (429) is sent again once the server allows it: a
+// page of images is a burst, and a reviewer's verdict must not be lost to it.
+async function patient(send, signal, tries = 5) {
+  for (let i = 1; ; i++) {
+    try {
+      return await send();
+    } catch (e) {
+      if (e.status !== 429 || i >= tries) throw e;
+      await sleep(1000 * (e.retryAfter || 1));
+      if (signal.aborted) throw new DOMException("left the page", "AbortError");
+    }
+  }
+}
+
+function kbd(text) {
+  return h("kbd", { text });
+}
+
+function verdictText(c) {
+  if (c.state === "labelled") return `labelled ${c.label}${c.new_class ? " (a new class)" : ""}`;
+  return c.state === "discarded" ? "discarded" : "";
+}
+
+async function viewReview(adapterId) {
+  const a = await api(`/v1/adapters/${enc(adapterId)}`);
+  const base = `/v1/adapters/${enc(adapterId)}/captures`;
+  const signal = routeSignal;
+  const shown = new Map();  // capture id -> { capture, el, img, verdict, url }, in grid order
+  let state = "pending";
+  let cursor = null;
+  let selected = null;  // a capture id
+  let generation = 0;  // a listing of another state makes the answers to older ones stale
+  let pending = 0;
+  let atLeast = false;
+  cleanups.push(() => shown.forEach((t) => t.url && URL.revokeObjectURL(t.url)));
+  const nearby = new IntersectionObserver((seen) => {  // images of tiles about to be seen
+    for (const { target, isIntersecting } of seen) {
+      if (!isIntersecting) continue;
+      nearby.unobserve(target);
+      const entry = shown.get(target.dataset.capture);
+      if (entry) showImage(entry);
+    }
+  }, { rootMargin: "600px 0px" });
+  cleanups.push(() => nearby.disconnect());
+
+  const grid = h("div", { class: "captures", id: "captures", role: "listbox",
+    "aria-label": "captures" });
+  const empty = h("p", { class: "empty", id: "captures-empty", hidden: true });
+  const status = h("div", { id: "review-status" });
+  const count = h("b", { id: "pending-count" });
+  const more = h("button", { type: "button", class: "quiet", id: "load-more", hidden: true,
+    text: "Load more", onclick: () => load(false).catch(fail) });
+  const stateSelect = h("select", { id: "review-state", onchange: () => {
+    state = stateSelect.value;
+    stateSelect.blur();  // the keys work on the grid again
+    load(true).catch(fail);
+  } }, REVIEW_STATES.map((s) => h("option", { value: s, text: s })));
+  const other = h("input", { type: "text", id: "other-class", autocomplete: "off",
+    placeholder: "a class the adapter lacks" });
+
+  function fail(e) {
+    if (e.name !== "AbortError") status.replaceChildren(errorView(e));
+  }
+  const showCount = () => { count.textContent = `${pending}${atLeast ? "+" : ""} pending`; };
+
+  async function countPending() {
+    let next = null;
+    for (let page = 0; page < COUNT_PAGES; page++) {
+      const q = new URLSearchParams({ state: "pending", limit: "200" });
+      if (next) q.set("cursor", next);
+      const answer = await patient(() => api(`${base}?${q}`, { signal }), signal);
+      pending += answer.data.length;
+      next = answer.next_cursor;
+      if (!next) return;
+    }
+    atLeast = true;
+  }
+
+  async function showImage(entry) {
+    try {
+      const blob = await patient(async () => (await api(`${base}/${enc(entry.capture.id)}/image`,
+        { raw: true, signal })).blob(), signal);
+      if (signal.aborted || shown.get(entry.capture.id) !== entry) return;  // gone meanwhile
+      entry.url = URL.createObjectURL(blob);
+      entry.img.src = entry.url;
+    } catch (e) {
+      if (e.name !== "AbortError") entry.img.alt = `the image could not be loaded: ${e.message}`;
+    }
+  }
+
+  function paint(entry) {
+    entry.el.dataset.state = entry.capture.state;
+    entry.verdict.textContent = verdictText(entry.capture);
+  }
+
+  function tile(c) {
+    const entry = { capture: c, url: null, img: h("img", { alt: c.filename }),
+      verdict: h("div", { class: "verdict" }) };
+    const choices = c.top_k.slice(0, 9).map((l, i) => h("li", {},
+      h("button", { type: "button", class: "choice", title: `label it ${l.label} (${i + 1})`,
+        onclick: (e) => {
+          e.stopPropagation();
+          select(c.id, false);
+          judge({ label: l.label });
+        } }, kbd(String(i + 1)), h("span", { text: l.label }),
+      h("span", { class: "pct", text: pct(l.prob) }))));
+    entry.el = h("div", { class: "card capture", "data-capture": c.id, role: "option",
+      "aria-selected": "false", tabindex: -1, onclick: () => select(c.id, false) }, entry.img,
+    h("div", { class: c.unknown ? "top unknown" : "top" },
+      h("span", { class: "answer", text: c.predicted }),
+      h("span", { class: "pct confidence", text: pct(c.confidence) })),
+    h("div", { class: "meta" }, h("span", { class: "rule", text: c.rule }),
+      ` ${ago(c.created_at)}`),
+    h("ol", { class: "choices" }, choices), entry.verdict);
+    paint(entry);
+    return entry;
+  }
+
+  function select(id, scroll = true) {
+    const before = shown.get(selected);
+    if (before) {
+      before.el.classList.remove("selected");
+      before.el.setAttribute("aria-selected", "false");
+    }
+    selected = id;
+    const entry = shown.get(id);
+    if (!entry) return;
+    entry.el.classList.add("selected");
+    entry.el.setAttribute("aria-selected", "true");
+    if (scroll) entry.el.scrollIntoView({ block: "nearest" });
+  }
+
+  const open = () => [...grid.children].filter((el) => !el.classList.contains("saving"));
+  function move(step) {
+    const list = open();
+    if (!list.length) return;
+    const at = list.findIndex((el) => el.dataset.capture === selected);
+    const to = at < 0 ? 0 : Math.max(0, Math.min(list.length - 1, at + step));
+    select(list[to].dataset.capture);
+  }
+  function perRow() {
+    const list = [...grid.children];
+    const first = list.findIndex((el) => el.offsetTop !== list[0].offsetTop);
+    return first < 0 ? Math.max(list.length, 1) : first;
+  }
+
+  function refreshEmpty() {
+    empty.hidden = grid.children.length > 0;
+    empty.replaceChildren(state === "pending"
+      ? h("span", {}, "Nothing to review. Captures appear here once ",
+        h("a", { href: `#/adapters/${a.id}`, text: "capture is on" }),
+        " and the adapter classifies images.")
+      : `No ${state} captures.`);
+  }
+
+  async function load(reset) {
+    const mine = reset ? ++generation : generation;
+    const q = new URLSearchParams({ state, limit: String(REVIEW_PAGE) });
+    if (!reset && cursor) q.set("cursor", cursor);
+    more.disabled = true;
+    try {
+      const answer = await patient(() => api(`${base}?${q}`, { signal }), signal);
+      if (mine !== generation) return;
+      if (reset) {
+        for (const t of shown.values()) {
+          nearby.unobserve(t.el);
+          if (t.url) URL.revokeObjectURL(t.url);
+        }
+        shown.clear();
+        grid.replaceChildren();
+        selected = null;
+      }
+      for (const c of answer.data) {
+        const entry = tile(c);
+        shown.set(c.id, entry);
+        grid.append(entry.el);
+        nearby.observe(entry.el);
+      }
+      cursor = answer.next_cursor;
+      more.hidden = !cursor;
+      if (!shown.has(selected) && grid.firstElementChild) {
+        select(grid.firstElementChild.dataset.capture, false);
+      }
+      refreshEmpty();
+    } finally {
+      more.disabled = false;
+    }
+  }
+
+  // Label or discard the selected capture. The selection moves on at once (a reviewer keeps
+  // pressing keys); the tile leaves the grid, or shows its new state, once the API agrees.
+  async function judge(verdict) {
+    const entry = shown.get(selected);
+    if (!entry || entry.el.classList.contains("saving")) return false;
+    const list = open();
+    const at = list.indexOf(entry.el);
+    const next = list[at + 1] || list[at - 1];
+    entry.el.classList.add("saving");
+    if (next) select(next.dataset.capture);
+    else select(null);
+    try {
+      const after = await patient(() => api(`${base}/${enc(entry.capture.id)}`,
+        { method: "POST", json: verdict, signal }), signal);
+      if (entry.capture.state === "pending" && after.state !== "pending") {
+        pending -= 1;
+        showCount();
+      }
+      status.replaceChildren();
+      if (shown.get(after.id) !== entry) return true;  // another listing is shown now
+      entry.capture = after;
+      if (after.state === state) {
+        paint(entry);
+        entry.el.classList.remove("saving");
+      } else {
+        shown.delete(after.id);
+        nearby.unobserve(entry.el);
+        entry.el.remove();
+        if (entry.url) URL.revokeObjectURL(entry.url);
+        if (!grid.children.length && cursor) load(false).catch(fail);
+      }
+      refreshEmpty();
+      return true;
+    } catch (e) {
+      if (e.name === "AbortError") return false;
+      entry.el.classList.remove("saving");
+      if (!shown.has(selected)) select(entry.capture.id);
+      status.replaceChildren(errorView(e));
+      return false;
+    }
+  }
+
+  const otherForm = h("form", { class: "row", id: "other-form", onsubmit: async (e) => {
+    e.preventDefault();
+    const label = other.value.trim();
+    if (!label || !shown.has(selected)) {
+      status.replaceChildren(errorView(new ApiError(0, label ? "select a capture first"
+        : "type the class first")));
+      return;
+    }
+    if (await judge({ label, new_class: true })) {
+      other.value = "";
+      other.blur();  // back to the keys
+    }
+  } }, h("label", { for: "other-class", class: "inline", text: "another class" }), other,
+  h("button", { type: "submit", class: "quiet", id: "label-other", text: "Label" }),
+  h("button", { type: "button", class: "danger", id: "discard", text: "Discard",
+    onclick: () => judge({ discard: true }) }));
+
+  function onKey(e) {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.defaultPrevented) return;
+    const t = e.target;
+    if (t instanceof Element && (t.closest("input, textarea, select") || t.isContentEditable)) {
+      return;  // typing, not reviewing
+    }
+    const k = e.key;
+    if (k === "ArrowRight" || k === "j") move(1);
+    else if (k === "ArrowLeft" || k === "k") move(-1);
+    else if (k === "ArrowDown") move(perRow());
+    else if (k === "ArrowUp") move(-perRow());
+    else if (/^[1-9]$/.test(k)) {
+      const choice = shown.get(selected)?.capture.top_k[Number(k) - 1];
+      if (!choice) return;
+      judge({ label: choice.label });
+    } else if (k === "x" || k === "X" || k === "Delete") judge({ discard: true });
+    else if (k === "o") other.focus();
+    else return;
+    e.preventDefault();
+  }
+
+  await Promise.all([countPending(), load(true)]);
+  showCount();
+  show(h("div", { class: "head" }, h("div", {},
+    h("h1", { text: `Review: ${a.name ? `${a.name}${a.version ? ` v${a.version}` : ""}`
+      : a.id.slice(0, 8)}` }),
+    h("p", { class: "sub" }, count, " · ", h("a", { href: `#/adapters/${a.id}`,
+      text: "the adapter" }), a.name ? ` · captures of every version of ${a.name}, `
+      + "labelled with this version's classes" : "")),
+  h("div", { class: "row" }, h("label", { for: "review-state", class: "inline", text: "show" }),
+    stateSelect)),
+  h("div", { class: "card review-bar" }, h("p", { class: "sub keys" }, kbd("←"), kbd("→"),
+    " or ", kbd("j"), kbd("k"), " move · ", kbd("1"), "–", kbd("9"), " label with the "
+    + "numbered class · ", kbd("x"), " or ", kbd("Delete"), " discard · ", kbd("o"),
+  " type another class"), otherForm),
+  status, grid, empty, h("div", { class: "row", style: "margin-top:.8rem" }, more));
+  document.addEventListener("keydown", onKey);
+  cleanups.push(() => document.removeEventListener("keydown", onKey));
+}
+
+// ---------------------------------------------------------------- after training: retrain,
+// comparison, promotion, what it serves
+
+const SERVED_HOURS = 24;
+const HOUR_MS = 3600 * 1000;
+const SHARES = [["unknown", "\"unknown\""], ["low_confidence", "low confidence"],
+  ["captured", "captured"]];
+
+function signedPoints(x) {
+  return x === null || x === undefined ? "—" : `${x >= 0 ? "+" : ""}${(100 * x).toFixed(1)}`;
+}
+
+function plural(n, one, many = `${one}s`) {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+function clock(moment) {
+  return new Date(moment).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+function svgEl(tag, attrs = {}, ...kids) {
+  const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v !== null && v !== undefined) el.setAttribute(k, String(v));
+  }
+  for (const kid of kids) el.append(kid instanceof Node ? kid : document.createTextNode(kid));
+  return el;
+}
+
+function figure(id, value, label) {  // a stat whose label may hold a link
+  return h("div", { class: "stat" }, h("b", { id, text: value }), h("span", {}, label));
+}
+
+function retrainText(r) {
+  return `${plural(r.added, "capture")} added, ${r.benchmarked} to the benchmark set `
+    + `(${plural(r.benchmark_images, "image")} in it); promote ${r.promote}`
+    + `${r.alias ? ` (alias ${r.alias})` : ""}${r.trigger === "labels" ? ", started by labels"
+      : ""}${r.continues ? `, continues job ${r.continues.slice(0, 8)}` : ""}`;
+}
+
+// The labelled captures no retrain has taken yet (what the next retrain adds). The API has
+// no count: up to COUNT_PAGES pages of 200 labelled ones are read, then "+".
+async function countWaiting(adapterId, signal) {
+  let waiting = 0;
+  let next = null;
+  for (let page = 0; page < COUNT_PAGES; page++) {
+    const q = new URLSearchParams({ state: "labelled", limit: "200" });
+    if (next) q.set("cursor", next);
+    const answer = await patient(() => api(`/v1/adapters/${enc(adapterId)}/captures?${q}`,
+      { signal }), signal);
+    waiting += answer.data.filter((c) => c.dataset_id === null && !c.benchmark).length;
+    next = answer.next_cursor;
+    if (!next) return { waiting, atLeast: false };
+  }
+  return { waiting, atLeast: true };
+}
+
+async function previousVersion(adapterId) {
+  try {
+    return await patient(() => api(`/v1/adapters/${enc(adapterId)}`), routeSignal);
+  } catch (e) {
+    if (e.status === 404) return null;  // deleted since
+    throw e;
+  }
+}
+
+// One field of the retrain form, from the API schema: a choice (enum) as radio buttons, a
+// string as a text box; null for a kind of value the form does not show (hyperparameters:
+// a retrain keeps its parent job's, which the API can override).
+function retrainField(key, prop, adapter, aliases) {
+  const id = `retrain-${key}`;
+  const label = key.replaceAll("_", " ");
+  const variants = prop.anyOf || [];
+  const type = prop.type ?? variants.map((t) => t.type).find((t) => t !== "null");
+  if (prop.enum) {
+    return h("fieldset", { id }, h("legend", {}, label,
+      h("span", { class: "hint", text: prop.description || "" })),
+    prop.enum.map((v) => h("label", { class: "choice" }, h("input", { type: "radio",
+      id: `${id}-${v}`, name: key, value: v, checked: v === prop.default }), v)));
+  }
+  if (type !== "string") return null;
+  const named = key !== "alias" || adapter.name;
+  const list = key === "alias" ? h("datalist", { id: `${id}-list` },
+    aliases.map((x) => h("option", { value: x.alias }))) : null;
+  const hint = !named ? "this adapter has no name, so no aliases"
+    : key === "alias" ? `${prop.description || ""}; optional: without one, auto moves every `
+      + "alias that points at this version" : prop.description || "";
+  return h("div", {}, h("label", { for: id }, label, h("span", { class: "hint", text: hint })),
+    h("input", { type: "text", id, name: key, autocomplete: "off", list: list && list.id,
+      disabled: !named }), list);
+}
+
+// "Retrain from N labelled captures": the name's next version, warm-started from this one,
+// on its dataset plus the captures labelled since. Sent as typed (novalidate): the service
+// names every problem, and refuses (409) when nothing waits or the adapter cannot be
+// retrained here. Not sent again on a 429: a quota's refusal (too many jobs) lasts minutes,
+// and its message says when to retry.
+function retrainCard(adapter, count, aliases) {
+  const n = `${count.waiting}${count.atLeast ? "+" : ""}`;
+  const status = h("div", { id: "retrain-status", class: "status" });
+  const submit = h("button", { type: "submit", id: "retrain",
+    text: `Retrain from ${n} labelled capture${n === "1" ? "" : "s"}` });
+  const fields = Object.entries(retrainSchema.properties)
+    .map(([key, prop]) => retrainField(key, prop, adapter, aliases)).filter(Boolean);
+  const form = h("form", { id: "retrain-form", novalidate: true, onsubmit: async (e) => {
+    e.preventDefault();
+    const body = {};
+    for (const el of form.querySelectorAll("input[name]")) {
+      if (el.disabled || (el.type === "radio" && !el.checked)) continue;
+      if (el.value.trim() !== "") body[el.name] = el.value.trim();
+    }
+    submit.disabled = true;
+    status.replaceChildren(h("p", { class: "sub", text: "Starting the retrain…" }));
+    try {
+      const job = await api(`/v1/adapters/${enc(adapter.id)}/retrain`,
+        { method: "POST", json: body });
+      location.hash = `#/jobs/${job.id}`;
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      submit.disabled = false;
+      status.replaceChildren(errorView(err));
+    }
+  } }, h("div", { class: "fields" }, fields),
+  h("div", { class: "row", style: "margin-top:1rem" }, submit), status);
+  const whose = adapter.name || "this adapter";
+  return h("div", { class: "card", id: "retrain-card", "data-waiting": n },
+    h("h2", { style: "margin-top:0", text: "Retrain" }),
+    h("p", { class: "sub", id: "retrain-waiting", style: "margin-bottom:.5rem" }, count.waiting
+      ? `${n} labelled capture${n === "1" ? "" : "s"} of ${whose} wait${n === "1" ? "s" : ""}: `
+        + "a retrain adds them to a new version of the training dataset (every fifth goes to "
+        + "the benchmark set instead) and trains the next version from this one, with its "
+        + "job's settings."
+      : ["No labelled captures wait: label some in ", h("a", {
+        href: `#/adapters/${adapter.id}/review`, text: "the review" }), " first (a retrain "
+        + "whose job failed or was cancelled is continued without new ones)."]),
+    h("p", { class: "sub", style: "margin-bottom:.8rem", text: "With auto, the new version "
+      + "takes the alias (without one: every alias pointing at this version) unless it is "
+      + "worse than this one beyond chance on the benchmark set; with manual nothing moves "
+      + "until you promote it." }),
+    form);
+}
+
+// Point an alias of the name at this version (create or move; moving back is the rollback).
+function promoteCard(adapter, initial) {
+  const card = h("div", { class: "card", id: "promote" });
+  const title = h("h2", { style: "margin-top:0", text: "Promote" });
+  if (!adapter.name) {
+    card.append(title, h("p", { class: "sub", text: "This adapter has no name, so no alias "
+      + "can point at it: an alias names a version of a name." }));
+    return card;
+  }
+  const name = adapter.name;
+
+  function render(aliases, message) {
+    const status = h("div", { id: "promote-status", class: "status" },
+      message ? h("div", { class: "ok-box", text: message }) : null);
+    const elsewhere = aliases.find((x) => x.adapter_id !== adapter.id);
+    const input = h("input", { type: "text", id: "promote-alias", name: "alias",
+      autocomplete: "off", list: "promote-aliases", placeholder: "e.g. production",
+      value: elsewhere ? elsewhere.alias : "" });
+    const submit = h("button", { type: "submit", id: "promote-button", text: "Promote" });
+    const rows = aliases.map((x) => h("tr", { "data-alias": x.alias },
+      h("td", { class: "mono", text: x.reference }),
+      h("td", {}, x.adapter_id === adapter.id ? h("b", { text: "this version" })
+        : h("a", { href: `#/adapters/${x.adapter_id}`,
+          text: x.version ? `v${x.version}` : x.adapter_id.slice(0, 8) })),
+      h("td", { class: "hide-narrow", text: ago(x.updated_at) })));
+    const form = h("form", { id: "promote-form", novalidate: true, onsubmit: async (e) => {
+      e.preventDefault();
+      const alias = input.value.trim();
+      if (!alias || alias === "." || alias === "..") {  // "." would not reach the alias route
+        status.replaceChildren(errorView(new ApiError(0, alias ? `${alias} is not an alias`
+          : "type an alias first, e.g. production")));
+        return;
+      }
+      submit.disabled = true;
+      status.replaceChildren(h("p", { class: "sub", text: "Moving…" }));
+      try {
+        await patient(() => api(`/v1/aliases/${enc(alias)}`, { method: "PUT",
+          json: { name, version: adapter.version } }), routeSignal);
+        const now = await patient(() => api(`/v1/aliases?${new URLSearchParams({ name })}`),
+          routeSignal);
+        render(now.data, `${name}@${alias} points at v${adapter.version} now: requests `
+          + "naming it are answered by this version from the next one on.");
+      } catch (err) {
+        if (err.name === "AbortError") return;
+        submit.disabled = false;
+        status.replaceChildren(errorView(err));
+      }
+    } }, h("label", { for: "promote-alias" }, "alias", h("span", { class: "hint",
+      text: `point ${name}@ALIAS at v${adapter.version} (a new alias is made)` })),
+    h("div", { class: "row" }, h("div", { class: "grow" }, input), submit),
+    h("datalist", { id: "promote-aliases" }, aliases.map((x) => h("option",
+      { value: x.alias }))), status);
+    card.replaceChildren(title, rows.length ? h("table", { id: "aliases",
+      style: "margin-bottom:.8rem" },
+      h("thead", {}, h("tr", {}, h("th", { text: "alias" }), h("th", { text: "points at" }),
+        h("th", { class: "hide-narrow", text: "moved" }))), h("tbody", {}, rows))
+      : h("p", { class: "sub", id: "no-aliases", style: "margin-bottom:.6rem",
+        text: `No alias of ${name} yet.` }), form);
+  }
+  render(initial, null);
+  return card;
+}
+
+// A retrained version beside the version it continues and zero-shot, on the name's benchmark
+// set, as the worker stored it (metrics.comparison), and what promotion decided.
+function comparisonCard(c, previous) {
+  const before = previous ? `v${previous.version}` : "the previous version";
+  const link = () => (previous === null ? h("span", { text: "the previous version (deleted)" })
+    : h("a", { href: `#/adapters/${c.previous_adapter_id}`, class: "previous-link",
+      text: before }));
+  const parts = [h("h2", { style: "margin-top:0", text: "Compared with the previous version" })];
+  const p = c.promotion;
+  const promotion = p ? h("p", { id: "cmp-promotion" },
+    h("b", { text: `Promotion (${p.promote}): ` }), sentence(p.decision), " ",
+    p.moved_aliases.length ? `Aliases moved here: ${p.moved_aliases.join(", ")}.`
+      : "No alias moved.") : null;
+  if (c.error) {
+    parts.push(h("div", { class: "error-box", id: "comparison-error" },
+      h("b", { text: "The comparison could not be made: " }), sentence(c.error)),
+    c.previous_adapter_id ? h("p", { class: "sub status" }, "Previous version: ", link(), ".")
+      : null, promotion);
+    return h("div", { class: "card", id: "comparison" }, parts);
+  }
+  const vs = c.vs_previous || {};
+  const zs = c.vs_zero_shot || {};
+  const level = `${Math.round(100 * (vs.level ?? 0.95))}%`;
+  parts.push(
+    h("p", { class: "sub", id: "cmp-images" }, `Accuracy on ${plural(c.images, "image")} of `
+      + `the name's benchmark set, which no version trained on (${c.benchmark_images} in the `
+      + `set${c.excluded_images ? `; ${c.excluded_images} of classes this version does not `
+        + "know left out" : ""}).`),
+    h("div", { class: "stats" }, figure("cmp-candidate", pct(c.candidate?.accuracy),
+      "this version"), figure("cmp-previous", pct(c.previous?.accuracy), link()),
+    figure("cmp-zero", pct(c.zero_shot?.accuracy), "zero-shot"),
+    figure("cmp-difference", `${signedPoints(vs.difference)} points`, "vs previous")),
+    h("p", { id: "cmp-interval" }, "This version minus ", link(), `: ${signedPoints(vs.difference)}`
+      + ` points, ${level} interval ${signedPoints(vs.low)} to ${signedPoints(vs.high)} points `
+      + `(paired bootstrap over the images); ${plural(vs.only_new_right ?? 0, "image")} only `
+      + `this version got right, ${vs.only_old_right ?? 0} only ${before}. Against zero-shot: `
+      + `${signedPoints(zs.difference)} points (${signedPoints(zs.low)} to `
+      + `${signedPoints(zs.high)}).`),
+    c.not_worse === true ? h("div", { class: "ok-box", id: "cmp-verdict" },
+      h("b", { text: "Not worse " }), `than ${before}: the interval does not lie wholly below `
+      + "zero.") : c.not_worse === false ? h("div", { class: "error-box", id: "cmp-verdict" },
+      h("b", { text: "Worse " }), `than ${before} beyond chance: the whole interval lies below `
+      + "zero.") : h("p", { class: "sub", id: "cmp-verdict", text: "Not judged: no image to "
+      + "judge by." }),
+    promotion,
+    h("table", { id: "comparison-classes" }, h("thead", {}, h("tr", {},
+      h("th", { text: "class" }), h("th", { class: "num", text: "images" }),
+      h("th", { class: "num", text: "this version" }), h("th", { class: "num", text: before }),
+      h("th", { class: "num", text: "zero-shot" }),
+      h("th", { class: "num", text: "change (points)" }))),
+    h("tbody", {}, (c.per_class || []).map((r) => h("tr", { "data-class": r.class },
+      h("td", { text: r.class }), h("td", { class: "num", text: r.images }),
+      h("td", { class: "num", text: pct(r.candidate_recall) }),
+      h("td", { class: "num", text: pct(r.previous_recall) }),
+      h("td", { class: "num", text: pct(r.zero_shot_recall) }),
+      h("td", { class: r.change > 0 ? "num up" : r.change < 0 ? "num down" : "num",
+        text: signedPoints(r.change) }))))));
+  return h("div", { class: "card", id: "comparison" }, parts);
+}
+
+// Per hour over the window: answers as bars (scaled to the busiest hour), the shares of
+// "unknown", low-confidence and captured answers as lines (0 to 100%), the held-out baseline
+// dashed. Drawn in a 10-units-per-hour, 100-units-high box, stretched to the card.
+function servedChart(stats, v) {
+  const since = Date.parse(stats.since);
+  const width = 10 * stats.hours;
+  const busiest = Math.max(...v.hours.map((x) => x.predictions));
+  const slot = (x) => Math.min(stats.hours - 1,
+    Math.max(0, Math.round((Date.parse(x.hour) - since) / HOUR_MS)));
+  const svg = svgEl("svg", { class: "served", id: "served-chart",
+    viewBox: `0 -2 ${width} 104`, preserveAspectRatio: "none", role: "img",
+    "aria-label": `Answers per hour over the last ${stats.hours} hours as bars (the busiest `
+      + `hour: ${busiest}), and the shares "unknown", of low confidence and captured as lines` });
+  for (const x of v.hours) {
+    const height = 100 * x.predictions / busiest;
+    svg.append(svgEl("rect", { class: "hour", x: 10 * slot(x) + 1.5, y: 100 - height, width: 7,
+      height, "data-hour": x.hour, "data-predictions": x.predictions },
+    svgEl("title", {}, `${clock(x.hour)}: ${plural(x.predictions, "answer")}; `
+      + SHARES.map(([key, label]) => `${label} ${pct(x[`${key}_share`])}`).join(", "))));
+  }
+  for (const [key] of SHARES) {
+    const base = v.baseline[`${key}_share`];
+    if (base !== null && base !== undefined) {
+      svg.append(svgEl("line", { class: `baseline ${key}`, "data-series": key, x1: 0,
+        x2: width, y1: 100 - 100 * base, y2: 100 - 100 * base,
+        "vector-effect": "non-scaling-stroke" }));
+    }
+    const runs = [];  // a step per hour; an hour without answers breaks the line
+    let last = null;
+    for (const x of v.hours) {
+      const share = x[`${key}_share`];
+      if (share === null || share === undefined) { last = null; continue; }
+      const i = slot(x);
+      if (last !== i - 1) runs.push([]);
+      const y = (100 - 100 * share).toFixed(2);
+      runs[runs.length - 1].push(`${10 * i},${y}`, `${10 * i + 10},${y}`);
+      last = i;
+    }
+    for (const run of runs) {
+      svg.append(svgEl("polyline", { class: key, "data-series": key, points: run.join(" "),
+        "vector-effect": "non-scaling-stroke" }));
+    }
+  }
+  return svg;
+}
+
+function servedCard(stats) {
+  const v = stats.versions[0];
+  const t = v.totals;
+  const b = v.baseline;
+  const card = h("div", { class: "card", id: "served" }, h("div", { class: "head",
+    style: "margin-bottom:.4rem" }, h("h2", { style: "margin:0", text: "What it serves" }),
+  h("span", { class: "sub", text: `the last ${stats.hours} hours, per hour` })));
+  if (!t.predictions) {
+    card.append(h("p", { class: "empty", id: "served-empty", text: `Nothing served in the last `
+      + `${stats.hours} hours. Every answer this version gives is counted here, per hour `
+      + "(within 15 s)." }));
+  } else {
+    const key = (cls, label) => h("span", {}, h("span", { class: `key ${cls}` }), label);
+    const busiest = Math.max(...v.hours.map((x) => x.predictions));
+    card.append(servedChart(stats, v),
+      h("div", { class: "chart-axis" }, h("span", { text: clock(stats.since) }),
+        h("span", { text: clock(Date.parse(stats.since) + HOUR_MS * Math.floor(stats.hours / 2)) }),
+        h("span", { text: "now" })),
+      h("div", { class: "legend" },
+        key("answers", `answers (the busiest hour: ${busiest})`),
+        SHARES.map(([cls, label]) => key(cls, label)),
+        h("span", { text: "lines: share of the hour's answers, 0–100%; dashed: the held-out "
+          + "baseline" })),
+      h("p", { id: "served-totals", text: `${plural(t.predictions, "answer")} in the last `
+        + `${stats.hours} hours: ${pct(t.unknown_share)} "unknown" (${t.unknown}), `
+        + `${pct(t.low_confidence_share)} of low confidence, below `
+        + `${pct(stats.low_confidence_below)} (${t.low_confidence}), ${pct(t.captured_share)} `
+        + `captured for review (${t.captured}).` }));
+  }
+  const none = (b.unknown_share ?? null) === null && (b.low_confidence_share ?? null) === null;
+  card.append(h("p", { class: "sub", id: "served-baseline", text: none ? "No held-out "
+    + "baseline to compare with (no held-out split, or none stored with this version)."
+    : `The held-out split predicted ${b.unknown_share === null ? "no share of \"unknown\" "
+      + "(no threshold)" : `${pct(b.unknown_share)} "unknown"`} and ${b.low_confidence_share
+      === null ? "no share of low confidence (not stored)" : `${pct(b.low_confidence_share)} `
+      + "of low confidence"}: the drift check compares what is served with these.` }));
+  return card;
 }
 
 // ---------------------------------------------------------------- try it
