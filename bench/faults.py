@@ -148,7 +148,11 @@ class Api:
         return r.json()["id"]
 
     def job(self, job_id: str) -> dict:
-        return self.client.get(f"/v1/jobs/{job_id}").json()
+        """The job; ValueError for any other answer (an outage's 503: ``wait`` asks again)."""
+        r = self.client.get(f"/v1/jobs/{job_id}")
+        if r.status_code != 200:
+            raise ValueError(f"GET /v1/jobs/{job_id}: {r.status_code}")
+        return r.json()
 
     def wait(self, job_id: str, predicate, timeout: float) -> dict | None:
         deadline = time.monotonic() + timeout
