@@ -222,7 +222,8 @@ class RetrainCreate(BaseModel):
     promote: Literal["manual", "auto"] = Field(
         "manual", description="kept on the job for promotion: manual (a person moves the "
         "alias) or auto (the alias moves to the new version unless it is worse than the "
-        "previous one on the benchmark set beyond the paired 95% interval)")
+        "previous one on the benchmark set on the mean and its paired 95% interval does not "
+        "reach above zero)")
     alias: str | None = Field(None, min_length=1, max_length=40, description="the alias "
                               "promotion moves (made if missing); without one, every alias "
                               "of the name that points at the previous version", json_schema_extra={

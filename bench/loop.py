@@ -9,9 +9,12 @@ light client only, as a user would. Per seed: a round-0 adapter from ``--shots``
 class of the domain's training split, trained twice under two names (the training is
 deterministic, so both start equal: asserted); ``prod`` points at each. Each round then:
 
-1. *loop*: capture on for the first name (``below_confidence`` ``--below`` or a random
-   ``--rate``; at most ``--cap`` per round, as a ``max_per_day`` raised by ``--cap`` each
-   round), ``--stream`` new training-split images classified through ``NAME@prod``;
+1. *loop*: capture on for the first name (``below_confidence`` ``--below``, or with
+   ``--below-quantile Q`` the Q-quantile of the top probabilities ``NAME@prod`` gives the
+   first ``--probe`` images of the round's stream, classified with capture off first, as an
+   operator would read it off the served histogram; or a random ``--rate``; at most
+   ``--cap`` per round, as a ``max_per_day`` raised by ``--cap`` each round), ``--stream``
+   new training-split images classified through ``NAME@prod``;
 2. *random*: capture on for the second name with ``sample_rate`` 1 and a cap of exactly as
    many images as the loop captured this round, the same stream in a shuffled order: a
    uniform random sample of the same size (what any service can do);
@@ -186,8 +189,11 @@ def run_round(lp: Loop, r: int, pool: Pool) -> dict:
     for arm in ARMS:
         ref = f"{names[arm]}@prod"
         if arm == "loop":
-            cap = lp.captured_total[arm] + args.cap
-            cf.adapters.set_capture(ref, below_confidence=args.below, sample_rate=args.rate,
+            cap, below = lp.captured_total[arm] + args.cap, args.below
+            if args.below_quantile is not None:  # as an operator sets it from what is served
+                below = low_confidence(cf, ref, pool, args.probe, args.below_quantile)
+                out["below_confidence"] = below
+            cf.adapters.set_capture(ref, below_confidence=below, sample_rate=args.rate,
                                     max_per_day=cap, retention_days=30)
         else:
             k = out["loop"]["captured"]
@@ -231,6 +237,18 @@ def run_round(lp: Loop, r: int, pool: Pool) -> dict:
                      "vs_previous": comparison.get("vs_previous"),
                      "promoted": prod_of(cf, names[arm]) == job.adapter_id}
     return out
+
+
+def low_confidence(cf, ref: str, pool: Pool, probe: int, quantile: float) -> float:
+    """The ``quantile`` of the top probabilities ``ref`` answers for the first ``probe``
+    images of the round's stream, classified with capture off (what an operator reads off
+    the served confidence histogram before choosing ``below_confidence``)."""
+    tops = []
+    for i in range(0, min(probe, len(pool.images)), BATCH):
+        answers = cf.classify(pool.images[i:min(i + BATCH, probe)], adapter=ref, top_k=1)
+        tops += [a.top_k[0][1] for a in answers]
+    tops.sort()
+    return round(min(1.0, max(0.0001, tops[int(quantile * (len(tops) - 1))])), 4)
 
 
 def classify_named(cf, files: list[tuple[str, bytes]], ref: str) -> None:
@@ -365,6 +383,10 @@ def main(argv: list[str] | None = None, data: Data | None = None) -> dict:
     parser.add_argument("--stream", type=int, default=1000, help="images per round")
     parser.add_argument("--cap", type=int, default=100, help="captures per round")
     parser.add_argument("--below", type=float, default=0.5, help="below_confidence rule")
+    parser.add_argument("--below-quantile", type=float, help="instead of --below: that "
+                        "quantile of the top probabilities served for the first --probe "
+                        "images of each round's stream (classified with capture off)")
+    parser.add_argument("--probe", type=int, default=200)
     parser.add_argument("--rate", type=float, default=0.02, help="sample_rate rule")
     parser.add_argument("--test-per-class", type=int, default=100)
     parser.add_argument("--epochs", default="auto")

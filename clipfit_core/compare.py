@@ -6,8 +6,9 @@ right or wrong for both, so the interval is taken over images, not over two inde
 accuracies (which would be far wider). It is a percentile bootstrap over the images
 (Efron & Tibshirani, "An Introduction to the Bootstrap", 1993, ch. 13), with a fixed seed so
 the same logits always give the same interval. The promotion rule: a candidate is *not worse*
-than the version it would replace unless the whole interval of (candidate - previous) lies
-below zero, i.e. unless it is worse beyond what the benchmark set can tell apart from chance.
+than the version it would replace unless it is worse beyond what the benchmark set can tell
+apart from chance: its mean difference is below zero and its interval does not reach above
+zero (an interval whose top is exactly 0 is a worse candidate, not a tie).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def version_comparison(candidate: torch.Tensor, previous: torch.Tensor, zero_sho
         "per_class": per_class,
         "vs_previous": vs_previous,
         "vs_zero_shot": paired_difference(right["candidate"], right["zero_shot"]),
-        "not_worse": None if vs_previous["high"] is None else vs_previous["high"] >= 0,
-        "rule": f"not worse unless the {round(100 * LEVEL)}% paired bootstrap interval of "
-                "(candidate - previous) accuracy lies wholly below zero",
+        "not_worse": None if vs_previous["high"] is None
+        else vs_previous["difference"] >= 0 or vs_previous["high"] > 0,
+        "rule": f"not worse unless (candidate - previous) accuracy is below zero and its "
+                f"{round(100 * LEVEL)}% paired bootstrap interval does not reach above zero",
     }

@@ -62,7 +62,17 @@ def test_version_comparison_side_by_side_and_the_rule():
     good, bad = logits_for(many.tolist(), 3), logits_for(((many + 1) % 3).tolist(), 3)
     worse = version_comparison(bad, good, zero.repeat(10, 1), many, ["a", "b", "c"])
     assert worse["vs_previous"]["high"] < 0 and worse["not_worse"] is False
-    # within chance: one image worse of 60 is not "worse beyond the interval"
-    one_off = logits_for([*many.tolist()[:59], 0], 3)  # the last label is 2
-    close = version_comparison(one_off, good, zero.repeat(10, 1), many, ["a", "b", "c"])
-    assert close["vs_previous"]["difference"] < 0 and close["not_worse"] is True
+    # within chance: 3 images won and 4 lost of 60 is not "worse beyond the interval"
+    wrong = lambda idx: logits_for([(y + 1) % 3 if i in idx else y
+                                    for i, y in enumerate(many.tolist())], 3)
+    close = version_comparison(wrong({10, 11, 12, 13}), wrong({0, 1, 2}), zero.repeat(10, 1),
+                               many, ["a", "b", "c"])
+    assert (close["vs_previous"]["only_new_right"], close["vs_previous"]["only_old_right"]) \
+        == (3, 4)
+    assert close["vs_previous"]["difference"] < 0 < close["vs_previous"]["high"]
+    assert close["not_worse"] is True
+    # one image lost and none won: the interval's top is exactly zero, so it is worse
+    one_off = version_comparison(wrong({5}), good, zero.repeat(10, 1), many, ["a", "b", "c"])
+    assert one_off["vs_previous"]["high"] == 0 and one_off["not_worse"] is False
+    same = version_comparison(previous, previous, zero, labels, ["a", "b", "c"])
+    assert same["vs_previous"]["high"] == 0 and same["not_worse"] is True

@@ -270,7 +270,7 @@ def test_comparison_card_shows_a_stored_comparison_or_its_error(page, key, serve
         f"{points(zs['high'])})")
     assert comparison["not_worse"] is True
     expect(page.locator("#cmp-verdict")).to_have_text(
-        "Not worse than v1: the interval does not lie wholly below zero.")
+        "Not worse than v1: not below it on the mean, or the interval reaches above zero.")
     expect(page.locator("#cmp-promotion")).to_have_text(
         "Promotion (auto): Promoted. Aliases moved here: production.")
     rows = page.locator("#comparison-classes tbody tr")

@@ -1710,10 +1710,10 @@ function comparisonCard(c, previous) {
       + `${signedPoints(zs.difference)} points (${signedPoints(zs.low)} to `
       + `${signedPoints(zs.high)}).`),
     c.not_worse === true ? h("div", { class: "ok-box", id: "cmp-verdict" },
-      h("b", { text: "Not worse " }), `than ${before}: the interval does not lie wholly below `
-      + "zero.") : c.not_worse === false ? h("div", { class: "error-box", id: "cmp-verdict" },
-      h("b", { text: "Worse " }), `than ${before} beyond chance: the whole interval lies below `
-      + "zero.") : h("p", { class: "sub", id: "cmp-verdict", text: "Not judged: no image to "
+      h("b", { text: "Not worse " }), `than ${before}: not below it on the mean, or the interval `
+      + "reaches above zero.") : c.not_worse === false ? h("div", { class: "error-box", id: "cmp-verdict" },
+      h("b", { text: "Worse " }), `than ${before} beyond chance: below it on the mean, and the `
+      + "interval does not reach above zero.") : h("p", { class: "sub", id: "cmp-verdict", text: "Not judged: no image to "
       + "judge by." }),
     promotion,
     h("table", { id: "comparison-classes" }, h("thead", {}, h("tr", {},
