@@ -426,9 +426,10 @@ def test_promotion_rule_moves_only_what_it_should(api, tiny, colour_set):
                    ).status_code == 200
     with api.app.state.context.sessions() as s:
         tenant = crud.get_tenant_by_name(s, name="default").id
-        crud.create_webhook(s, tenant_id=tenant, url="https://hooks.example.com/x",
-                            events=["adapter.version_ready"])
+        hook = crud.create_webhook(s, tenant_id=tenant, url="https://hooks.example.com/x",
+                                   events=["adapter.version_ready"])
         s.commit()
+        hook_id = hook.id
     capture_on(api, f"{lineage}@1")
 
     def version(promote: str, alias: str | None, not_worse: bool | None) -> dict:
@@ -480,3 +481,6 @@ def test_promotion_rule_moves_only_what_it_should(api, tiny, colour_set):
             if d.payload["data"]["name"] == lineage]
     assert sorted(p["adapter_id"] for p in payloads) == sorted(decisions)
     assert all(p["vs_previous"] and "promotion" in p for p in payloads)
+    with api.app.state.context.sessions() as s:  # no delivery left due for later tests' senders
+        crud.delete_webhook(s, webhook_id=hook_id, tenant_id=tenant)
+        s.commit()
