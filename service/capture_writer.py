@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from registry import captures as capture_rows
 from registry.models import utcnow
 from registry.settings import Settings
 
+from .background import BackgroundThread
 from .capture_rules import CaptureRules
 
 log = logging.getLogger(__name__)
@@ -69,18 +69,18 @@ class _Pending:
     rule: str
 
 
-class CaptureWriter:
+class CaptureWriter(BackgroundThread):
+    THREAD_NAME = "clipfit-captures"  # writes captures; sweeps expired ones every minute
+
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]):
+        super().__init__()
         self.settings, self.sessions = settings, sessions
         self.max_queued_bytes = int(settings.capture_queue_mb * 2**20)
         self._rules: TTLCache[tuple[str, str], CaptureRules | None] = TTLCache(
             maxsize=10_000, ttl=RULES_TTL_SECONDS)
-        self._lock = threading.Condition()
         self._queue: deque[_Pending] = deque()
         self._queued_bytes = 0
         self._writing = 0
-        self._thread: threading.Thread | None = None
-        self._closing = False
         self._tenant_bytes: dict[str, tuple[int, float]] = {}  # tenant -> (bytes, read at)
         self.written = 0
         self.skipped: Counter[str] = Counter({reason: 0 for reason in SKIP_REASONS})
@@ -129,23 +129,9 @@ class CaptureWriter:
 
     # ------------------------------------------------------------------ the writer thread
 
-    def start(self) -> None:
-        """Start the writer thread (once; it also sweeps expired captures)."""
-        with self._lock:
-            if self._thread is not None or self._closing:
-                return
-            self._thread = threading.Thread(target=self._run, name="clipfit-captures",
-                                            daemon=True)
-        self._thread.start()
-
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued (for up to ``timeout`` seconds), then stop."""
-        with self._lock:
-            self._closing = True
-            self._lock.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
+        self._stop(timeout)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every queued capture is written or skipped."""

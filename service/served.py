@@ -35,6 +35,8 @@ from registry import served as served_rows
 from registry.models import HISTOGRAM_BUCKETS, utcnow
 from registry.settings import Settings
 
+from .background import BackgroundThread
+
 log = logging.getLogger(__name__)
 # a top probability below this is a low-confidence answer; the same value as
 # clipfit_core.report.LOW_CONFIDENCE, the held-out share it is compared with
@@ -93,17 +95,17 @@ class Counts:
 Key = tuple[str, str, datetime]  # tenant, adapter, hour
 
 
-class ServedCounts:
+class ServedCounts(BackgroundThread):
+    THREAD_NAME = "clipfit-served"  # flushes the counts; checks for drift
+
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]):
+        super().__init__()
         self.settings, self.sessions = settings, sessions
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"  # the drift lease
-        self._lock = threading.Condition()
         self._flushing = threading.Lock()  # one flush at a time
         self._pending: dict[Key, Counts] = {}  # insertion order: oldest first
         self._totals: dict[str, Counts] = {}
         self._untracked = Counts()  # adapters beyond MAX_TRACKED
-        self._thread: threading.Thread | None = None
-        self._closing = False
         self.dropped = 0  # adapter-hours dropped while the database was away
         self.flush_failures = 0
 
@@ -195,24 +197,9 @@ class ServedCounts:
             s.commit()
         return deleted
 
-    def start(self) -> None:
-        """Start the flusher thread (once)."""
-        with self._lock:
-            if self._thread is not None or self._closing:
-                return
-            self._thread = threading.Thread(target=self._run, name="clipfit-served",
-                                            daemon=True)
-        self._thread.start()
-
     def close(self, timeout: float = 10.0) -> None:
         """Stop the flusher, after a last flush."""
-        with self._lock:
-            self._closing = True
-            self._lock.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-        else:
+        if not self._stop(timeout):
             self.flush()
 
     def _run(self) -> None:
