@@ -64,7 +64,14 @@ import httpx
 import numpy as np
 import torch
 
-from bench.classify_throughput import CpuMeter, Server, cpu_seconds, free_port, percentile
+from bench.classify_throughput import (
+    CpuMeter,
+    Server,
+    cpu_seconds,
+    end_clients,
+    free_port,
+    percentile,
+)
 from bench.serve_speed import CLASSES, TEMPLATE, check, make_pngs, random_deltas
 from clipfit_core.data import Sample
 from clipfit_core.models import create_base_model
@@ -207,13 +214,7 @@ def phase(server: Server, body: tuple[bytes, bytes, dict], png: bytes, tag: str,
     stop.wait(seconds)
     t1 = time.perf_counter()
     cpu = meter.stop()
-    stop.set()
-    for t in threads:
-        t.join(timeout=300)
-    if errors:
-        raise RuntimeError(f"a client failed: {errors[0]!r}") from errors[0]
-    if any(t.is_alive() for t in threads):
-        raise RuntimeError("a request was never answered (5 minutes after the window)")
+    end_clients(stop, threads, errors)
     elapsed = time.perf_counter() - began  # warmup, window and the last answers
     latencies = [e - s for rec in records for s, e in rec if t0 <= e <= t1]
     return (figures(latencies, t1 - t0) | {"elapsed_s": round(elapsed, 2), "cpu_cores": cpu},

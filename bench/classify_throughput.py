@@ -121,6 +121,18 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def end_clients(stop, threads, errors) -> None:
+    """Stop the client threads of a measured window and wait for their last answers; the
+    first client error, or a request never answered within 5 minutes, is raised."""
+    stop.set()
+    for t in threads:
+        t.join(timeout=300)
+    if errors:
+        raise RuntimeError(f"a client failed: {errors[0]!r}") from errors[0]
+    if any(t.is_alive() for t in threads):
+        raise RuntimeError("a request was never answered (5 minutes after the window)")
+
+
 class CpuMeter:
     """CPU used during a phase, in cores: the server, this process, and everything else."""
 

@@ -58,7 +58,7 @@ if __package__ in (None, ""):  # run as a file: python bench/serve_speed.py
 
 import httpx
 
-from bench.classify_throughput import CpuMeter, Server, free_port, percentile
+from bench.classify_throughput import CpuMeter, Server, end_clients, free_port, percentile
 from clipfit_core.data import Sample, open_image
 from clipfit_core.delta import Delta, DeltaConfig, extract_delta
 from clipfit_core.models import create_base_model, resolve_device
@@ -228,13 +228,7 @@ def http_phase(server: Server, plans: list[list[dict]], pngs: list[bytes], warmu
     t1 = time.perf_counter()
     counts1 = metrics_counts(server)
     cpu = meter.stop()
-    stop.set()
-    for t in threads:
-        t.join(timeout=300)
-    if errors:
-        raise RuntimeError(f"a client failed: {errors[0]!r}") from errors[0]
-    if any(t.is_alive() for t in threads):
-        raise RuntimeError("a request was never answered (5 minutes after the window)")
+    end_clients(stop, threads, errors)
     return summarize(records, t0, t1, counts0, counts1) | {"cpu_cores": cpu}
 
 
