@@ -140,7 +140,6 @@ class Loop:
     args: argparse.Namespace
     names: dict[str, str] = field(default_factory=dict)
     captured_total: dict[str, int] = field(default_factory=dict)
-    log: list[dict] = field(default_factory=list)
 
     def accuracy(self, reference: str | None) -> float:
         """Test-set accuracy of an adapter (id or name@alias), or zero-shot (None)."""

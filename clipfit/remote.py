@@ -91,6 +91,17 @@ def _job_line(j: Job) -> str:
     return f"{j.id}\t{j.status}\t{j.base_model}\t{j.name or ''}\t{j.adapter_id or ''}"
 
 
+def _follow_submitted(args, client, job) -> int:
+    """After a job was submitted (a new job or a retrain): say so, watch or wait when asked,
+    print it; 0 unless it failed or was cancelled."""
+    if not args.json:
+        print(f"job {job.id} {job.status}", file=sys.stderr)
+    if args.watch or args.wait:
+        job = watch(client, job, args.json) if args.watch else client.jobs.wait(job.id)
+    _print(args, job.raw, lambda: _show_job(job))
+    return 0 if job.status in ("queued", "running", "succeeded") else 1
+
+
 def watch(client: Client, job: Job, as_json: bool) -> Job:
     """Follow a job's events until it ends: a progress bar (or JSON lines)."""
     from tqdm import tqdm
@@ -135,12 +146,7 @@ def cmd_jobs(args) -> int:
         if args.dataset:
             hyper["dataset_id"] = args.dataset
         job = client.jobs.create(source, base_model=args.model, name=args.name, **hyper)
-        if not args.json:
-            print(f"job {job.id} {job.status}", file=sys.stderr)
-        if args.watch or args.wait:
-            job = watch(client, job, args.json) if args.watch else client.jobs.wait(job.id)
-        _print(args, job.raw, lambda: _show_job(job))
-        return 0 if job.status in ("queued", "running", "succeeded") else 1
+        return _follow_submitted(args, client, job)
     if args.jobs_command == "ls":
         jobs = list(client.jobs.list(status=args.status, limit=min(args.limit, 200)))
         jobs = jobs[:args.limit]
@@ -217,12 +223,7 @@ def cmd_adapters(args) -> int:
         hyper = {input_name(f): getattr(args, f.name) for f in TrainConfig.exposed_fields()
                  if f.name != "templates" and getattr(args, f.name) is not None}
         job = client.adapters.retrain(args.id, promote=args.promote, alias=args.alias, **hyper)
-        if not args.json:
-            print(f"job {job.id} {job.status}", file=sys.stderr)
-        if args.watch or args.wait:
-            job = watch(client, job, args.json) if args.watch else client.jobs.wait(job.id)
-        _print(args, job.raw, lambda: _show_job(job))
-        return 0 if job.status in ("queued", "running", "succeeded") else 1
+        return _follow_submitted(args, client, job)
     if args.adapters_command == "download":
         prefix = "clipfit-adapter" if args.format == "delta" else "clipfit-open-clip"
         out = Path(args.output or f"{prefix}-{args.id}.zip")

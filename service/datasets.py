@@ -45,6 +45,19 @@ class DatasetSummary:
     children: list[str] = field(default_factory=list)
 
 
+def version_limit_problems(settings, *, images: int, classes: int) -> list[str]:
+    """What a new dataset version of ``images`` images over ``classes`` classes breaks of
+    CLIPFIT_MAX_IMAGES and CLIPFIT_MAX_CLASSES (added images, or a retrain's captures)."""
+    problems = []
+    if images > settings.max_images:
+        problems.append(f"the dataset would hold {images} images, the limit is "
+                        f"{settings.max_images}")
+    if classes > settings.max_classes:
+        problems.append(f"the dataset would have {classes} classes, the limit is "
+                        f"{settings.max_classes}")
+    return problems
+
+
 def _read(ctx: Context, caller: Caller, upload: Upload, *, min_classes: int) -> FewShotDataset:
     """The upload by the job rules (the key's upload quota counted first)."""
     if upload.archive is not None and upload.files:
@@ -108,13 +121,7 @@ def add_images(ctx: Context, caller: Caller, dataset_id: str, upload: Upload
         total = dataset_rows.dataset_size(s, dataset_id=dataset_id) + len(added)
         merged = list(dataset.classnames) + [c for c in added.classnames
                                              if c not in dataset.classnames]
-        settings, problems = ctx.settings, []
-        if total > settings.max_images:
-            problems.append(f"the dataset would hold {total} images, the limit is "
-                            f"{settings.max_images}")
-        if len(merged) > settings.max_classes:
-            problems.append(f"the dataset would have {len(merged)} classes, the limit is "
-                            f"{settings.max_classes}")
+        problems = version_limit_problems(ctx.settings, images=total, classes=len(merged))
         if problems:
             raise Invalid(problems, INVALID_DATASET)
         version = dataset_rows.create_version(s, parent=dataset, classnames=merged, images=[

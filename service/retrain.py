@@ -34,6 +34,7 @@ from registry.models import Adapter, Capture, CaptureSetting, Dataset, Job, JobS
 from .adapters import find
 from .capture_rules import ALIAS_PATTERN, PROMOTE
 from .context import Caller, Context
+from .datasets import version_limit_problems
 from .errors import Conflict, DomainError, Invalid
 from .jobs import resolved_spec, send, spec_problems
 from .quotas import check_room
@@ -160,13 +161,8 @@ def _plan(s: Session, ctx: Context, adapter: Adapter, request: RetrainRequest) -
     classnames += [c for c in dict.fromkeys(c.label for c in training) if c not in classnames]
     rows = dataset_rows.dataset_blobs(s, dataset_id=base.id) + [
         StoredImage(c.blob_sha256, classnames.index(c.label), c.filename) for c in training]
-    settings = ctx.settings
-    if len(rows) > settings.max_images:
-        problems.append(f"the dataset would hold {len(rows)} images, the limit is "
-                        f"{settings.max_images}")
-    if len(classnames) > settings.max_classes:
-        problems.append(f"the dataset would have {len(classnames)} classes, the limit is "
-                        f"{settings.max_classes}")
+    problems += version_limit_problems(ctx.settings, images=len(rows),
+                                       classes=len(classnames))
     if problems:
         raise Invalid(problems, INVALID_RETRAIN)
     held = benchmark_rows.benchmark_digests(s, tenant_id=tenant, lineage=lineage) \
@@ -175,9 +171,9 @@ def _plan(s: Session, ctx: Context, adapter: Adapter, request: RetrainRequest) -
     # values are resolved for it (split and shots as training draws them)
     trained = FewShotDataset(classnames, [Sample(r.blob_sha256, r.label, r.name)
                                           for r in rows if r.blob_sha256 not in held])
-    hyperparameters, templates, autos = resolved_spec(settings, values, trained,
+    hyperparameters, templates, autos = resolved_spec(ctx.settings, values, trained,
                                                       base_model=adapter.base_model)
-    check_room(s, settings, tenant, new_job=True)
+    check_room(s, ctx.settings, tenant, new_job=True)
     size = benchmark_rows.benchmark_size(s, tenant_id=tenant, lineage=lineage)
     return _Plan(adapter=adapter, base=base, continues=continues, training=training,
                  benchmark=benchmark, held_out=held_out, classnames=classnames,
