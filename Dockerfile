@@ -39,11 +39,12 @@ RUN if [ "$FASHION_MNIST" = 1 ]; then \
         && rm -rf /var/lib/apt/lists/*; \
     fi
 
-# A non-root user. /data and /weights belong to it, so that named volumes mounted there
-# (which copy the image's ownership when they are first created) are writable.
+# A non-root user. /data, /data/blobs (the blob store's folder) and /weights belong to it, so
+# that named volumes mounted there (which copy the image's ownership when they are first
+# created) are writable.
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin clipfit \
-    && mkdir -p /app /data /weights \
-    && chown clipfit:clipfit /data /weights
+    && mkdir -p /app /data/blobs /weights \
+    && chown clipfit:clipfit /data /data/blobs /weights
 
 WORKDIR /app
 

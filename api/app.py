@@ -5,16 +5,16 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from cachetools import TTLCache
 from fastapi import Depends, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 
 from registry.settings import Settings
 from service.context import Context
+from service.invalidation import Change, Invalidation
 
 from . import errors
-from .auth import unless_open
+from .auth import KnownKeys, unless_open
 from .inference import InferenceEngine
 from .limits import BodyLimitMiddleware
 from .metrics import MetricsMiddleware
@@ -28,6 +28,7 @@ from .routes import (
     health,
     jobs,
     models,
+    predictions,
     stats,
     webhooks,
 )
@@ -35,6 +36,25 @@ from .schemas import ERROR_RESPONSES, without_null_parameters
 from .web import mount_page
 
 log = logging.getLogger(__name__)
+
+
+def watch_changes(invalidation: Invalidation, known_keys: KnownKeys,
+                  engine: InferenceEngine) -> None:
+    """What a change committed in any API process makes stale here: revoked keys, deleted
+    adapters; everything after a lost subscription (``service.invalidation``)."""
+
+    def drop(change: Change) -> None:
+        if change.kind == "key":
+            known_keys.forget_key(change.id)
+        elif change.kind == "adapter":
+            engine.forget(change.id)
+
+    def clear() -> None:
+        known_keys.clear()
+        engine.forget_adapter_rows()
+
+    invalidation.on_change(drop)
+    invalidation.on_reset(clear)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -48,7 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.context.captures.start()  # writes captures, sweeps expired ones
         app.state.context.served.start()  # adds served counts to the database, checks drift
+        app.state.context.invalidation.start()  # hears other replicas' changes (Redis)
         yield
+        app.state.context.invalidation.close()
         app.state.inference.close()  # the inference threads finish their batch and stop
         app.state.context.captures.close()  # what is queued is written first
         app.state.context.served.close()  # a last flush
@@ -73,15 +95,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.context = context = Context.create(settings,
                                                  inference=InferenceEngine(settings))
     app.state.inference = context.inference
-    # keys seen recently: authentication keeps working through a database blip; a revoked
-    # key stops working within CLIPFIT_KEY_CACHE_SECONDS
-    app.state.known_keys = TTLCache(maxsize=10_000, ttl=settings.key_cache_seconds)
+    # keys seen recently: authentication keeps working through a database blip
+    app.state.known_keys = known_keys = KnownKeys(settings.key_cache_seconds)
+    watch_changes(context.invalidation, known_keys, context.inference)
     app.add_middleware(MetricsMiddleware)
 
     app.add_middleware(BodyLimitMiddleware, settings=settings)  # outermost: before parsing
 
-    for module in (jobs, datasets, adapters, captures, stats, aliases, classify, models,
-                   webhooks, admin, health):
+    for module in (jobs, predictions, datasets, adapters, captures, stats, aliases, classify,
+                   models, webhooks, admin, health):
         app.include_router(module.router)
     mount_page(app)
 

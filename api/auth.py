@@ -4,6 +4,7 @@ filter by tenant); a key without the scope a route needs answers 403; no key, 40
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -32,6 +33,38 @@ class Principal:
 ANONYMOUS_ADMIN = Principal(DEFAULT_TENANT, frozenset(SCOPES), None)
 
 
+class KnownKeys:
+    """Keys checked recently, by their hash: authentication keeps working through a database
+    blip. A revoked key stops working here at once when it is revoked in this process or
+    another one's revocation reaches it (``service.invalidation``), and within
+    CLIPFIT_KEY_CACHE_SECONDS (the TTL) in any case."""
+
+    def __init__(self, ttl: float):
+        self._cache: TTLCache[str, Principal] = TTLCache(maxsize=10_000, ttl=ttl)
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> Principal | None:
+        with self._lock:
+            return self._cache.get(digest)
+
+    def put(self, digest: str, principal: Principal) -> None:
+        with self._lock:
+            self._cache[digest] = principal
+
+    def drop(self, digest: str) -> None:
+        with self._lock:
+            self._cache.pop(digest, None)
+
+    def forget_key(self, key_id: str) -> None:
+        with self._lock:
+            for digest in [d for d, p in self._cache.items() if p.key_id == key_id]:
+                del self._cache[digest]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+
 def authenticate(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -43,17 +76,21 @@ def authenticate(
     if not secret:
         raise HTTPException(401, detail="an API key is required: Authorization: Bearer KEY",
                             headers={"WWW-Authenticate": "Bearer"})
-    known: TTLCache = request.app.state.known_keys
+    known: KnownKeys = request.app.state.known_keys
     digest = hash_key(secret[:200])
     principal = known.get(digest)
     if principal is None:  # else: a key seen within CLIPFIT_KEY_CACHE_SECONDS
+        invalidation = request.app.state.context.invalidation
+        generation = invalidation.generation
         with request.app.state.context.sessions() as session:
             key = get_key_by_secret(session, secret=secret[:200])
             if key is None:
                 raise HTTPException(401, detail="unknown or revoked API key",
                                     headers={"WWW-Authenticate": "Bearer"})
             principal = Principal(key.tenant_id, frozenset(key.scopes), key.id)
-        known[digest] = principal
+        known.put(digest, principal)
+        if invalidation.stale_since(generation):  # a revocation may have crossed the read
+            known.drop(digest)
     request.app.state.context.quotas.hit_request(principal.key_id)
     return principal
 

@@ -5,8 +5,8 @@
 
 ``code`` names the kind (stable, for programs), ``message`` is a sentence, ``problems`` lists
 every problem found (422 answers name them all). ``detail`` keeps what clients of 0.1 read:
-the sentence, or for 422 ``{"message", "problems"}``. A database or broker that is away is a
-503 with Retry-After, never a 500."""
+the sentence, or for 422 ``{"message", "problems"}``. A database, broker or blob store that
+is away is a 503 with Retry-After, never a 500."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from registry.blobstore import BlobMissing, BlobStoreUnavailable
 from service.errors import (
     Conflict,
     DomainError,
@@ -111,6 +112,18 @@ def install(app: FastAPI) -> None:
         log.warning("database connection pool exhausted: %s", type(exc).__name__)
         return error_response(503, "the database is busy; nothing was changed, retry shortly",
                               retry_after=2)
+
+    @app.exception_handler(BlobStoreUnavailable)
+    async def blob_store_unavailable(_request: Request, exc: Exception):
+        log.warning("blob store unavailable: %s", exc)
+        return error_response(503, "the blob store is unavailable; nothing was changed, "
+                              "retry shortly", retry_after=5)
+
+    @app.exception_handler(BlobMissing)
+    async def blob_missing(_request: Request, exc: Exception):  # an operator's problem
+        log.error("blob missing from the blob store: %s (run 'clipfit blobs verify')", exc)
+        return error_response(503, "stored bytes this request needs are missing from the "
+                              "blob store; the operator has been told", retry_after=60)
 
     @app.exception_handler(KombuOperationalError)
     @app.exception_handler(RedisConnectionError)  # none expected: quotas count in memory then

@@ -37,7 +37,8 @@ class InferenceEngine:
         self._deltas: LRUCache[str, tuple[AdapterInfo, Delta]] = LRUCache(
             maxsize=settings.delta_cache_size)
         # adapter rows looked up recently: trusted as long as API keys are (a deletion through
-        # another API process takes effect within CLIPFIT_KEY_CACHE_SECONDS)
+        # another API process is dropped here when its message arrives, service.invalidation;
+        # within CLIPFIT_KEY_CACHE_SECONDS in any case)
         self._adapters: TTLCache[str, AdapterInfo] = TTLCache(
             maxsize=10_000, ttl=settings.key_cache_seconds)
         self._lock = threading.Lock()
@@ -121,6 +122,13 @@ class InferenceEngine:
         with self._lock:
             self._deltas.pop(adapter_id, None)
             self._adapters.pop(adapter_id, None)
+
+    def forget_adapter_rows(self) -> None:
+        """Look every adapter up again (deletions may have been missed). The resident deltas
+        stay: a delta is reached through its row, but while the database is away, when a
+        resident one answers (``cached_adapter``)."""
+        with self._lock:
+            self._adapters.clear()
 
     # ------------------------------------------------------------------ classify
 

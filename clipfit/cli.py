@@ -1,5 +1,5 @@
 """The ``clipfit`` command: the library's commands (params, train, eval, classify, info,
-pretrain-mini) plus the service's ``serve``, ``worker`` and ``keys``, and ``remote`` (a
+pretrain-mini) plus the service's ``serve``, ``worker``, ``keys`` and ``blobs``, and ``remote`` (a
 running service's jobs, adapters and classification, over HTTP).
 
 Starting it loads none of the server's dependencies: ``remote`` (the client's command, which
@@ -110,6 +110,51 @@ def cmd_keys(args) -> int:
     return 0
 
 
+def cmd_blobs(args) -> int:
+    """The blob store of the configured database: move bytes into it (or back), check that
+    every blob has its bytes, collect what nothing names."""
+    from datetime import timedelta
+
+    from registry import blob_moves
+    from registry.blobs import collect_garbage, use_blob_store
+    from registry.db import get_engine
+    from registry.migrate import upgrade
+
+    settings = _settings(args)
+    upgrade(settings.sqlalchemy_url)
+    store, engine = use_blob_store(settings), get_engine(settings.sqlalchemy_url)
+    where = store.location if store is not None else "the database"
+
+    def progress(done: int, total: int) -> None:
+        print(f"clipfit: {done}/{total} blobs moved", file=sys.stderr)
+
+    if args.blobs_command == "migrate":
+        if store is None:
+            raise ValueError("CLIPFIT_BLOB_URL is 'database': name the store to move to")
+        move = blob_moves.move_to_database if args.to_database else blob_moves.move_to_store
+        moved = move(engine, store, batch=args.batch, progress=progress)
+        print(f"clipfit: {moved.blobs} blobs ({moved.bytes} bytes) moved "
+              f"{'into the database from' if args.to_database else 'to'} {where}")
+    elif args.blobs_command == "verify":
+        checked = blob_moves.verify(engine, store, deep=args.deep)
+        print(f"clipfit: {checked.in_store} blobs in {where}, {checked.in_database} in the "
+              f"database, {len(checked.missing)} missing, {len(checked.wrong)} with other "
+              f"bytes, {checked.unnamed_objects} unnamed in the store")
+        for sha256 in checked.missing[:20]:
+            print(f"missing: {sha256}", file=sys.stderr)
+        for sha256 in checked.wrong[:20]:
+            print(f"other bytes: {sha256}", file=sys.stderr)
+        return 0 if checked.ok else 1
+    else:
+        grace = settings.blob_gc_grace_hours if args.grace_hours is None else args.grace_hours
+        collected = collect_garbage(engine, store=store, grace=timedelta(hours=grace),
+                                    dry_run=args.dry_run)
+        verb = "would delete" if args.dry_run else "deleted"
+        print(f"clipfit: {verb} {collected.deleted} blobs ({collected.bytes_freed} bytes) "
+              f"unnamed for {grace:g} h; {collected.adopted} found in the store with no row")
+    return 0
+
+
 def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the REST API; with no configuration, with an "
                        "in-process worker on a SQLite file in the data directory")
@@ -146,6 +191,23 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     k = keys.add_parser("revoke", help="revoke a key by its id")
     k.add_argument("key_id")
     p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("blobs", help="the blob store ($CLIPFIT_BLOB_URL) of the configured "
+                       "database: migrate, verify, gc")
+    p.add_argument("--data-dir", help="default $CLIPFIT_DATA_DIR or ./data")
+    blobs = p.add_subparsers(dest="blobs_command", required=True)
+    b = blobs.add_parser("migrate", help="move the bytes kept in database rows into the blob "
+                         "store, a verified batch per transaction (resumable: run it again)")
+    b.add_argument("--to-database", action="store_true", help="the other way: back into the "
+                   "rows (before leaving a store or downgrading)")
+    b.add_argument("--batch", type=int, default=200, help="blobs per transaction")
+    b = blobs.add_parser("verify", help="check that every blob has its bytes (exit 1 if not)")
+    b.add_argument("--deep", action="store_true", help="read and hash every blob")
+    b = blobs.add_parser("gc", help="delete the blobs nothing has named for the grace period "
+                         "(the workers do this every CLIPFIT_BLOB_GC_INTERVAL_SECONDS)")
+    b.add_argument("--grace-hours", type=float, help="default $CLIPFIT_BLOB_GC_GRACE_HOURS")
+    b.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    p.set_defaults(func=cmd_blobs)
 
     from .remote import add_remote_commands
 

@@ -12,7 +12,7 @@
             print(p.label, p.top_k)
 
 URL and key default to ``CLIPFIT_URL`` and ``CLIPFIT_API_KEY``. Every answer is a typed
-object (``Job``, ``Event``, ``Adapter``, ``Prediction``, ``Alias``, ``Webhook``,
+object (``Job``, ``Event``, ``Adapter``, ``Prediction``, ``BatchPrediction``, ``Alias``, ``Webhook``,
 ``Delivery``, ``CaptureSettings``, ``Capture``) that keeps the whole JSON in ``raw``. A refusal raises ``ApiError`` with the API's list of problems. ``429`` and ``503``
 are retried with exponential backoff, honouring ``Retry-After``; so are lost connections,
 for requests that are safe to repeat (reads, and job creation, which carries an
@@ -74,8 +74,19 @@ def _typed(cls, data: dict):
     return cls(**{k: data.get(k) for k in known}, raw=data)
 
 
+class _Ends:
+    """A job's or a batch prediction's status, which ends in succeeded, failed or
+    cancelled."""
+
+    status: str
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
 @dataclass
-class Job:
+class Job(_Ends):
     id: str
     status: str
     name: str | None = None
@@ -92,10 +103,6 @@ class Job:
     created_at: str | None = None
     finished_at: str | None = None
     raw: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
 
 
 @dataclass
@@ -172,6 +179,7 @@ class Client:
         self.aliases = Aliases(self)
         self.datasets = Datasets(self)
         self.webhooks = Webhooks(self)
+        self.predictions = Predictions(self)
 
     def __enter__(self) -> Self:
         return self
@@ -287,6 +295,8 @@ class Client:
 
 
 class Jobs:
+    path = "/v1/jobs"
+
     def __init__(self, client: Client):
         self._c = client
 
@@ -327,7 +337,7 @@ class Jobs:
         """The job's events so far (after event id ``after``)."""
         out, cursor = [], after
         while True:
-            page = self._c.get_json(f"/v1/jobs/{job_id}/events",
+            page = self._c.get_json(f"{self.path}/{job_id}/events",
                                     params={"cursor": cursor, "limit": 1000})
             out += [_typed(Event, e) for e in page["data"]]
             if not page.get("next_cursor"):
@@ -342,7 +352,7 @@ class Jobs:
         while True:
             try:
                 headers = {"Last-Event-ID": str(last)} if last else {}
-                with self._c.http.stream("GET", f"/v1/jobs/{job_id}/events",
+                with self._c.http.stream("GET", f"{self.path}/{job_id}/events",
                                          params={"stream": "true", "cursor": last},
                                          headers=headers, timeout=None) as stream:
                     if stream.status_code >= 400:
@@ -702,3 +712,104 @@ class Webhooks:
         return _typed(Delivery, self._c.request(
             "POST", f"/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
             idempotent=True).json())
+
+
+@dataclass
+class BatchPrediction(_Ends):
+    """A batch prediction (``/v1/predictions``): ``counts`` has images, done, classified,
+    unknown and unreadable."""
+
+    id: str
+    status: str
+    adapter_id: str | None = None
+    adapter: str | None = None
+    base_model: str | None = None
+    classes: list[str] = field(default_factory=list)
+    top_k: int | None = None
+    source: str | None = None
+    dataset_id: str | None = None
+    counts: dict = field(default_factory=dict)
+    progress: dict | None = None
+    attempts: int | None = None
+    error: str | None = None
+    results: dict | None = None
+    links: dict = field(default_factory=dict)
+    created_at: str | None = None
+    finished_at: str | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+class Predictions(Jobs):
+    """Batch predictions: many images classified in a worker, the answers kept as a file
+    (JSON Lines or CSV, one row per image). Followed like jobs: ``watch``, ``wait``,
+    ``events``, ``cancel``."""
+
+    path = "/v1/predictions"
+
+    def create(self, source: str | Path | None = None, *, adapter: str | None = None,
+               classes: Iterable[str] | None = None, base_model: str | None = None,
+               dataset_id: str | None = None, images: Iterable[str] | None = None,
+               top_k: int = 5, template: str | None = None, reject_unknown: bool = False,
+               threshold: float | None = None, calibrated: bool = True,
+               idempotency_key: str | None = None) -> BatchPrediction:
+        """Classify ``source`` (a folder of images, at any depth, or a zip of them), or a
+        stored ``dataset_id``, or stored ``images`` (sha256 digests), with an ``adapter``
+        (id, NAME@VERSION, NAME@ALIAS) or zero-shot ``classes`` (on ``base_model``)."""
+        options: dict[str, Any] = {
+            "adapter": adapter, "base_model": base_model, "template": template,
+            "top_k": top_k, "threshold": threshold,
+            "reject_unknown": reject_unknown or None, "calibrated": None if calibrated else False}
+        options = {k: v for k, v in options.items() if v is not None}
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        if source is not None:
+            path = Path(source)
+            if path.is_dir():
+                archive = zip_folder(path)
+            elif path.is_file():
+                archive = path.read_bytes()
+            else:
+                raise FileNotFoundError(f"{path}: no such folder or zip file")
+            data = {k: str(v).lower() if isinstance(v, bool) else str(v)
+                    for k, v in options.items()}
+            if classes is not None:
+                data["classes"] = ",".join(classes)
+            response = self._c.request(
+                "POST", self.path, data=data, headers=headers, idempotent=True,
+                files={"dataset": (f"{path.stem or 'images'}.zip", archive, "application/zip")})
+        else:
+            body = options | {"dataset_id": dataset_id,
+                              "images": list(images) if images is not None else None,
+                              "classes": list(classes) if classes is not None else None}
+            response = self._c.request("POST", self.path, headers=headers, idempotent=True,
+                                       json={k: v for k, v in body.items() if v is not None})
+        return _typed(BatchPrediction, response.json())
+
+    def get(self, prediction_id: str) -> BatchPrediction:
+        return _typed(BatchPrediction, self._c.get_json(f"{self.path}/{prediction_id}"))
+
+    def list(self, *, status: str | None = None, limit: int = 50
+             ) -> Iterator[BatchPrediction]:
+        """Every batch prediction of the tenant, newest first, page by page."""
+        params: dict[str, Any] = {"limit": limit, **({"status": status} if status else {})}
+        yield from (_typed(BatchPrediction, p) for p in self._c.pages(self.path, params))
+
+    def cancel(self, prediction_id: str) -> BatchPrediction:
+        return _typed(BatchPrediction, self._c.request(
+            "POST", f"{self.path}/{prediction_id}/cancel", idempotent=True).json())
+
+    def results(self, prediction_id: str, *, format: str = "jsonl",
+                to: str | Path | None = None) -> bytes | Path:
+        """The result file (``jsonl`` or ``csv``) of a prediction that succeeded: its bytes,
+        or written to ``to`` (its path returned)."""
+        data = self._c.request("GET", f"{self.path}/{prediction_id}/results",
+                               params={"format": format}).content
+        if to is None:
+            return data
+        path = Path(to)
+        path.write_bytes(data)
+        return path
+
+    def rows(self, prediction_id: str) -> list[dict]:
+        """The results, one dict per image: name, sha256, label, unknown, top_k, error."""
+        return [json.loads(line) for line in
+                self.results(prediction_id).decode().splitlines() if line]

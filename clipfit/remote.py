@@ -21,6 +21,8 @@
     clipfit remote captures image REF ID [-o FILE]
     clipfit remote classify IMAGE... --adapter ID [--reject-unknown | --threshold P]
                                                        (or --model M --classes a,b,c)
+    clipfit remote predict DIR|ZIP --adapter REF -o out.jsonl   (or --classes a,b,c; .csv)
+    clipfit remote predictions ls | show ID | watch ID | cancel ID | results ID [-o FILE]
 
 The service's URL and key come from ``--url`` / ``--api-key``, else ``CLIPFIT_URL`` /
 ``CLIPFIT_API_KEY``, else the config file (``--config``, ``CLIPFIT_CONFIG``, default
@@ -51,6 +53,8 @@ from .client import (
     Webhook,
     folder_summary,
 )
+from .progress import follow
+from .remote_predict import add_predict_commands
 
 CONFIG_PATH = "~/.config/clipfit/remote.toml"
 
@@ -104,28 +108,10 @@ def _follow_submitted(args, client, job) -> int:
 
 def watch(client: Client, job: Job, as_json: bool) -> Job:
     """Follow a job's events until it ends: a progress bar (or JSON lines)."""
-    from tqdm import tqdm
-
-    bar = None
-    try:
-        for event in client.jobs.watch(job.id):
-            if as_json:
-                print(json.dumps(event.raw), flush=True)
-                continue
-            p = event.payload
-            if event.kind == "progress":
-                if bar is None:
-                    bar = tqdm(total=p["total_steps"], unit="step", desc=f"job {job.id[:8]}",
-                               file=sys.stderr)
-                bar.n = p["step"]
-                bar.set_postfix(epoch=f"{p['epoch']}/{p['epochs']}", loss=f"{p['loss']:.4f}",
-                                img_s=f"{p['images_per_sec']:.0f}", refresh=False)
-                bar.refresh()
-            else:
-                (bar.write if bar else print)(f"{event.kind} {json.dumps(p) if p else ''}")
-    finally:
-        if bar is not None:
-            bar.close()
+    follow(client.jobs.watch(job.id), as_json, desc=f"job {job.id[:8]}", unit="step",
+           total="total_steps", done="step",
+           postfix=lambda p: {"epoch": f"{p['epoch']}/{p['epochs']}", "loss": f"{p['loss']:.4f}",
+                              "img_s": f"{p['images_per_sec']:.0f}"})
     return client.jobs.get(job.id)
 
 
@@ -570,6 +556,7 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
     rd.add_argument("delivery")
 
     add_capture_commands(groups)
+    add_predict_commands(groups, connect, _print)
 
     k = groups.add_parser("classify", help="classify image files")
     k.set_defaults(remote_func=cmd_classify)

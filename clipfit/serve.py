@@ -115,7 +115,6 @@ def serve(settings: Settings, options: ServeOptions) -> int:
         print("clipfit: WARNING: authentication is off (CLIPFIT_AUTH=false): anyone who reaches "
               "this port is an admin", file=sys.stderr, flush=True)
     if options.worker:
-        from service.queue import TRAIN_TASK
         from worker.celery_app import create_worker_app
         from worker.embedded import EmbeddedWorker, requeue_unfinished
         from worker.reconcile import Reconciler
@@ -125,8 +124,8 @@ def serve(settings: Settings, options: ServeOptions) -> int:
         worker.start()
         if embedded:
             requeue_unfinished(worker_app, get_engine(settings.sqlalchemy_url))
-        reconciler = Reconciler(settings, lambda job_id: worker_app.send_task(
-            TRAIN_TASK, args=[job_id])).start()
+        reconciler = Reconciler(settings, lambda job_id, task: worker_app.send_task(
+            task, args=[job_id])).start()
         from worker.webhooks import Deliverer
 
         deliverer = Deliverer(settings).start()
@@ -154,7 +153,6 @@ def serve(settings: Settings, options: ServeOptions) -> int:
 
 def run_worker(settings: Settings, *, concurrency: int, pool: str, hostname: str | None,
                log_level: str) -> int:
-    from service.queue import TRAIN_TASK
     from worker.celery_app import create_worker_app
     from worker.reconcile import Reconciler
     from worker.webhooks import Deliverer
@@ -164,7 +162,7 @@ def run_worker(settings: Settings, *, concurrency: int, pool: str, hostname: str
     if hostname:
         argv += ["--hostname", hostname]
     app = create_worker_app(settings)
-    reconciler = Reconciler(settings, lambda job_id: app.send_task(TRAIN_TASK, args=[job_id]))
+    reconciler = Reconciler(settings, lambda job_id, task: app.send_task(task, args=[job_id]))
     reconciler.start()
     deliverer = Deliverer(settings).start()  # webhooks: the workers send them, one at a time
     try:

@@ -219,6 +219,38 @@ def read_zip(archive: zipfile.ZipFile, classnames: Sequence[str] | None = None, 
                       max_images=max_images, max_classes=max_classes)
 
 
+def read_zip_images(archive: zipfile.ZipFile, *, max_images: int | None = None,
+                    max_image_bytes: int | None = None) -> list[tuple[str, bytes]]:
+    """The images of a zip of unlabelled images, at any depth (folders are only names),
+    as (path in the archive, bytes), sorted by path; hidden entries and ``__MACOSX`` are
+    skipped. The same limits as :func:`read_zip`: images and declared sizes are checked from
+    the directory before any member is read, then each member is inflated with a running
+    cap at ``max_image_bytes``. Entry names must be checked for safe paths by the caller."""
+    found = list(_walk(_ZipEntry.index(archive), ""))
+    if not found:
+        raise DatasetError(f"the archive holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    _too_many(len(found), max_images, "images")
+    if max_image_bytes is not None:
+        big = [f"{shorten(name)}: {entry.info.file_size} bytes uncompressed, the limit is "
+               f"{max_image_bytes}" for entry, name in found
+               if entry.info.file_size > max_image_bytes]
+        if big:
+            raise DatasetError(big[:10] + ([f"... and {len(big) - 10} more"]
+                                           if len(big) > 10 else []))
+    images, problems = [], []
+    for entry, name in found:
+        name = name.lstrip("/")
+        try:
+            images.append((name, read_member(archive, entry.info, max_image_bytes)))
+        except MemberTooLarge as e:
+            problems.append(f"{shorten(name)}: {e}")
+        except MemberError as e:
+            problems.append(f"{shorten(name)}: cannot be read from the archive ({e})")
+    if problems:
+        raise DatasetError(problems)
+    return images
+
+
 def _may_be_read(path: str) -> bool:
     """An entry the reader may read: an image or a manifest, not hidden nor ``__MACOSX``."""
     parts = path.split("/")

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from .blobs import delete_unreferenced, put_blob
+from .blobs import put_blob, release_blobs
 from .db import owned as _owned
 from .jobs import finish_job
 from .models import (
@@ -195,7 +195,7 @@ def delete_adapter(session: Session, *, adapter_id: str, tenant_id: str | None =
                                 "base_model": adapter.base_model})
     session.delete(adapter)
     session.flush()
-    delete_unreferenced(session, digests=[digest])
+    release_blobs(session, digests=[digest])
     return True
 
 

@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import and_, delete, func, not_, or_, select
 from sqlalchemy.orm import Session
 
-from .blobs import delete_unreferenced, put_blob
-from .models import Blob, Capture, CaptureSetting, utcnow
+from .blobs import get_blob, put_blob, release_blobs
+from .models import Capture, CaptureSetting, utcnow
 
 
 def get_capture_settings(session: Session, *, tenant_id: str, lineage: str,
@@ -141,7 +141,7 @@ def get_captures(session: Session, *, tenant_id: str, lineage: str, ids: list[st
 
 
 def capture_image(session: Session, *, capture: Capture) -> bytes | None:
-    return session.scalar(select(Blob.data).where(Blob.sha256 == capture.blob_sha256))
+    return get_blob(session, sha256=capture.blob_sha256)
 
 
 def delete_expired_captures(session: Session, *, now: datetime, limit: int = 1000) -> int:
@@ -154,7 +154,7 @@ def delete_expired_captures(session: Session, *, now: datetime, limit: int = 100
     if not rows:
         return 0
     session.execute(delete(Capture).where(Capture.id.in_([ident for ident, _ in rows])))
-    delete_unreferenced(session, digests={digest for _, digest in rows})
+    release_blobs(session, digests={digest for _, digest in rows})
     return len(rows)
 
 
@@ -165,4 +165,4 @@ def delete_lineage_captures(session: Session, *, tenant_id: str, lineage: str) -
     session.execute(delete(Capture).where(Capture.tenant_id == tenant_id,
                                           Capture.lineage == lineage))
     delete_capture_settings(session, tenant_id=tenant_id, lineage=lineage)
-    delete_unreferenced(session, digests=digests)
+    release_blobs(session, digests=digests)

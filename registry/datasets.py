@@ -12,10 +12,9 @@ from typing import NamedTuple, Protocol
 from sqlalchemy import delete, func, insert, literal, select
 from sqlalchemy.orm import Session
 
-from .blobs import delete_unreferenced, put_blob
+from .blobs import get_blobs, put_blobs, release_blobs
 from .models import (
     FINISHED,
-    Blob,
     Dataset,
     DatasetImage,
     Job,
@@ -44,10 +43,11 @@ def create_dataset(session: Session, *, tenant_id: str, classnames: Sequence[str
 
 def _add_images(session: Session, *, dataset_id: str, start: int,
                 images: Sequence[ImageRecord]) -> None:
-    for position, image in enumerate(images, start=start):
-        session.add(DatasetImage(dataset_id=dataset_id, position=position, label=image.label,
-                                 filename=image.name[:512],
-                                 blob_sha256=put_blob(session, data=image.source)))
+    digests = put_blobs(session, data=[image.source for image in images])
+    session.add_all(DatasetImage(dataset_id=dataset_id, position=position, label=image.label,
+                                 filename=image.name[:512], blob_sha256=digest)
+                    for position, (image, digest) in enumerate(zip(images, digests,
+                                                                   strict=True), start=start))
     session.flush()
 
 
@@ -123,18 +123,24 @@ def count_dataset_jobs(session: Session, *, dataset_id: str, unfinished: bool = 
     return session.scalar(query)
 
 
+class DatasetImageRecord(NamedTuple):
+    source: bytes
+    label: int
+    name: str
+
+
 def dataset_images(session: Session, *, dataset_id: str,
-                   excluding: Collection[str] = ()) -> list[ImageRecord]:
+                   excluding: Collection[str] = ()) -> list[DatasetImageRecord]:
     """Every image (``source`` bytes, ``label``, ``name``), in stored order, less those
     whose blob is one of ``excluding``."""
-    query = (select(Blob.data.label("source"), DatasetImage.label,
-                    DatasetImage.filename.label("name"))
-             .join(DatasetImage, DatasetImage.blob_sha256 == Blob.sha256)
+    query = (select(DatasetImage.blob_sha256, DatasetImage.label, DatasetImage.filename)
              .where(DatasetImage.dataset_id == dataset_id)
              .order_by(DatasetImage.position))
     if excluding:
         query = query.where(DatasetImage.blob_sha256.not_in(list(excluding)))
-    return list(session.execute(query))
+    rows = session.execute(query).all()
+    sources = get_blobs(session, digests=[digest for digest, _, _ in rows])
+    return [DatasetImageRecord(sources[digest], label, name) for digest, label, name in rows]
 
 
 def dataset_blobs(session: Session, *, dataset_id: str) -> list[StoredImage]:
@@ -157,4 +163,4 @@ def _drop_dataset(session: Session, *, dataset_id: str) -> None:
                                   .where(DatasetImage.dataset_id == dataset_id)))
     session.execute(delete(DatasetImage).where(DatasetImage.dataset_id == dataset_id))
     session.execute(delete(Dataset).where(Dataset.id == dataset_id))
-    delete_unreferenced(session, digests=digests)  # a capture may hold the same bytes
+    release_blobs(session, digests=digests)  # a capture may hold the same bytes

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from .datasets import ImageRecord, create_dataset, dataset_images, dataset_size
@@ -23,6 +23,8 @@ from .models import (
     JobEvent,
     JobStatus,
     Lease,
+    PredictionChunk,
+    PredictionImage,
     utcnow,
 )
 from .webhooks import enqueue_webhook_event
@@ -70,32 +72,48 @@ def create_job(
     return job
 
 
-def get_job(session: Session, *, job_id: str, tenant_id: str | None = None) -> Job | None:
-    """The job, if it exists and (with ``tenant_id``) belongs to that tenant."""
+def get_job(session: Session, *, job_id: str, tenant_id: str | None = None,
+            kind: str | None = None) -> Job | None:
+    """The job, if it exists and (with ``tenant_id``) belongs to that tenant (and, with
+    ``kind``, is of that kind)."""
     job = session.get(Job, job_id)
-    return job if job is not None and tenant_id in (None, job.tenant_id) else None
+    return job if job is not None and tenant_id in (None, job.tenant_id) and \
+        kind in (None, job.kind) else None
 
 
 def list_jobs(session: Session, *, tenant_id: str | None, status: str | None = None,
-              limit: int = 50, before: tuple[datetime, str] | None = None) -> list[Job]:
+              limit: int = 50, before: tuple[datetime, str] | None = None,
+              kind: str = "train") -> list[Job]:
     """Newest first; ``before`` = (created_at, id) of the last job of the previous page."""
-    query = (_owned(select(Job), Job, tenant_id)
-             .options(selectinload(Job.adapter))  # one query for the page's adapters
-             .order_by(Job.created_at.desc(), Job.id.desc()).limit(limit))
+    query = (_owned(select(Job), Job, tenant_id).where(Job.kind == kind)
+             .options(selectinload(Job.adapter)))  # one query for the page's adapters
+    return list(session.scalars(page_of_jobs(query, status=status, limit=limit,
+                                             before=before)))
+
+
+def page_of_jobs(query: Select, *, status: str | None, limit: int,
+                 before: tuple[datetime, str] | None) -> Select:
+    """``query`` (of jobs, or joined with them) as one page: newest first, only ``status``
+    (None: any), after ``before`` = (created_at, id) of the previous page's last job."""
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
     if status is not None:
         query = query.where(Job.status == status)
     if before is not None:
         created, job_id = before
         query = query.where((Job.created_at < created)
                             | ((Job.created_at == created) & (Job.id < job_id)))
-    return list(session.scalars(query))
+    return query
 
 
-def count_active_jobs(session: Session, *, tenant_id: str) -> int:
-    """The tenant's queued and running jobs."""
-    return session.scalar(select(func.count()).select_from(Job).where(
+def count_active_jobs(session: Session, *, tenant_id: str, kind: str | None = None) -> int:
+    """The tenant's queued and running jobs (of ``kind``; None: training jobs and batch
+    predictions alike)."""
+    query = select(func.count()).select_from(Job).where(
         Job.tenant_id == tenant_id,
-        Job.status.in_([JobStatus.queued.value, JobStatus.running.value]))) or 0
+        Job.status.in_([JobStatus.queued.value, JobStatus.running.value]))
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    return session.scalar(query) or 0
 
 
 def count_named_jobs_in_flight(session: Session, *, tenant_id: str, name: str) -> int:
@@ -272,13 +290,18 @@ def get_checkpoint(session: Session, *, job_id: str) -> JobCheckpoint | None:
 
 def finish_job(session: Session, *, job: Job, status: JobStatus, error: str | None = None,
                adapter_id: str | None = None) -> Job:
-    """End the job (its checkpoint is no longer needed), and queue the tenant's webhooks."""
+    """End the job (its checkpoint, or a batch prediction's images and chunk answers, are
+    no longer needed), and queue the tenant's webhooks (of a training job)."""
     session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id == job.id))
     job.status = status.value
     job.error = error
     job.finished_at = utcnow()
     add_event(session, job_id=job.id, kind=status.value,
               payload={"error": error} if error else {})
+    if job.kind == "predict":
+        session.execute(delete(PredictionChunk).where(PredictionChunk.job_id == job.id))
+        session.execute(delete(PredictionImage).where(PredictionImage.job_id == job.id))
+        return job
     data = {"job_id": job.id, "status": status.value, "name": job.name,
             "base_model": job.base_model, "error": error}
     if adapter_id is not None:

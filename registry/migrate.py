@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -26,3 +28,21 @@ def alembic_config(url: str | None = None) -> Config:
 def upgrade(url: str, revision: str = "head") -> None:
     """Migrate the database at ``url`` to ``revision``."""
     command.upgrade(alembic_config(url), revision)
+
+
+@contextmanager
+def foreign_keys_off_on_sqlite(op) -> Iterator[None]:
+    """For a migration (``op``: alembic's): SQLite adds a foreign key, drops a column or
+    changes one by copying the table; with foreign keys on, dropping the old copy of a table
+    others name would fail, or delete the rows that name it (cascades). Off for the copies
+    (PRAGMA foreign_keys works only outside a transaction), on again after."""
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    if sqlite:
+        with op.get_context().autocommit_block():
+            op.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        if sqlite:
+            with op.get_context().autocommit_block():
+                op.execute("PRAGMA foreign_keys=ON")

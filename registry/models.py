@@ -32,16 +32,21 @@ class JobStatus(str, enum.Enum):
 
 
 FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+JOB_KINDS = ("train", "predict")  # a training job, or a batch prediction (``Prediction``)
 
 
 class Blob(Base):
-    """Content-addressed bytes: uploaded images and delta weights."""
+    """Content-addressed bytes: uploaded images and delta weights. ``data`` holds the bytes
+    when they live in the database (CLIPFIT_BLOB_URL=database, or rows stored before the
+    blob store and not yet moved); NULL when they are in the blob store. ``touched_at``: when
+    a writer last stored or named it (the garbage collector spares younger blobs)."""
 
     __tablename__ = "blobs"
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int]
-    data: Mapped[bytes] = mapped_column(LargeBinary)
+    data: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    touched_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 DEFAULT_TENANT = "default"  # existing rows' tenant (migration 0002); the embedded admin's
@@ -121,8 +126,11 @@ class Job(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", name="fk_jobs_tenant"),
                                            index=True)
     name: Mapped[str | None] = mapped_column(String(200))
+    # "train" (the training jobs of /v1/jobs) or "predict" (a batch prediction of
+    # /v1/predictions: its own fields in ``predictions``, the lifecycle here, shared)
+    kind: Mapped[str] = mapped_column(String(16), default="train", server_default="train")
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
-    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))  # None: predict
     base_model: Mapped[str] = mapped_column(String(500))
     templates: Mapped[list[str]]
     hyperparameters: Mapped[dict[str, Any]]  # the training spec, auto values resolved
@@ -140,7 +148,7 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
-    dataset: Mapped[Dataset] = relationship()
+    dataset: Mapped[Dataset | None] = relationship()
     adapter: Mapped[Adapter | None] = relationship(back_populates="job")
 
     @property
@@ -389,3 +397,62 @@ class DriftAlert(Base):
     adapter_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(32))
     fired_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class Prediction(Base):
+    """A batch prediction: what to classify with and how (the options of /v1/classify,
+    resolved when it was submitted), its counts and its result files. Its lifecycle (status,
+    attempts, heartbeat, cancellation, progress, events) is its job's: the ``jobs`` row of
+    kind "predict" with the same id."""
+
+    __tablename__ = "predictions"
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", name="fk_predictions_job", ondelete="CASCADE"), primary_key=True)
+    adapter_id: Mapped[str | None] = mapped_column(String(32))  # None: zero-shot
+    adapter_ref: Mapped[str | None] = mapped_column(String(300))  # as given (name@alias...)
+    classnames: Mapped[list[str]]  # what it classifies among
+    top_k: Mapped[int]
+    temperature: Mapped[float]  # 1: none (calibration_for chose it)
+    threshold: Mapped[float | None]
+    source: Mapped[str] = mapped_column(String(10))  # zip, dataset or images
+    dataset_id: Mapped[str | None] = mapped_column(String(32))  # source "dataset": which
+    images: Mapped[int]
+    chunk_size: Mapped[int]  # images per recorded chunk (fixed at submission: resumable)
+    classified: Mapped[int] = mapped_column(default=0)
+    unknown: Mapped[int] = mapped_column(default=0)  # answered "unknown" (below threshold)
+    unreadable: Mapped[int] = mapped_column(default=0)  # could not be read when it ran
+    results_jsonl_sha256: Mapped[str | None] = mapped_column(
+        ForeignKey("blobs.sha256", name="fk_predictions_jsonl_blob"), index=True)
+    results_csv_sha256: Mapped[str | None] = mapped_column(
+        ForeignKey("blobs.sha256", name="fk_predictions_csv_blob"), index=True)
+    results_bytes: Mapped[int | None]  # of the JSON Lines file
+    job: Mapped[Job] = relationship()
+
+
+class PredictionImage(Base):
+    """One image a batch prediction classifies (a blob), in order; kept until the
+    prediction ends (its result rows then name it)."""
+
+    __tablename__ = "prediction_images"
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("predictions.job_id", name="fk_prediction_images_prediction",
+                   ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    blob_sha256: Mapped[str] = mapped_column(
+        ForeignKey("blobs.sha256", name="fk_prediction_images_blob"), index=True)
+    filename: Mapped[str] = mapped_column(String(512))
+
+
+class PredictionChunk(Base):
+    """The answers of one finished chunk of a running batch prediction (images
+    ``chunk * chunk_size`` onwards): a redelivered prediction skips the chunks recorded
+    here. Removed when the prediction ends (the result files hold them)."""
+
+    __tablename__ = "prediction_chunks"
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("predictions.job_id", name="fk_prediction_chunks_prediction",
+                   ondelete="CASCADE"), primary_key=True)
+    chunk: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    attempt: Mapped[int]
+    rows: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -85,6 +85,25 @@ class Settings(BaseSettings):
                                  "0: none")
     max_adapters: int = Field(1000, ge=0, description="stored adapters per tenant (counting "
                               "jobs that will make one); 0: none")
+    blob_url: str = Field("", description="where image, delta and result bytes live: "
+                          "'' (default: the folder blobs/ in data_dir), file:///a/folder, "
+                          "s3://bucket/prefix (any S3-compatible store; endpoint and "
+                          "credentials below or AWS_* variables), or 'database' (in the "
+                          "database, as before the blob store)")
+    s3_endpoint_url: str = Field("", description="the S3 API's address for s3:// blob URLs "
+                                 "(MinIO, SeaweedFS, Ceph...); empty: AWS, or AWS_ENDPOINT_URL")
+    s3_region: str = Field("", description="the bucket's region; empty: AWS_REGION or "
+                           "us-east-1")
+    s3_access_key_id: str = Field("", description="empty: boto3's usual credential chain "
+                                  "(AWS_ACCESS_KEY_ID, ~/.aws, an instance role)")
+    s3_secret_access_key: SecretStr = Field(SecretStr(""), description="with "
+                                            "s3_access_key_id")
+    blob_gc_grace_hours: float = Field(24.0, ge=0, description="a blob nothing names is "
+                                       "deleted from the store only once it has been "
+                                       "unnamed and unwritten this long (longer than any "
+                                       "backup of the database takes)")
+    blob_gc_interval_seconds: float = Field(3600.0, gt=0, description="how often the workers "
+                                            "collect unnamed blobs")
     capture_bytes_per_tenant: int = Field(
         1024**3, ge=0, description="bytes of captured classify images (kept for review) per "
         "tenant; beyond it a capture is skipped and counted, never an error to classify; "
@@ -121,6 +140,12 @@ class Settings(BaseSettings):
     resident_delta_mb: float = Field(64.0, gt=0, description="memory per base model for the "
                                      "stacked LayerNorm table of resident deltas (about "
                                      "160 KB per ViT-B delta)")
+    predict_batch_size: int = Field(0, ge=0, le=4096, description="images per forward pass "
+                                    "of a batch prediction (worker side); 0: "
+                                    "CLIPFIT_BATCH_MAX_SIZE")
+    predict_chunk_size: int = Field(256, ge=1, le=100_000, description="a batch prediction "
+                                    "records its answers every this many images: a worker "
+                                    "that dies loses at most one chunk's work")
 
     @property
     def celery_broker_url(self) -> str:

@@ -28,6 +28,7 @@ from registry.models import Adapter
 
 from .context import Caller, Context
 from .errors import Conflict, Invalid, NotFound, Unavailable, found
+from .invalidation import Change
 from .quotas import check_room
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,6 @@ def delete(ctx: Context, caller: Caller, reference: str) -> None:
         if adapter.name is None:  # nothing continues its lineage: its captures go with it
             capture_rows.delete_lineage_captures(s, tenant_id=caller.tenant_id,
                                                  lineage=adapter.id)
-    ctx.captures.forget(caller.tenant_id, adapter.id)
-    if ctx.inference is not None:
-        ctx.inference.forget(adapter.id)
+    # gone from every API process's caches: here at once, elsewhere within the bound
+    ctx.invalidation.changed(Change("adapter", adapter.id, caller.tenant_id))
 

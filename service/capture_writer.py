@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry import captures as capture_rows
+from registry.blobstore import BlobStoreUnavailable
 from registry.models import utcnow
 from registry.settings import Settings
 
@@ -29,7 +30,9 @@ from .background import BackgroundThread
 from .capture_rules import CaptureRules
 
 log = logging.getLogger(__name__)
-RULES_TTL_SECONDS = 5.0  # a changed setting reaches every API process within this
+# a changed setting reaches every API process within this at worst (at once while Redis
+# answers: service.invalidation)
+RULES_TTL_SECONDS = 5.0
 SWEEP_SECONDS = 60.0
 SWEEP_BATCH = 1000  # captures deleted per transaction
 # a tenant's capture bytes are summed from the database at most this often per process (the
@@ -101,9 +104,15 @@ class CaptureWriter(BackgroundThread):
         return rules
 
     def forget(self, tenant_id: str, lineage: str) -> None:
-        """Drop a lineage's cached rules (they were changed in this process)."""
+        """Drop a lineage's cached rules (they were changed, here or in another process:
+        ``service.invalidation``)."""
         with self._lock:
             self._rules.pop((tenant_id, lineage), None)
+
+    def forget_all(self) -> None:
+        """Drop every cached rule (changes may have been missed)."""
+        with self._lock:
+            self._rules.clear()
 
     def offer(self, rules: CaptureRules, *, tenant_id: str, lineage: str, adapter_id: str,
               images: Sequence[tuple[str, bytes]], answers: Sequence[dict]) -> int:
@@ -185,8 +194,8 @@ class CaptureWriter(BackgroundThread):
                 outcome = self._store(s, item)
                 s.commit()
             return outcome
-        except SQLAlchemyError as e:  # the database blinked, a blob went meanwhile: one lost
-            log.warning("a capture could not be stored: %s", type(e).__name__)
+        except (SQLAlchemyError, BlobStoreUnavailable) as e:  # the database or the blob
+            log.warning("a capture could not be stored: %s", type(e).__name__)  # store blinked
             return "error"
         except Exception:  # a bug must not stop the writer thread (logged with its trace)
             log.exception("a capture could not be stored")

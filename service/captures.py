@@ -22,6 +22,7 @@ from .capture_rules import DEFAULT_RETENTION_DAYS, rules_from
 from .capture_writer import lineage_of
 from .context import Caller, Context
 from .errors import Invalid, found
+from .invalidation import Change
 from .jobs import send
 
 INVALID_CAPTURE = "invalid capture settings"
@@ -81,7 +82,7 @@ def set_settings(ctx: Context, caller: Caller, reference: str, values: dict[str,
                                                 lineage=lineage_of(adapter),
                                                 values=rules.columns())
         view = _view(adapter, row)
-    ctx.captures.forget(caller.tenant_id, view.lineage)
+    ctx.invalidation.changed(Change("capture_rules", view.lineage, caller.tenant_id))
     return view
 
 
@@ -90,7 +91,7 @@ def disable(ctx: Context, caller: Caller, reference: str) -> None:
     with ctx.transaction() as s:
         lineage = lineage_of(find(s, caller, reference))
         capture_rows.delete_capture_settings(s, tenant_id=caller.tenant_id, lineage=lineage)
-    ctx.captures.forget(caller.tenant_id, lineage)
+    ctx.invalidation.changed(Change("capture_rules", lineage, caller.tenant_id))
 
 
 def list_captures(ctx: Context, caller: Caller, reference: str, *, limit: int,

@@ -26,18 +26,25 @@ from .uploads import decode_image
 INVALID_CLASSIFY = "invalid classification request"
 
 
-@dataclass
-class ClassifyRequest:
-    images: list[tuple[str, bytes]]  # (name, encoded bytes)
+@dataclass(kw_only=True)
+class AnswerOptions:
+    """With what to answer (an adapter reference, or zero-shot classes on a base model) and
+    how: what /v1/classify and a batch prediction share."""
+
     adapter: str | None = None  # a reference: id, name@VERSION or name@alias
     base_model: str | None = None
-    classes: list[str] | None = None
+    classes: list[str] | None = None  # zero-shot classes, or other classes for an adapter
     template: str | None = None
     top_k: int = 5
     calibrated: bool = True
     reject_unknown: bool = False
     threshold: float | None = None
     problems: list[str] = field(default_factory=list)  # found while parsing the request
+
+
+@dataclass
+class ClassifyRequest(AnswerOptions):
+    images: list[tuple[str, bytes]]  # (name, encoded bytes)
 
 
 @dataclass
@@ -51,9 +58,9 @@ class ClassifyResult:
 
 def _adapter_and_delta(ctx: Context, caller: Caller, reference: str):
     """The caller's adapter and its delta: recently looked up ones from memory (no database
-    round trip per request); when the database is away, a resident one. A ``name@alias`` or
-    ``name@3`` is resolved in the database on every request, so moving an alias takes
-    effect at once."""
+    round trip per request; a deletion anywhere drops them, ``service.invalidation``); when
+    the database is away, a resident one. A ``name@alias`` or ``name@3`` is resolved in the
+    database on every request, so moving an alias takes effect at once on every replica."""
     engine, tenant = ctx.inference, caller.tenant_id
     with ctx.reading() as s:
         adapter_id = reference
@@ -65,10 +72,13 @@ def _adapter_and_delta(ctx: Context, caller: Caller, reference: str):
                 adapter_id = row.id
             adapter = engine.recent_adapter(adapter_id, tenant)
             if adapter is None:
+                generation = ctx.invalidation.generation
                 row = adapter_rows.get_adapter(s, adapter_id=adapter_id, tenant_id=tenant)
                 if row is None:
                     raise NotFound("adapter", reference)
                 adapter = engine.remember_adapter(AdapterInfo.of(row))
+                if ctx.invalidation.stale_since(generation):  # a deletion crossed the read
+                    engine.forget(adapter_id)
             return adapter, engine.delta(s, adapter)
         except (OperationalError, InterfaceError):
             adapter = engine.cached_adapter(adapter_id, tenant)
@@ -87,6 +97,28 @@ def _resolve(ctx: Context, caller: Caller, reference: str):
     except (OperationalError, InterfaceError, SQLAlchemyTimeoutError):
         return adapter, delta, None  # the database is away: classify, capture nothing
     return adapter, delta, rules if rules is not None and rules.applies_to(reference) else None
+
+
+def answer_options(request: AnswerOptions, adapter, templates: list[str] | None,
+                   problems: list[str]) -> tuple[list[str] | None, float, float | None]:
+    """(templates, temperature, threshold) for a request's options (its template,
+    calibration and rejection), with ``adapter`` (an ``AdapterInfo`` or a row; None:
+    zero-shot) and the templates it would use; their problems join ``problems``. The
+    adapter's calibration applies only over its own classes and templates."""
+    if request.template:
+        try:
+            templates = resolve_templates(request.template)
+        except ValueError as e:
+            problems.append(str(e))
+    requested = request.classes
+    own_classes = adapter is not None and (not requested or requested == adapter.classnames) \
+        and (not request.template or templates == adapter.templates)
+    temperature, threshold, refusals = calibration_for(
+        adapter.config if adapter is not None else None, own_classes=own_classes,
+        calibrated=request.calibrated, reject_unknown=request.reject_unknown,
+        threshold=request.threshold)
+    problems += refusals
+    return templates, temperature, threshold
 
 
 class _ImageProblems(Exception):
@@ -121,18 +153,7 @@ async def classify(ctx: Context, caller: Caller, request: ClassifyRequest,
         elif spec not in settings.allowed_base_models:
             problems.append(f"base_model {shorten(spec)} is not allowed; allowed: "
                             f"{settings.allowed_base_models}")
-    if request.template:
-        try:
-            templates = resolve_templates(request.template)
-        except ValueError as e:
-            problems.append(str(e))
-    own_classes = adapter is not None and (not requested or requested == adapter.classnames) \
-        and (not request.template or templates == adapter.templates)
-    temperature, threshold, refusals = calibration_for(
-        adapter.config if adapter is not None else None, own_classes=own_classes,
-        calibrated=request.calibrated, reject_unknown=request.reject_unknown,
-        threshold=request.threshold)
-    problems += refusals
+    templates, temperature, threshold = answer_options(request, adapter, templates, problems)
 
     def decode_all() -> list[tuple]:
         return [decode_image(data, name, settings) for name, data in request.images]

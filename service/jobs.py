@@ -6,10 +6,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -31,6 +31,7 @@ from .uploads import from_files, from_zip
 log = logging.getLogger(__name__)
 INVALID_JOB = "invalid training job"
 STATUSES = tuple(s.value for s in JobStatus)
+T = TypeVar("T")
 
 
 @dataclass
@@ -73,8 +74,7 @@ def submit(ctx: Context, caller: Caller, request: JobRequest) -> tuple[Job, bool
     image, database writes): call it off an event loop."""
     settings, tenant = ctx.settings, caller.tenant_id
     digest = request.digest()
-    if request.idempotency_key and (job := _repeat(ctx, tenant, request.idempotency_key,
-                                                   digest)) is not None:
+    if (job := _repeat(ctx, tenant, request.idempotency_key, digest)) is not None:
         return job, False
     with ctx.reading() as s:
         check_room(s, settings, tenant, new_job=True)
@@ -100,8 +100,7 @@ def submit(ctx: Context, caller: Caller, request: JobRequest) -> tuple[Job, bool
                 job_rows.record_idempotency(s, tenant_id=tenant, key=request.idempotency_key,
                                             request_hash=digest, job_id=job.id)
     except IntegrityError as e:  # the same idempotency key, raced in by a concurrent request
-        job = _repeat(ctx, tenant, request.idempotency_key, digest) \
-            if request.idempotency_key else None
+        job = _repeat(ctx, tenant, request.idempotency_key, digest)
         if job is None:
             if stored is not None:  # or the stored dataset, deleted meanwhile
                 raise Invalid(["dataset_id: the dataset was deleted meanwhile"],
@@ -140,7 +139,7 @@ def send(ctx: Context, job: Job) -> None:
     job stays stored and queued (the database is the truth), marked never sent, and the
     reconciler sends it on its first round once the broker answers."""
     try:
-        ctx.queue.enqueue(job.id)
+        ctx.queue.enqueue(job.id, job.kind)
     except Exception as e:  # noqa: BLE001 (kept: the reconciler sends it later)
         log.warning("job %s is stored but not sent: the job queue is unreachable (%s: %s); "
                     "the reconciler sends it when the queue answers", job.id,
@@ -152,21 +151,34 @@ def send(ctx: Context, job: Job) -> None:
             log.warning("could not mark job %s unsent", job.id, exc_info=True)
 
 
-def _repeat(ctx: Context, tenant_id: str, key: str, digest: str) -> Job | None:
-    """The job this key made for this request; None for a new (or expired) key; ``Invalid``
-    when the key was used for another request."""
+def repeat_of(ctx: Context, tenant_id: str, key: str | None, digest: str,
+              made: Callable[[Session, str], T | None], message: str) -> T | None:
+    """What an ``Idempotency-Key`` made for this request (``made(session, job id)``, read
+    in the same transaction): None without a key, or for a new (or expired) one;
+    ``Invalid`` (titled ``message``) when the key was used for another request, or what it
+    made is gone."""
+    if not key:
+        return None
     not_before = utcnow() - timedelta(seconds=ctx.settings.idempotency_ttl_seconds)
     with ctx.transaction() as s:  # an expired record is removed
         record = job_rows.get_idempotency(s, tenant_id=tenant_id, key=key,
                                           not_before=not_before)
         if record is None:
             return None
-        if record.request_hash != digest:
+        if record.request_hash != digest or (answer := made(s, record.job_id)) is None:
             raise Invalid(["Idempotency-Key was already used for a different request; use a "
-                           + "new key"], INVALID_JOB)
-        job = job_rows.get_job(s, job_id=record.job_id)
-        job.adapter_id  # noqa: B018 (loaded while the session is open)
-        return job
+                           + "new key"], message)
+        return answer
+
+
+def _repeat(ctx: Context, tenant_id: str, key: str | None, digest: str) -> Job | None:
+    return repeat_of(ctx, tenant_id, key, digest, _loaded_job, INVALID_JOB)
+
+
+def _loaded_job(s: Session, job_id: str) -> Job:
+    job = job_rows.get_job(s, job_id=job_id)
+    job.adapter_id  # noqa: B018 (loaded while the session is open)
+    return job
 
 
 def _checked_request(s: Session, ctx: Context, tenant_id: str, request: JobRequest
@@ -267,8 +279,8 @@ def list_jobs(ctx: Context, caller: Caller, *, status: str | None, limit: int,
 
 def get_job(ctx: Context, caller: Caller, job_id: str) -> Job:
     with ctx.reading() as s:
-        job = found(job_rows.get_job(s, job_id=job_id, tenant_id=caller.tenant_id), "job",
-                    job_id)
+        job = found(job_rows.get_job(s, job_id=job_id, tenant_id=caller.tenant_id,
+                                     kind="train"), "job", job_id)
         job.adapter_id  # noqa: B018 (loaded while the session is open)
         return job
 
@@ -279,8 +291,8 @@ def events(ctx: Context, caller: Caller | None, job_id: str, *, after: int, limi
     the job was checked before (a stream's later polls)."""
     with ctx.reading() as s:
         job = found(job_rows.get_job(s, job_id=job_id,
-                                     tenant_id=caller.tenant_id if caller else None),
-                    "job", job_id)
+                                     tenant_id=caller.tenant_id if caller else None,
+                                     kind="train"), "job", job_id)
         return (job_rows.list_events(s, job_id=job_id, after_id=after, limit=limit),
                 job.status in FINISHED)
 
@@ -290,8 +302,8 @@ def cancel(ctx: Context, caller: Caller, job_id: str) -> Job:
     cancelled at once; a live one stops within a couple of seconds."""
     stale_before = utcnow() - timedelta(seconds=ctx.settings.stale_after_seconds)
     with ctx.transaction() as s:
-        job = found(job_rows.get_job(s, job_id=job_id, tenant_id=caller.tenant_id), "job",
-                    job_id)
+        job = found(job_rows.get_job(s, job_id=job_id, tenant_id=caller.tenant_id,
+                                     kind="train"), "job", job_id)
         if job.status in FINISHED:
             raise Conflict(f"job {job_id} already finished with status {job.status!r}")
         job = job_rows.request_cancel(s, job_id=job_id, stale_before=stale_before)

@@ -1,7 +1,7 @@
-"""The job queue's contract: the task's name and the Celery configuration, one Celery app
-factory for every process that sends, inspects or runs ``clipfit.train_job``, and the
-sending side the use cases call. Sending imports nothing from ``worker/`` (so none of the
-training stack)."""
+"""The job queue's contract: the tasks' names and the Celery configuration, one Celery app
+factory for every process that sends, inspects or runs ``clipfit.train_job`` and
+``clipfit.predict_job``, and the sending side the use cases call. Sending imports nothing
+from ``worker/`` (so none of the training stack)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,13 @@ from celery import Celery
 from registry.settings import Settings
 
 TRAIN_TASK = "clipfit.train_job"  # args: [job_id]
+PREDICT_TASK = "clipfit.predict_job"  # args: [job_id] (a job of kind "predict")
+TASKS = {"train": TRAIN_TASK, "predict": PREDICT_TASK}  # by jobs.kind
+
+
+def task_for(kind: str) -> str:
+    """The task that runs a job of ``kind`` (jobs.kind)."""
+    return TASKS[kind]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -52,9 +59,9 @@ class JobQueue:
     def __init__(self, settings: Settings):
         self.app = create_celery_app(settings, "clipfit-api")
 
-    def enqueue(self, job_id: str) -> None:
+    def enqueue(self, job_id: str, kind: str = "train") -> None:
         """Publish the job (raises when the broker is unreachable)."""
-        self.app.send_task(TRAIN_TASK, args=[job_id])
+        self.app.send_task(task_for(kind), args=[job_id])
 
     def ping(self) -> None:
         """Raise unless the broker answers within about 2 s."""

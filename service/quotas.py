@@ -42,16 +42,19 @@ def _parse(rate: str):
 
 
 def check_room(session: Session, settings: Settings, tenant_id: str, *,
-               new_job: bool) -> None:
+               new_job: bool, makes_adapter: bool = True) -> None:
     """``OverQuota`` when the tenant may not start another job (``new_job``) or store
-    another adapter: jobs in flight count against both limits, since each becomes an
-    adapter."""
+    another adapter: training jobs in flight count against both limits, since each becomes
+    an adapter; batch predictions in flight count against the first (a batch prediction
+    makes no adapter: ``makes_adapter`` False)."""
     active = count_active_jobs(session, tenant_id=tenant_id)
     if new_job and settings.max_active_jobs and active >= settings.max_active_jobs:
         raise OverQuota(f"{active} jobs are queued or running, the limit is "
                         f"{settings.max_active_jobs}: wait for one to finish", retry_after=30)
-    if settings.max_adapters and active + count_adapters(
-            session, tenant_id=tenant_id) >= settings.max_adapters:
+    if not makes_adapter or not settings.max_adapters:
+        return
+    training = count_active_jobs(session, tenant_id=tenant_id, kind="train")
+    if training + count_adapters(session, tenant_id=tenant_id) >= settings.max_adapters:
         raise OverQuota(f"the limit of {settings.max_adapters} stored adapters (with those "
                         "being trained) is reached: delete some", retry_after=3600)
 

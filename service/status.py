@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
+from registry.blobstore import BlobStoreUnavailable
 from registry.jobs import count_jobs_by_status
 
 from .context import Context
 
 
 def readiness(ctx: Context) -> dict[str, str]:
-    """``ok`` or why not, for the database and the broker."""
+    """``ok`` or why not, for the database, the broker and the blob store (when the bytes
+    are not in the database)."""
     checks = {}
     try:
         with ctx.reading() as s:
@@ -23,6 +25,12 @@ def readiness(ctx: Context) -> dict[str, str]:
         checks["broker"] = "ok"
     except Exception as e:  # noqa: BLE001 (reported as unreachable)
         checks["broker"] = f"unreachable: {type(e).__name__}"
+    if ctx.blobs is not None:
+        try:
+            ctx.blobs.check()
+            checks["blob_store"] = "ok"
+        except BlobStoreUnavailable:
+            checks["blob_store"] = "unreachable"
     return checks
 
 

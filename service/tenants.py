@@ -10,6 +10,7 @@ from registry.models import DEFAULT_TENANT, SCOPES, ApiKey, Tenant
 
 from .context import Context
 from .errors import Invalid, NotFound
+from .invalidation import Change
 
 
 def create_tenant(ctx: Context, name: str) -> Tenant:
@@ -49,9 +50,12 @@ def list_keys(ctx: Context) -> list[tuple[ApiKey, str]]:
 
 
 def revoke_key(ctx: Context, key_id: str) -> None:
+    """The key stops working at once in this process, and in every other API process within
+    ``service.invalidation``'s bound."""
     with ctx.transaction() as s:
         if tenant_rows.revoke_key(s, key_id=key_id) is None:
             raise NotFound("key", key_id)
+    ctx.invalidation.changed(Change("key", key_id))
 
 
 def bootstrap_admin_key(ctx: Context, *, secret: str | None = None) -> str | None:

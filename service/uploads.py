@@ -17,6 +17,7 @@ from clipfit_core.data import (
     FewShotDataset,
     from_labelled,
     read_zip,
+    read_zip_images,
     try_decode,
 )
 from clipfit_core.prompts import classname_problems, shorten
@@ -122,13 +123,7 @@ def from_zip(data: bytes, classes: list[str] | None, settings: Settings, *,
     and methods are checked before anything in it is read, then its classes, images and
     the sizes its members declare; each member is inflated with a running cap at
     ``max_image_bytes``, so a zip bomb costs at most about twice that limit in memory."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
-        raise Invalid([f"dataset: not a zip archive ({type(e).__name__})"]) from e
-    problems = archive_problems(archive, settings)
-    if problems:
-        raise Invalid(problems)
+    archive = _checked_archive(data, settings)
     try:
         dataset = read_zip(archive, classes, max_images=settings.max_images,
                            max_classes=settings.max_classes,
@@ -136,6 +131,43 @@ def from_zip(data: bytes, classes: list[str] | None, settings: Settings, *,
     except DatasetError as e:
         raise Invalid(e.problems) from e
     return _checked(dataset, settings, min_classes)
+
+
+def _checked_archive(data: bytes, settings: Settings) -> zipfile.ZipFile:
+    """The zip, its directory checked (``archive_problems``): nothing in it read yet."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
+        raise Invalid([f"dataset: not a zip archive ({type(e).__name__})"]) from e
+    problems = archive_problems(archive, settings)
+    if problems:
+        raise Invalid(problems)
+    return archive
+
+
+def images_from_zip(data: bytes, settings: Settings) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every image in a zip of unlabelled images (to classify; folders
+    are only names), sorted by name, under the same checks as a training zip: the archive's
+    entries, size, paths and methods from its directory, then the image count and declared
+    sizes, each member inflated with a running cap, and each distinct image decoded once
+    within the pixel limit."""
+    archive = _checked_archive(data, settings)
+    try:
+        images = read_zip_images(archive, max_images=settings.max_images,
+                                 max_image_bytes=settings.max_image_bytes)
+    except DatasetError as e:
+        raise Invalid([f"dataset: {p}" for p in e.problems]) from e
+    images = [(clean_filename(name, f"image{i}"), data) for i, (name, data) in enumerate(images)]
+    problems, seen = [], set()
+    for name, source in images:
+        digest = hashlib.sha256(source).digest()
+        if digest not in seen:
+            seen.add(digest)
+            if problem := decode_image(source, name, settings)[1]:
+                problems.append(problem)
+    if problems:
+        raise Invalid(problems)
+    return images
 
 
 def _checked(dataset: FewShotDataset, settings: Settings,

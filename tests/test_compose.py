@@ -28,6 +28,8 @@ from setuptools import find_packages
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
+COMPOSE_REPLICAS = ROOT / "docker-compose.replicas.yml"
+HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
@@ -326,6 +328,31 @@ def test_volumes_are_declared_and_used(compose, services):
     assert "/var/lib/postgresql/data" in named_volumes(services["postgres"]).values()
 
 
+def test_api_and_worker_share_the_blob_store(services):
+    """Images the API stores the worker trains on, deltas the worker stores the API serves:
+    with the default blob store (a folder in the data directory), both mount one volume
+    there, and the image makes that folder its user's (a new volume copies its owner)."""
+    from dockerfile_parse import DockerfileParser
+
+    from registry.blobstore import blob_url
+    from registry.settings import Settings
+
+    folders = set()
+    for name in ("api", "worker"):
+        env = env_of(services[name])
+        assert not env.get("CLIPFIT_BLOB_URL"), name  # the default: data_dir/blobs
+        folder = blob_url(Settings(data_dir=Path(env["CLIPFIT_DATA_DIR"]))).removeprefix(
+            "file://")
+        assert folder in named_volumes(services[name]).values(), name
+        folders.add((folder, next(v for v, path in named_volumes(services[name]).items()
+                                  if path == folder)))
+    assert len(folders) == 1  # the same volume, at the same place
+    dockerfile = DockerfileParser(path=str(ROOT / "Dockerfile")).content
+    folder = next(iter(folders))[0]
+    assert f"mkdir -p /app {folder}" in dockerfile and f"chown clipfit:clipfit /data {folder}" \
+        in dockerfile
+
+
 def test_environment_matches_settings_and_services(compose, services):
     from clipfit_core.models import list_architectures, parse_model_spec
     from registry.settings import Settings
@@ -373,6 +400,124 @@ def test_cpu_override_removes_the_gpu_only(compose):
     for name, service in compose["services"].items():
         if name != "worker":
             assert merged["services"][name] == service, f"the CPU override changes {name}"
+
+
+# --- docker-compose.replicas.yml: several api replicas, HAProxy, an object store ------------
+
+@pytest.fixture(scope="module")
+def replicas(compose) -> dict:
+    """docker-compose.yml merged with the replicas overlay (as ``-f A -f B`` merges them)."""
+    return merge(compose, load_compose(COMPOSE_REPLICAS))["services"]
+
+
+def haproxy_sections() -> dict[str, list[list[str]]]:
+    """``{"backend api": [[word, ...], ...], ...}``: deploy/haproxy.cfg's lines by section."""
+    sections: dict[str, list[list[str]]] = {}
+    current = ""
+    for line in HAPROXY_CFG.read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if not line[0].isspace():
+            current = " ".join(words)
+            sections[current] = []
+        else:
+            sections[current].append(words)
+    return sections
+
+
+def test_the_default_stack_needs_no_replicas_part(services):
+    assert not {"lb", "objectstore", "objectstore-bucket"} & set(services), \
+        "docker compose up alone must not need the load balancer or the object store"
+
+
+def test_replicas_overlay_puts_the_load_balancer_in_front(compose, replicas, parser):
+    overlay = load_compose(COMPOSE_REPLICAS)["services"]
+    assert set(overlay) - set(compose["services"]) == {"lb", "objectstore",
+                                                       "objectstore-bucket"}, set(overlay)
+    api, lb = replicas["api"], replicas["lb"]
+    assert not published_ports(api), "scaled api replicas cannot all publish port 8000"
+    assert int(api.get("deploy", {}).get("replicas", 1)) >= 2
+    assert ("8000", "8000") in published_ports(lb), published_ports(lb)
+    assert lb["image"].startswith("haproxy:"), lb["image"]
+    assert (lb["depends_on"]["api"] or {}).get("condition") == "service_healthy"
+    mounts = {}
+    for volume in lb["volumes"]:
+        source, target = volume.split(":")[:2]
+        assert (ROOT / source).is_file(), f"lb mounts {source}, which is not in the repo"
+        mounts[target] = source
+    config_path = argv_of(lb["command"])[argv_of(lb["command"]).index("-f") + 1]
+    assert mounts.get(config_path) == "./deploy/haproxy.cfg", mounts
+    # every file the configuration names is mounted where it names it
+    for section in haproxy_sections().values():
+        for words in section:
+            if words[0] == "errorfile":
+                assert words[2] in mounts, f"{words[2]} is not mounted into lb"
+    served = check_clipfit(parser, argv_of(api["command"]), "api.command").port
+    servers = [w for w in haproxy_sections()["backend api"] if w[0] == "server-template"]
+    assert servers and all(w[3] == f"api:{served}" for w in servers), servers
+    for name, service in replicas.items():
+        for dep in service.get("depends_on") or {}:
+            assert dep in replicas, f"{name} depends on an unknown service {dep!r}"
+
+
+def test_the_load_balancer_checks_readiness_and_answers_503_with_retry_after():
+    backend = haproxy_sections()["backend api"]
+    assert ["option", "httpchk", "GET", "/readyz"] in backend, backend
+    assert "/readyz" in api_routes()
+    assert ["http-check", "expect", "status", "200"] in backend
+    checked = [w for w in backend if w[0] == "server-template" and "check" in w]
+    assert checked and all("backup" not in w for w in checked), backend
+    defaults = haproxy_sections()["defaults"]
+    errorfiles = {w[1]: w[2] for w in defaults if w[0] == "errorfile"}
+    assert set(errorfiles) == {"502", "503", "504"}, errorfiles
+    answer = (ROOT / "deploy" / "haproxy-503.http").read_bytes()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 503 Service Unavailable", lines[0]
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    assert int(headers["Retry-After"]) >= 1 and headers["Content-Type"] == "application/json"
+    error = json.loads(body)
+    assert {"code", "message", "problems", "detail"} <= set(error), error  # the API's shape
+
+
+def test_haproxy_accepts_the_configuration(tmp_path):
+    import subprocess
+
+    from tests.debian import debian_binary
+
+    binary = debian_binary("haproxy", "haproxy")
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(HAPROXY_CFG.read_text().replace(
+        "/usr/local/etc/haproxy/haproxy-503.http", str(ROOT / "deploy" / "haproxy-503.http")))
+    check = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True,
+                           check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_replicas_share_one_object_store(replicas):
+    from registry.settings import Settings
+
+    envs = {name: env_of(replicas[name]) for name in ("migrate", "api", "worker")}
+    blob = {env["CLIPFIT_BLOB_URL"] for env in envs.values()}
+    assert len(blob) == 1 and next(iter(blob)).startswith("s3://"), blob
+    for name, env in envs.items():
+        for key in env:
+            assert key[len("CLIPFIT_"):].lower() in Settings.model_fields, f"{name}: {key}"
+        assert {k: v for k, v in env.items() if k.startswith("CLIPFIT_S3_")} == {
+            k: v for k, v in envs["api"].items() if k.startswith("CLIPFIT_S3_")}, name
+        deps = replicas[name]["depends_on"]
+        assert deps["objectstore"]["condition"] == "service_healthy", name
+        assert deps["objectstore-bucket"]["condition"] == "service_completed_successfully"
+    endpoint = urlsplit(envs["api"]["CLIPFIT_S3_ENDPOINT_URL"])
+    assert endpoint.hostname == "objectstore" and endpoint.port == 9000, endpoint
+    store = env_of(replicas["objectstore"])
+    assert (store["MINIO_ROOT_USER"], store["MINIO_ROOT_PASSWORD"]) == (
+        envs["api"]["CLIPFIT_S3_ACCESS_KEY_ID"], envs["api"]["CLIPFIT_S3_SECRET_ACCESS_KEY"])
+    bucket = urlsplit(next(iter(blob))).hostname
+    assert f"mb --ignore-existing store/{bucket}" in " ".join(
+        argv_of(replicas["objectstore-bucket"]["command"]))
+    assert "objects" in named_volumes(replicas["objectstore"])
 
 
 # --- Dockerfile and .dockerignore -----------------------------------------------------------

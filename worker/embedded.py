@@ -2,7 +2,8 @@
 
 It is an ordinary ``WorkController`` (the worker ``celery worker`` starts, minus process-level
 signal handling) with the solo pool, consuming from the same broker and running the same
-``clipfit.train_job`` task as a standalone worker; only the process it lives in differs.
+``clipfit.train_job`` and ``clipfit.predict_job`` tasks as a standalone worker; only the
+process it lives in differs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy import Engine, select
 from registry.crud import add_event
 from registry.db import session_scope
 from registry.models import Job, JobStatus, utcnow
-from service.queue import TRAIN_TASK
+from service.queue import task_for
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,10 @@ def requeue_unfinished(app: Celery, engine: Engine) -> list[str]:
                           payload={"after_attempt": job.attempts,
                                    "reason": "the service restarted"})
             job.enqueued_at = utcnow()
-        ids = [job.id for job in jobs]
-    for job_id in ids:
-        app.send_task(TRAIN_TASK, args=[job_id])
+        ids = [(job.id, job.kind) for job in jobs]
+    for job_id, kind in ids:
+        app.send_task(task_for(kind), args=[job_id])
     if ids:
-        log.warning("re-enqueued %d unfinished job(s): %s", len(ids), ", ".join(ids))
-    return ids
+        log.warning("re-enqueued %d unfinished job(s): %s", len(ids),
+                    ", ".join(job_id for job_id, _ in ids))
+    return [job_id for job_id, _ in ids]

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -30,13 +31,17 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 
 from registry import crud
+from registry.blobs import Collected, collect_garbage, use_blob_store
+from registry.blobstore import BlobStore, BlobStoreUnavailable
 from registry.db import make_engine, session_scope
 from registry.jobs import mark_unsent
 from registry.models import JobStatus, utcnow
 from registry.settings import Settings
+from service.queue import task_for
 
 log = logging.getLogger(__name__)
 LEASE = "reconciler"
+COLLECTOR_LEASE = "blob-collector"
 UNREACHABLE = (OSError, redis.ConnectionError, redis.TimeoutError, KombuOperationalError,
                SQLAlchemyOperationalError)
 
@@ -55,10 +60,13 @@ def broker_job_ids(broker_url: str, queue: str = "celery") -> str | None:
     return b"\n".join(waiting + delivered).decode("utf-8", errors="replace")
 
 
-def reconcile_once(engine: Engine, settings: Settings, send: Callable[[str], None],
+def reconcile_once(engine: Engine, settings: Settings, send: Callable[[str, str], None],
                    holder: str) -> dict[str, list[str]]:
-    """One round; the job ids it acted on, by action (empty when another holds the lease)."""
+    """One round; the job ids it acted on, by action (empty when another holds the lease).
+    ``send(job_id, task)`` publishes a job to the task of its kind (training jobs and batch
+    predictions alike)."""
     done: dict[str, list[str]] = {"requeued": [], "failed": [], "cancelled": [], "resent": []}
+    tasks: dict[str, str] = {}  # job id -> the task of its kind
     with session_scope(engine) as s:
         if not crud.acquire_lease(s, name=LEASE, holder=holder,
                                   ttl_seconds=settings.reconcile_interval_seconds * 3):
@@ -81,6 +89,7 @@ def reconcile_once(engine: Engine, settings: Settings, send: Callable[[str], Non
                 crud.add_event(s, job_id=job.id, kind="requeued",
                                payload={"after_attempt": job.attempts, "reason": silent})
                 done["requeued"].append(job.id)
+                tasks[job.id] = task_for(job.kind)
     try:
         held = broker_job_ids(settings.celery_broker_url)
     except Exception:
@@ -92,16 +101,34 @@ def reconcile_once(engine: Engine, settings: Settings, send: Callable[[str], Non
             if held is None or job.id not in held:
                 job.enqueued_at = now
                 done["resent"].append(job.id)
+                tasks[job.id] = task_for(job.kind)
     to_send = done["requeued"] + done["resent"]
     for i, job_id in enumerate(to_send):
         try:
-            send(job_id)
+            send(job_id, tasks[job_id])
         except Exception:
             _unsent(engine, to_send[i:])
             raise
     if any(done.values()):
         log.warning("reconciler: %s", {k: v for k, v in done.items() if v})
     return done
+
+
+def collect_blobs_once(engine: Engine, settings: Settings, store: BlobStore | None,
+                       holder: str) -> Collected | None:
+    """The blobs nothing has named for CLIPFIT_BLOB_GC_GRACE_HOURS, deleted by one process
+    per CLIPFIT_BLOB_GC_INTERVAL_SECONDS (a lease); None when another holds it."""
+    with session_scope(engine) as s:
+        if not crud.acquire_lease(s, name=COLLECTOR_LEASE, holder=holder,
+                                  ttl_seconds=settings.blob_gc_interval_seconds):
+            return None
+    collected = collect_garbage(engine, store=store,
+                                grace=timedelta(hours=settings.blob_gc_grace_hours))
+    if collected.deleted or collected.adopted or collected.skipped:
+        log.info("blob collector: %d deleted (%d bytes), %d adopted from the store%s",
+                 collected.deleted, collected.bytes_freed, collected.adopted,
+                 f"; {'; '.join(collected.skipped)}" if collected.skipped else "")
+    return collected
 
 
 def _unsent(engine: Engine, job_ids: list[str]) -> None:
@@ -115,16 +142,18 @@ def _unsent(engine: Engine, job_ids: list[str]) -> None:
 class Reconciler:
     """``reconcile_once`` every CLIPFIT_RECONCILE_INTERVAL_SECONDS in a daemon thread."""
 
-    def __init__(self, settings: Settings, send: Callable[[str], None]):
+    def __init__(self, settings: Settings, send: Callable[[str, str], None]):
         self.settings, self.send = settings, send
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         # no pooled connections: a prefork worker forks while this thread lives
         self.engine = make_engine(settings.sqlalchemy_url, pooled=False)
+        self.store = use_blob_store(settings)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clipfit-reconciler",
                                         daemon=True)
 
     def _run(self) -> None:
+        collect_at = time.monotonic() + self.settings.reconcile_interval_seconds * 3
         while not self._stop.wait(self.settings.reconcile_interval_seconds):
             try:
                 reconcile_once(self.engine, self.settings, self.send, self.holder)
@@ -132,6 +161,14 @@ class Reconciler:
                 log.warning("reconciler round failed (%s: %s); retrying", type(e).__name__, e)
             except Exception:
                 log.warning("reconciler round failed; retrying", exc_info=True)
+            if time.monotonic() >= collect_at:
+                collect_at = time.monotonic() + self.settings.blob_gc_interval_seconds
+                try:
+                    collect_blobs_once(self.engine, self.settings, self.store, self.holder)
+                except (*UNREACHABLE, BlobStoreUnavailable) as e:  # away: next time
+                    log.warning("blob collection failed (%s: %s)", type(e).__name__, e)
+                except Exception:
+                    log.warning("blob collection failed", exc_info=True)
 
     def start(self) -> Reconciler:
         self._thread.start()

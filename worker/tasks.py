@@ -19,6 +19,8 @@ from clipfit_core.delta import Delta, check_compatible
 from clipfit_core.models import BaseModel, create_base_model, resolve_device
 from clipfit_core.train import Checkpoint, TrainingCancelled, train_clipfit
 from registry import crud
+from registry.blobs import use_blob_store
+from registry.blobstore import BlobStoreUnavailable
 from registry.db import get_engine, session_scope
 from registry.models import JobStatus, utcnow
 from registry.settings import Settings
@@ -29,18 +31,25 @@ from .failures import check_finite, failure_message
 
 log = logging.getLogger(__name__)
 DATABASE_AWAY = (OperationalError, InterfaceError)
+STORAGE_AWAY = (*DATABASE_AWAY, BlobStoreUnavailable)  # the database or the blob store
 
 
-class TrainTask(Task):
-    """The task's per-process resources: the database engine and the base models (each
-    loaded once; training changes a model in place and restores it, so a worker's copy is
-    never shared with an API's inference engine, even in the embedded service)."""
+class ServiceTask(Task):
+    """A task with the service's settings and, per process, its database engine (with the
+    database's blob store)."""
 
     settings: Settings  # set by worker.celery_app.create_worker_app
 
     @cached_property
     def engine(self) -> Engine:
+        use_blob_store(self.settings)  # where this database's image and delta bytes live
         return get_engine(self.settings.sqlalchemy_url)
+
+
+class TrainTask(ServiceTask):
+    """The task's per-process resources: the database engine and the base models (each
+    loaded once; training changes a model in place and restores it, so a worker's copy is
+    never shared with an API's inference engine, even in the embedded service)."""
 
     @cached_property
     def base_model(self):
@@ -87,6 +96,8 @@ def train_job(self: TrainTask, job_id: str) -> str:
             comparison = _compare(self, job_id, spec, delta) if retrain else None
         except TrainingCancelled:
             return _end(self, job_id, attempt, JobStatus.cancelled)
+        except BlobStoreUnavailable:  # not the job's fault: its heartbeat stops, and the
+            raise  # reconciler runs it again (from its checkpoint) once the store is back
         except Exception as e:  # the job failed; the worker lives on
             log.exception("job %s failed", job_id)
             return _end(self, job_id, attempt, JobStatus.failed,
@@ -124,16 +135,19 @@ def _store(task: TrainTask, job_id: str, attempt: int, delta, metrics, name,
 
 
 def with_retries(action, what: str, delays=(1, 2, 4, 8, 16)):
-    """``action()``, retried with backoff while the database is away (about 30 s). If it
+    """``action()``, retried with backoff while the database or the blob store is away
+    (about 30 s). If it
     stays away, the error propagates: the job's heartbeat then goes stale and the reconciler
     runs it again, so a result that could not be recorded is never taken as done."""
     for delay in (*delays, None):
         try:
             return action()
-        except DATABASE_AWAY:
+        except STORAGE_AWAY as e:
             if delay is None:
                 raise
-            log.warning("%s: database unavailable, retrying in %d s", what, delay)
+            log.warning("%s: %s unavailable, retrying in %d s", what,
+                        "blob store" if isinstance(e, BlobStoreUnavailable) else "database",
+                        delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 

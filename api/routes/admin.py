@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Request, Response
+from fastapi import APIRouter, Body, Response
 
 from service import tenants
 
@@ -43,10 +43,8 @@ def list_keys(ctx: ContextDep, _: Admin):
 
 
 @router.delete("/keys/{key_id}", status_code=204, response_class=Response)
-def revoke_key(key_id: str, ctx: ContextDep, _: Admin, request: Request):
+def revoke_key(key_id: str, ctx: ContextDep, _: Admin):
+    """The key stops working at once here, and on every other API replica within
+    ``service.invalidation``'s bound (docs: operations, "Several API replicas")."""
     tenants.revoke_key(ctx, key_id)
-    known = request.app.state.known_keys  # at once in this process (others: the cache's TTL)
-    for digest, principal in list(known.items()):
-        if principal.key_id == key_id:
-            known.pop(digest, None)
     return Response(status_code=204)

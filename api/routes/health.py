@@ -1,4 +1,4 @@
-"""Liveness, readiness (database and broker reachable), the version and Prometheus
+"""Liveness, readiness (database, broker and blob store reachable), the version and Prometheus
 metrics."""
 
 from __future__ import annotations
@@ -69,6 +69,19 @@ def capture_counters(ctx, scrape: CollectorRegistry) -> None:
         skipped.labels(reason).inc(n)
 
 
+def invalidation_metrics(invalidation, scrape: CollectorRegistry) -> None:
+    """This process's part in cross-replica cache invalidation (``service.invalidation``)."""
+    Gauge("clipfit_invalidation_subscribed", "1 while this process hears other replicas' "
+          "changes on Redis (0: its caches go stale for at most their TTL)",
+          registry=scrape).set(int(invalidation.subscribed))
+    for name, help_ in [("published", "changes published to the other replicas"),
+                        ("publish_failures", "changes Redis did not take (TTL-bounded)"),
+                        ("received", "other replicas' changes applied here"),
+                        ("resets", "subscriptions made (every guarded cache cleared)")]:
+        Counter(f"clipfit_invalidation_{name}", help_, registry=scrape).inc(
+            getattr(invalidation, name))
+
+
 class _Families:
     """Metric families built for one scrape (a collector of a per-scrape registry)."""
 
@@ -132,6 +145,7 @@ def metrics(ctx: ContextDep, engine: InferenceDep):
           registry=scrape).set(int(ctx.quotas.redis_away))
     Counter("clipfit_quota_redis_failures", "counter updates Redis did not answer (counted "
             "in memory instead)", registry=scrape).inc(ctx.quotas.redis_failures)
+    invalidation_metrics(ctx.invalidation, scrape)
     capture_counters(ctx, scrape)
     served_counters(ctx, scrape)
     cache = Gauge("clipfit_cache_events", "inference cache hits and misses", ["cache", "kind"],

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
-from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from service import jobs
@@ -14,10 +12,10 @@ from service.jobs import INVALID_JOB, JobRequest
 
 from ..auth import Reader, Trainer
 from ..deps import ContextDep, page_next, page_start
+from ..events import events_answer
 from ..forms import read_form, read_image, validated
 from ..schemas import (
     CURSOR_PATTERN,
-    EventPublic,
     EventsPublic,
     JobCreateForm,
     JobPublic,
@@ -96,27 +94,9 @@ async def job_events(request: Request, job_id: str, ctx: ContextDep, principal: 
     """Events after ``cursor`` (an event id). Streamed, each SSE message carries the event's
     id, so a reconnecting client (``Last-Event-ID``) resumes where it stopped; the stream
     ends after the job's final event."""
-    after = max(cursor, last_event_id or 0) if stream else cursor
-    first, finished = await run_in_threadpool(jobs.events, ctx, principal, job_id,
-                                            after=after, limit=limit)
-    if not stream:
-        return EventsPublic(data=first, next_cursor=str(first[-1].id)
-                            if len(first) == limit else None)
-
-    async def messages():
-        nonlocal after
-        events, done = first, finished
-        while True:
-            for e in (EventPublic.model_validate(e) for e in events):
-                after = e.id
-                yield ServerSentEvent(data=e.model_dump_json(), event=e.kind, id=str(e.id))
-            if done and not events:
-                return
-            await asyncio.sleep(0.5)
-            events, done = await run_in_threadpool(jobs.events, ctx, None, job_id,
-                                                    after=after, limit=limit)
-
-    return EventSourceResponse(messages(), ping=15)
+    return await events_answer(
+        lambda caller, after: jobs.events(ctx, caller, job_id, after=after, limit=limit),
+        principal, cursor=cursor, limit=limit, stream=stream, last_event_id=last_event_id)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=CONFLICT)

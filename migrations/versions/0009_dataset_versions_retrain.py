@@ -6,11 +6,12 @@ each lineage's benchmark set (benchmark_images)
 Revision ID: 0009
 Revises: 0008
 """
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+
+from registry.migrate import foreign_keys_off_on_sqlite
 
 revision: str = '0009'
 down_revision: str | None = '0008'
@@ -18,26 +19,8 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-@contextmanager
-def _foreign_keys_off_on_sqlite() -> Iterator[None]:
-    """SQLite adds a foreign key or drops a column by copying the table; with foreign keys
-    on, dropping the old copy of ``datasets`` would fail, or delete the rows that name it
-    (dataset_images cascade). Off for the copies (PRAGMA foreign_keys works only outside a
-    transaction), on again after."""
-    sqlite = op.get_bind().dialect.name == 'sqlite'
-    if sqlite:
-        with op.get_context().autocommit_block():
-            op.execute('PRAGMA foreign_keys=OFF')
-    try:
-        yield
-    finally:
-        if sqlite:
-            with op.get_context().autocommit_block():
-                op.execute('PRAGMA foreign_keys=ON')
-
-
 def upgrade() -> None:
-    with _foreign_keys_off_on_sqlite():
+    with foreign_keys_off_on_sqlite(op):
         _add_columns()
     # the adapters stored before: the dataset their job trained on
     adapters = sa.table('adapters', sa.column('job_id', sa.String),
@@ -105,7 +88,7 @@ def downgrade() -> None:
         ('dataset_images', 'blob_sha256'), ('adapters', 'weights_sha256'),
         ('captures', 'blob_sha256'))]
     op.execute(blobs.delete().where(blobs.c.sha256.not_in(sa.union(*named))))
-    with _foreign_keys_off_on_sqlite():
+    with foreign_keys_off_on_sqlite(op):
         with op.batch_alter_table('capture_settings') as batch:
             batch.drop_column('promote')
             batch.drop_column('retrain_after')

@@ -30,6 +30,8 @@ REFUSED_VALID_DATA = {
     ("POST", "/v1/adapters"): "the file must be a delta zip whose tensors fit an allowed base",
     ("POST", "/v1/classify"): "the images must decode; base_model must be one the operator "
     "allows (the example names clipfit-mini; this app allows clipfit-tiny)",
+    ("POST", "/v1/predictions"): "the zip must hold decodable images, exactly one source must "
+    "be given (a rule across fields), the adapter or dataset must exist",
     ("POST", "/v1/webhooks"): "the URL's host must be public (CLIPFIT_WEBHOOK_ALLOW_PRIVATE is "
     "off): http://0 or http://10.1.2.3 match any URL pattern",
 }

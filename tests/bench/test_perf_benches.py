@@ -43,3 +43,20 @@ def test_hostile_zips_measures_every_refusal(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert sum("peak memory +" in line for line in lines) == 8
     assert any("zip of 1001 classes" in line and "refused in" in line for line in lines)
+
+
+def test_batch_predict_measures_the_job_the_limit_and_a_killed_worker(tmp_path):
+    from bench import batch_predict
+
+    assert batch_predict.main([
+        "--model", "clipfit-tiny", "--images", "160", "--batch", "1", "--chunk", "8",
+        "--raw-seconds", "0.3", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "batch_predict.json").read_text())
+    assert result["a"]["images_per_s"] > 0 and result["b"]["images"] == 160
+    assert result["ratio"] == result["rounds"][0]["ratio"] > 0
+    killed = result["c"]
+    assert killed["attempt"] == 2 and killed["classified_when_killed"] >= 80
+    assert killed["classified_twice"] == \
+        killed["classified_when_killed"] - killed["recorded_when_killed"]
+    assert 0 <= killed["classified_twice"] <= 8  # at most the chunk in flight
+    assert killed["images_in_second_attempt"] == 160 - killed["recorded_when_killed"]

@@ -10,7 +10,7 @@ from registry.models import Base
 TABLES = {"blobs", "datasets", "dataset_images", "jobs", "job_events", "adapters", "tenants",
           "api_keys", "idempotency_keys", "webhook_endpoints", "webhook_deliveries",
           "capture_settings", "captures", "benchmark_images", "served_stats",
-          "drift_alerts"}
+          "drift_alerts", "predictions", "prediction_images", "prediction_chunks"}
 
 
 def test_upgrade_downgrade_upgrade_and_models_match(database_url, tmp_path):
@@ -94,4 +94,33 @@ def test_0009_keeps_every_row_both_ways(database_url, tmp_path, new_postgres_dat
     with engine.connect() as conn:  # and foreign keys are still enforced on SQLite
         if url.startswith("sqlite"):
             assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    engine.dispose()
+
+
+def test_0012_keeps_training_jobs_as_they_were(database_url, tmp_path, new_postgres_database):
+    """jobs gains a kind (existing rows: train) and an optional dataset; on SQLite the table
+    is copied, which must not take the rows that name it (events, adapters) along."""
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'kind.sqlite3'}" if database_url.startswith("sqlite") \
+        else new_postgres_database()
+    config, engine = alembic_config(url), make_engine(url)
+    command.upgrade(config, "0011")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO datasets (id, tenant_id, classnames, version, created_at)"
+                          " VALUES ('d', 'default', '[\"a\"]', 1, '2026-01-01')"))
+        conn.execute(text("INSERT INTO jobs (id, tenant_id, status, dataset_id, base_model, "
+                          "templates, hyperparameters, attempts, cancel_requested, created_at) "
+                          "VALUES ('j', 'default', 'succeeded', 'd', 'm', '[]', '{}', 1, false, "
+                          "'2026-01-01')"))
+        conn.execute(text("INSERT INTO job_events (job_id, kind, payload, created_at) VALUES "
+                          "('j', 'queued', '{}', '2026-01-01')"))
+    command.upgrade(config, "0012")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT kind, dataset_id FROM jobs")).all() == [("train", "d")]
+        assert conn.execute(text("SELECT count(*) FROM job_events")).scalar() == 1
+    command.downgrade(config, "0011")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id FROM jobs")).all() == [("j",)]
+        assert conn.execute(text("SELECT count(*) FROM job_events")).scalar() == 1
     engine.dispose()

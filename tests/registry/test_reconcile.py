@@ -56,7 +56,7 @@ def test_reconciler_requeues_fails_and_resends(session, migrated):
     waiting.enqueued_at = old
     session.commit()
     sent = []
-    done = reconcile_once(migrated, settings, sent.append, holder="test")
+    done = reconcile_once(migrated, settings, lambda job_id, task: sent.append(job_id), holder="test")
     assert lost.id in done["requeued"] and spent.id in done["failed"]
     assert waiting.id in done["resent"] and fresh.id not in done["resent"]
     assert set(sent) >= {lost.id, waiting.id} and spent.id not in sent
@@ -65,7 +65,7 @@ def test_reconciler_requeues_fails_and_resends(session, migrated):
     failed = crud.get_job(session, job_id=spent.id)
     assert failed.status == "failed" and "lost 2 times" in failed.error
     # another holder waits for the lease
-    assert reconcile_once(migrated, settings, sent.append, holder="other")["requeued"] == []
+    assert reconcile_once(migrated, settings, lambda job_id, task: sent.append(job_id), holder="other")["requeued"] == []
 
 
 def test_a_job_the_reconciler_could_not_send_is_sent_on_its_next_round(session, migrated):
@@ -75,7 +75,7 @@ def test_a_job_the_reconciler_could_not_send_is_sent_on_its_next_round(session, 
     job.enqueued_at = None  # stored by the API while the broker was away
     session.commit()
 
-    def broker_down(job_id):
+    def broker_down(job_id, task):
         raise ConnectionRefusedError("the broker is away")
 
     with pytest.raises(ConnectionRefusedError):
@@ -83,7 +83,46 @@ def test_a_job_the_reconciler_could_not_send_is_sent_on_its_next_round(session, 
     session.expire_all()
     assert crud.get_job(session, job_id=job.id).enqueued_at is None  # still never sent
     sent = []
-    assert job.id in reconcile_once(migrated, settings, sent.append, holder="test")["resent"]
+    assert job.id in reconcile_once(migrated, settings, lambda job_id, task: sent.append(job_id), holder="test")["resent"]
     assert sent == [job.id]
     session.expire_all()
     assert crud.get_job(session, job_id=job.id).enqueued_at is not None
+
+
+def test_batch_predictions_are_reconciled_to_their_own_task(session, migrated):
+    """A prediction whose worker went silent is requeued, and a queued one without a message
+    resent, to clipfit.predict_job; a stale attempt cannot record a chunk."""
+    from registry.predictions import NamedImage, create_prediction, record_chunk
+    from service.queue import PREDICT_TASK, TRAIN_TASK
+
+    settings = Settings(stale_after_seconds=30, requeue_after_seconds=30, max_attempts=3,
+                        reconcile_interval_seconds=1, broker_url="sqla+sqlite:///:memory:")
+    old = utcnow() - timedelta(seconds=300)
+
+    x, y = crud.put_blob(session, data=b"image x"), crud.put_blob(session, data=b"image y")
+
+    def prediction():
+        return create_prediction(
+            session, tenant_id=DEFAULT_TENANT, base_model="clipfit-tiny", templates=["{}"],
+            classnames=["a", "b"], top_k=2, temperature=1.0, threshold=None, adapter_id=None,
+            adapter_ref=None, source="images", chunk_size=1,
+            stored=[NamedImage("x", x), NamedImage("y", y)])
+
+    lost, waiting, training = prediction(), prediction(), make_job(session)
+    first = crud.mark_running(session, job_id=lost.id).attempts
+    lost.heartbeat_at = old
+    waiting.enqueued_at = training.enqueued_at = old
+    session.commit()
+    sent = []
+    done = reconcile_once(migrated, settings, lambda job_id, task: sent.append((job_id, task)),
+                          holder="test")
+    assert lost.id in done["requeued"] and waiting.id in done["resent"]
+    assert {(lost.id, PREDICT_TASK), (waiting.id, PREDICT_TASK),
+            (training.id, TRAIN_TASK)} <= set(sent)
+    session.expire_all()
+    second = crud.mark_running(session, job_id=lost.id).attempts
+    assert second == first + 1
+    assert record_chunk(session, job_id=lost.id, attempt=first, chunk=0, rows=[],
+                        progress={}) is None  # fenced
+    assert record_chunk(session, job_id=lost.id, attempt=second, chunk=0, rows=[{"n": 1}],
+                        progress={"chunk": 0}) is False

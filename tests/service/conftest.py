@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -83,6 +84,20 @@ def new_key(client, scopes: list[str], tenant: str = "default") -> str:
         _, secret = crud.create_key(session, tenant_id=tenant_id, scopes=scopes)
         session.commit()
     return secret
+
+
+def collect_released(client) -> None:
+    """Run the blob collector as if its grace period had passed: what nothing names goes."""
+    from datetime import timedelta
+
+    from registry.blobs import collect_garbage
+    from registry.db import get_engine
+    from registry.models import utcnow
+
+    context = client.app.state.context
+    grace = timedelta(hours=context.settings.blob_gc_grace_hours)
+    collect_garbage(get_engine(context.settings.sqlalchemy_url), grace=grace,
+                    store=context.blobs, now=utcnow() + grace + timedelta(minutes=1))
 
 
 @pytest.fixture
@@ -170,15 +185,65 @@ def zip_folder(root: Path) -> bytes:
     return buf.getvalue()
 
 
-def wait_for(client, job_id: str, predicate, timeout: float = 120.0) -> dict:
+def wait_for(client, job_id: str, predicate, timeout: float = 120.0, *,
+             path: str = "/v1/jobs") -> dict:
+    """The job (or, with ``path`` "/v1/predictions", the batch prediction) once
+    ``predicate`` holds for it; fails after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if predicate(job):
-            return job
+        body = client.get(f"{path}/{job_id}").json()
+        if predicate(body):
+            return body
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out; job is {job}")
+            raise AssertionError(f"timed out; {path}/{job_id} is {body}")
         time.sleep(0.2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A ``redis-server`` of a test module's own (never the machine's shared one), on a
+    fixed port across stops and starts: stopped, it is a broker outage."""
+
+    def __init__(self, root: Path):
+        self.port, self.root = free_port(), root
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.root)], stdout=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        """Killed: the outage, as a crash or a lost node looks (no data kept)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -3,32 +3,17 @@ brought in by import, so no training is needed."""
 
 from __future__ import annotations
 
-import io
-import json
-import zipfile
-
 import pytest
-import torch
 
-from clipfit_core.delta import CONFIG_NAME, WEIGHTS_NAME, Delta, DeltaConfig
+from bench.replicas import delta_zip
 from clipfit_core.models import create_base_model
-from clipfit_core.params import trainable_parameters
 
 from .conftest import image_files, new_key
 
 
 def _delta_zip(base, seed: int, classnames: list[str]) -> bytes:
-    g = torch.Generator().manual_seed(seed)
-    tensors = {n: p.detach().cpu() + 0.3 * torch.randn(p.shape, generator=g)
-               for n, p in trainable_parameters(base.model).items()}
-    delta = Delta(tensors, DeltaConfig(
-        base_model="clipfit-tiny", base_fingerprint=base.fingerprint, classnames=classnames,
-        templates=["a photo of a {}."], arch=base.arch))
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        z.writestr(CONFIG_NAME, json.dumps(delta.config_dict()))
-        z.writestr(WEIGHTS_NAME, delta.to_bytes())
-    return buf.getvalue()
+    """A random delta of ``base`` (clipfit-tiny) over ``classnames``, as a download gives."""
+    return delta_zip(seed, classnames, base=base)
 
 
 @pytest.fixture(scope="module")

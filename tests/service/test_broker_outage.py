@@ -10,64 +10,24 @@ in Redis again once it answers.
 from __future__ import annotations
 
 import base64
-import socket
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import redis
 
-from .conftest import FINISHED, Worker, image_files, new_key, wait_for, zip_folder
+from .conftest import (
+    FINISHED,
+    RedisServer,
+    Worker,
+    image_files,
+    new_key,
+    wait_for,
+    zip_folder,
+)
 
 TRAIN = {"base_model": "clipfit-tiny", "epochs": "2", "lr": "0.1", "batch_size": "16",
          "val_fraction": "0.25", "seed": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A ``redis-server`` of this test's own, on a fixed port across stops and starts."""
-
-    def __init__(self, root: Path):
-        self.port, self.root = free_port(), root
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.root)], stdout=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-            finally:
-                client.close()
-
-    def stop(self) -> None:
-        """Killed: the outage, as a crash or a lost node looks (no data kept)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

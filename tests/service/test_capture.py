@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from registry.models import Blob, Capture, utcnow
 
-from .conftest import new_key
+from .conftest import collect_released, new_key
 from .test_aliases import _delta_zip
 
 CLASSES = ["red", "green", "blue", "yellow"]
@@ -218,7 +218,12 @@ def test_expired_captures_are_swept_with_their_images(api, make_adapter, db_sess
     assert writer.sweep(now=utcnow() + timedelta(days=2, minutes=1)) >= 2
     assert listed(api, adapter["id"]) == []
     digests = [c["sha256"] for c in kept]
+    # released: nothing names them, and the collector deletes them after its grace period
+    blobs = api.app.state.context.blobs
+    assert len(db_session.scalars(select(Blob.sha256).where(Blob.sha256.in_(digests))).all()) == 2
+    collect_released(api)
     assert db_session.scalars(select(Blob.sha256).where(Blob.sha256.in_(digests))).all() == []
+    assert [blobs.stat(d) for d in digests] == [None, None]
 
 
 def test_the_tenant_capture_quota_skips_never_refuses(api, make_adapter, files, monkeypatch):

@@ -25,7 +25,7 @@ from registry import crud
 from registry.models import BenchmarkImage, Blob, Capture, Dataset, DatasetImage, Job, utcnow
 from service.jobs import job_dataset, stored_dataset
 
-from .conftest import FINISHED, image_files, new_key, wait_for
+from .conftest import FINISHED, collect_released, image_files, new_key, wait_for
 from .test_aliases import _delta_zip
 
 TRAIN = {"base_model": "clipfit-tiny", "epochs": "3", "lr": "0.1", "batch_size": "16",
@@ -381,6 +381,7 @@ def test_waiting_captures_survive_the_sweep(api, tiny, colour_set, db_session):
     assert [c["id"] for c in left] == [caps[5]["id"]]  # listed past its expiry, labellable
     assert label(api, ref, caps[5]["id"], "blue")["label"] == "blue"
     digests = {c["id"]: c["sha256"] for c in caps}
+    collect_released(api)  # the collector, its grace period past
     kept = set(db_session.scalars(select(Blob.sha256).where(Blob.sha256.in_(digests.values()))))
     # the dataset version keeps the added images, the benchmark set the fifth
     assert kept == {digests[c["id"]] for c in caps[:6]}

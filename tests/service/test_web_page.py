@@ -5,16 +5,20 @@ or to pytest's temporary directory."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import shutil
-import subprocess
 import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.debian import debian_binary
+
+from .test_aliases import _delta_zip
 from .test_embedded import Server, free_port
 
 playwright_api = pytest.importorskip("playwright.sync_api")  # a dev dependency: always there
@@ -24,19 +28,8 @@ PHONE = {"width": 390, "height": 844}
 
 
 def debian_chromium() -> str:
-    """The path of Debian's chromium, installed with apt-get when missing (Playwright's own
-    browser download needs the internet)."""
-    path = shutil.which("chromium")
-    if path is None and shutil.which("apt-get") is not None:
-        install = ["apt-get", "install", "-y", "-q", "chromium"]
-        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-        if subprocess.run(install, env=env, capture_output=True, check=False).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=False)
-            subprocess.run(install, env=env, capture_output=True, check=False)
-        path = shutil.which("chromium")
-    if path is None:
-        pytest.fail("the browser test needs Debian's chromium: apt-get install -y chromium")
-    return path
+    """Debian's chromium (Playwright's own browser download needs the internet)."""
+    return debian_binary("chromium", "chromium")
 
 
 @pytest.fixture(scope="module")
@@ -280,3 +273,47 @@ def test_cancel_and_a_failed_job_in_plain_words(page, key, colour_set, server):
     assert "no-weights" not in error.inner_text()  # no server path reaches the page
     snap(page, Path(os.environ.get("CLIPFIT_SCREENSHOTS", server.log.parent))
                     / "job-failed.png")
+
+
+COLOURS = ("blue", "green", "red", "yellow")
+
+
+def test_batch_prediction_of_a_zip_followed_and_downloaded(page, key, server, tiny,
+                                                           colour_set, shots, tmp_path):
+    """Batch predictions: a zip submitted for an adapter, its progress followed, its
+    results downloaded."""
+    r = server.client.post("/v1/adapters", data={"name": "page-batch"}, files={
+        "file": ("d.zip", _delta_zip(tiny, 3, list(COLOURS)), "application/zip")})
+    assert r.status_code == 201, r.text
+    names = [f"{c}/{p.name}" for c in COLOURS for p in sorted((colour_set / c).iterdir())[:3]]
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in names:
+            z.write(colour_set / name, f"photos/{name}")
+
+    sign_in(page, key)
+    page.click("nav >> text=Batch")
+    expect(page.locator("h1")).to_have_text("Batch predictions")
+    expect(page.locator("#predict-adapter")).to_contain_text("page-batch@1")
+    page.click("#predict-submit")  # nothing chosen: said so, nothing sent
+    expect(page.locator("#predict-status")).to_contain_text("Choose a zip of images")
+    page.set_input_files("#predict-zip", str(archive))
+    page.click("#predict-submit")
+    expect(page.locator("#predict-status")).to_contain_text("12 images")
+    row = page.locator("#predictions tr").first
+    expect(row).to_have_attribute("data-status", "succeeded", timeout=60_000)
+    expect(row.locator(".progress")).to_have_text("12 / 12")
+    snap(page, shots / "batch-predictions.png")
+
+    with page.expect_download() as download:
+        row.locator("button[data-format=jsonl]").click()
+    lines = [json.loads(line) for line in
+             Path(download.value.path()).read_text(encoding="utf-8").splitlines()]
+    assert [line["name"] for line in lines] == sorted(f"photos/{n}" for n in names)
+    assert all(line["label"] in COLOURS and len(line["top_k"]) == 4 for line in lines)
+    with page.expect_download() as download:
+        row.locator("button[data-format=csv]").click()
+    text = Path(download.value.path()).read_text(encoding="utf-8")
+    assert text.startswith("name,sha256,label,unknown,error,label_1,prob_1")
+    assert len(io.StringIO(text).readlines()) == 13
+    assert download.value.suggested_filename.endswith(".csv")

@@ -257,6 +257,7 @@ const ROUTES = [
   [/^#\/adapters\/([\w-]+)$/, "adapters", viewAdapter],
   [/^#\/adapters\/([\w-]+)\/review$/, "adapters", viewReview],
   [/^#\/try(?:\?adapter=([\w-]+))?$/, "try", viewTry],
+  [/^#\/predict$/, "predict", viewPredict],
 ];
 
 async function route() {
@@ -1923,6 +1924,107 @@ async function viewTry(adapterId) {
   show(h("div", { class: "head" }, h("div", {}, h("h1", { text: "Try it" }),
     h("p", { class: "sub", text: "Classify images with an adapter, or zero-shot with any "
       + "class names." }))), form, results);
+}
+
+// ---------------------------------------------------------------- batch predictions
+
+function predictionRow(p) {
+  const c = p.counts;
+  const cells = [h("td", { text: p.id.slice(0, 8) }), h("td", {}, badge(p.status)),
+    h("td", { class: "progress", text: `${c.done} / ${c.images}` }),
+    h("td", { text: p.adapter || "zero-shot" }), h("td", { text: ago(p.created_at) })];
+  const files = h("td", { class: "downloads" });
+  if (p.status === "succeeded") {
+    for (const format of ["jsonl", "csv"]) {
+      files.append(h("button", { type: "button", class: "quiet", text: format.toUpperCase(),
+        "data-format": format, onclick: async () => {
+          const r = await api(`/v1/predictions/${enc(p.id)}/results?format=${format}`,
+            { raw: true });
+          const url = URL.createObjectURL(await r.blob());
+          const link = h("a", { href: url, download: `prediction-${p.id}.${format}` });
+          document.body.append(link);
+          link.click();
+          link.remove();
+          setTimeout(() => URL.revokeObjectURL(url), 10000);
+        } }));
+    }
+  } else if (!FINISHED.has(p.status)) {
+    files.append(h("button", { type: "button", class: "quiet", text: "Cancel",
+      onclick: () => api(`/v1/predictions/${enc(p.id)}/cancel`, { method: "POST" })
+        .catch((e) => notice(e.message)) }));
+  } else if (p.error) {
+    files.append(h("span", { class: "sub", text: p.error }));
+  }
+  return h("tr", { "data-prediction": p.id, "data-status": p.status }, ...cells, files);
+}
+
+async function viewPredict() {
+  const adapters = (await api("/v1/adapters?limit=200")).data;
+  const signal = routeSignal;
+  const adapterSelect = h("select", { id: "predict-adapter" }, adapters.map((a) =>
+    h("option", { value: a.id, text: `${a.name ? `${a.name}@${a.version}` : a.id.slice(0, 8)}`
+      + ` · ${a.classnames.length} classes` })));
+  const zipInput = h("input", { type: "file", id: "predict-zip", accept: ".zip,application/zip" });
+  const status = h("div", { id: "predict-status" });
+  const rows = h("tbody", { id: "predictions" });
+  const send = h("button", { type: "submit", id: "predict-submit", text: "Classify all",
+    disabled: !adapters.length });
+  let running = false;  // whether a listed prediction has not finished: then it is polled
+  const refresh = async () => {
+    const list = (await api("/v1/predictions?limit=20", { signal })).data;
+    rows.replaceChildren(...list.map(predictionRow));
+    running = list.some((p) => !FINISHED.has(p.status));
+    return list;
+  };
+  const form = h("form", { class: "card", onsubmit: async (e) => {
+    e.preventDefault();
+    const file = zipInput.files[0];
+    if (!file) {
+      status.replaceChildren(errorView(new ApiError(0, "choose a zip of images")));
+      return;
+    }
+    const body = new FormData();
+    body.append("dataset", file, file.name);
+    body.append("adapter", adapterSelect.value);
+    send.disabled = true;
+    status.replaceChildren(h("p", { class: "sub", text: "Uploading…" }));
+    try {
+      const p = await upload("/v1/predictions", body, { "Idempotency-Key": randomKey() },
+        (f) => { status.firstChild.textContent = `Uploading… ${pct(f)}`; }, signal);
+      status.replaceChildren(h("p", { class: "sub", text: `Prediction ${p.id.slice(0, 8)} `
+        + `queued: ${p.counts.images} images.` }));
+      await refresh();
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      status.replaceChildren(errorView(err));
+    } finally {
+      send.disabled = !adapters.length;
+    }
+  } },
+  h("div", { class: "fields" },
+    h("div", {}, h("label", { for: "predict-adapter", text: "adapter" }), adapterSelect),
+    h("div", {}, h("label", { for: "predict-zip", text: "images" },
+      h("span", { class: "hint", text: "a zip; folders are only names" })), zipInput)),
+  h("div", { class: "row", style: "margin-top:1rem" }, send), status);
+
+  show(h("div", { class: "head" }, h("div", {}, h("h1", { text: "Batch predictions" }),
+    h("p", { class: "sub", text: adapters.length ? "Classify a zip of images with an adapter "
+      + "in the background; download the answers as JSON Lines or CSV."
+      : "Train or import an adapter first." }))), form,
+  h("table", { class: "list" }, h("thead", {}, h("tr", {}, ...["prediction", "status",
+    "images", "adapter", "submitted", "results"].map((t) => h("th", { text: t })))), rows));
+  await refresh();
+  // progress: the list is read again every second while any prediction runs
+  while (!signal.aborted) {
+    await sleep(1000);
+    if (signal.aborted) break;
+    if (!running) continue;
+    try {
+      await refresh();
+    } catch (e) {
+      if (e.name === "AbortError") break;
+    }
+  }
 }
 
 // ---------------------------------------------------------------- start
