@@ -62,15 +62,29 @@ class SeaweedFS:
                 raise RuntimeError(f"SeaweedFS exited ({self.proc.returncode}); see "
                                    f"{self.dir / 'weed.log'}")
             try:
-                self._client().create_bucket(Bucket=self.bucket)
+                self._ready()
                 return self
-            except Exception as e:  # not answering yet, or the bucket exists (a restart)
-                if "BucketAlreadyOwnedByYou" in str(e) or "BucketAlreadyExists" in str(e):
-                    return self
+            except Exception as e:  # not answering yet (its volumes register a moment later)
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"SeaweedFS did not answer in {timeout:g} s: {e}") \
                         from e
                 time.sleep(0.5)
+
+    def _ready(self) -> None:
+        """The bucket exists and a sentinel written at the first start reads back: after a
+        restart, the S3 gateway answers some seconds before the stored objects can be read."""
+        client = self._client()
+        try:
+            client.create_bucket(Bucket=self.bucket)
+        except Exception as e:
+            if "BucketAlreadyOwnedByYou" not in str(e) and "BucketAlreadyExists" not in str(e):
+                raise
+        sentinel = self.dir / "sentinel-written"
+        if not sentinel.exists():
+            client.put_object(Bucket=self.bucket, Key="sentinel", Body=b"here")
+            sentinel.touch()
+        if client.get_object(Bucket=self.bucket, Key="sentinel")["Body"].read() != b"here":
+            raise RuntimeError("the sentinel object reads back wrong")
 
     def stop(self, *, graceful: bool = False) -> None:
         """Killed (a crash: what was acknowledged is on disk), or ``graceful``ly (SeaweedFS

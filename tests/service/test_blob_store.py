@@ -85,6 +85,17 @@ def _classify(client, adapter_id: str, images: list[bytes]):
                               for i, b in enumerate(images)])
 
 
+def _after_retries(call, seconds: float = 30):
+    """``call()``'s answer once it is not a 503 (as a client honouring Retry-After does: a
+    store that has just come back may answer its first reads with an error a moment)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        answer = call()
+        if answer.status_code != 503 or time.monotonic() > deadline:
+            return answer
+        time.sleep(1)
+
+
 def _images(colour_set) -> list[bytes]:
     return [(colour_set / c / "0001.png").read_bytes() for c in ("red", "blue", "green")]
 
@@ -136,7 +147,8 @@ def test_a_store_that_is_away_answers_503_and_stores_nothing(trained, s3, colour
     finally:
         s3.start()
     assert client.get("/readyz").json()["checks"]["blob_store"] == "ok"
-    assert _classify(client, adapter_id, images).json()["predictions"] == before
+    assert _after_retries(lambda: _classify(client, adapter_id, images)).json()[
+        "predictions"] == before
     r = client.post("/v1/datasets", files={"dataset": ("c.zip", zip_folder(colour_set))})
     assert r.status_code == 201, r.text
     assert datasets() == stored + 1
@@ -148,7 +160,7 @@ def test_a_backup_restores_into_a_service_that_answers_the_same(
     copy: here object by object); restored into a new database and bucket prefix."""
     client, adapter_id = trained
     images = _images(colour_set)
-    answer = _classify(client, adapter_id, images).json()["predictions"]
+    answer = _after_retries(lambda: _classify(client, adapter_id, images)).json()["predictions"]
     source = s3_env["CLIPFIT_DATABASE_URL"].replace("postgresql+psycopg", "postgresql")
     dump = tmp_path / "clipfit.sql"
     subprocess.run(["pg_dump", "--no-owner", "-f", str(dump), source], check=True)
