@@ -762,20 +762,13 @@ class Predictions(Jobs):
         options = {k: v for k, v in options.items() if v is not None}
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         if source is not None:
-            path = Path(source)
-            if path.is_dir():
-                archive = zip_folder(path)
-            elif path.is_file():
-                archive = path.read_bytes()
-            else:
-                raise FileNotFoundError(f"{path}: no such folder or zip file")
+            files, _ = _upload(Path(source))  # a folder (zipped here) or a zip
             data = {k: str(v).lower() if isinstance(v, bool) else str(v)
                     for k, v in options.items()}
             if classes is not None:
                 data["classes"] = ",".join(classes)
-            response = self._c.request(
-                "POST", self.path, data=data, headers=headers, idempotent=True,
-                files={"dataset": (f"{path.stem or 'images'}.zip", archive, "application/zip")})
+            response = self._c.request("POST", self.path, data=data, headers=headers,
+                                       idempotent=True, files=files)
         else:
             body = options | {"dataset_id": dataset_id,
                               "images": list(images) if images is not None else None,
@@ -812,4 +805,4 @@ class Predictions(Jobs):
     def rows(self, prediction_id: str) -> list[dict]:
         """The results, one dict per image: name, sha256, label, unknown, top_k, error."""
         return [json.loads(line) for line in
-                self.results(prediction_id).decode().splitlines() if line]
+                self.results(prediction_id).split(b"\n") if line]

@@ -18,14 +18,14 @@ Keyword-only arguments; ``None`` when nothing is found; the caller owns the tran
 from __future__ import annotations
 
 import hashlib
-import logging
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Engine, delete, exists, select, text, update
+from sqlalchemy import Engine, delete, exists, func, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -41,8 +41,6 @@ from .models import (
     utcnow,
 )
 from .settings import Settings
-
-log = logging.getLogger(__name__)
 
 # every column that names a blob: a blob none of them names is garbage (after the grace)
 NAMING_COLUMNS: list[InstrumentedAttribute] = [
@@ -99,22 +97,30 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _upsert_rows(session: Session, blobs: dict[str, bytes], *, keep_bytes: bool) -> None:
-    """Insert the rows or, where they exist, refresh ``touched_at`` (and lock them)."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
+def _insert(session: Session):
+    """The dialect's INSERT (both have ON CONFLICT)."""
+    if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
+    return insert(Blob)
+
+
+def _upsert_rows(session: Session, blobs: dict[str, bytes], *, keep_bytes: bool) -> None:
+    """Insert the rows or, where they exist, refresh ``touched_at`` (and lock them); with
+    ``keep_bytes``, a row whose bytes were elsewhere takes them in."""
     now = utcnow()
     items = sorted(blobs.items())  # one lock order for every writer: no deadlocks
     for start in range(0, len(items), ROWS_PER_STATEMENT):
         rows = [{"sha256": sha256, "size": len(data), "data": data if keep_bytes else None,
                  "created_at": now, "touched_at": now}
                 for sha256, data in items[start:start + ROWS_PER_STATEMENT]]
-        statement = insert(Blob).values(rows)
-        session.execute(statement.on_conflict_do_update(
-            index_elements=[Blob.sha256], set_={"touched_at": now}))
+        statement = _insert(session).values(rows)
+        changes = {"touched_at": now}
+        if keep_bytes:
+            changes["data"] = func.coalesce(Blob.data, statement.excluded.data)
+        session.execute(statement.on_conflict_do_update(index_elements=[Blob.sha256],
+                                                        set_=changes))
 
 
 def put_blobs(session: Session, *, data: Sequence[bytes]) -> list[str]:
@@ -181,8 +187,6 @@ def release_blobs(session: Session, *, digests: Iterable[str]) -> int:
     elif unused:
         session.execute(update(Blob).where(Blob.sha256.in_(unused)).values(touched_at=utcnow()))
     return len(unused)
-
-
 
 
 # ---------------------------------------------------------------- the collector
@@ -259,19 +263,19 @@ def _adopt_orphans(engine: Engine, store: BlobStore, *, cutoff: datetime, result
 
     from .db import session_scope
 
-    old = [o for o in store.objects() if _naive_utc(o.written_at) < cutoff]
-    for start in range(0, len(old), ROWS_PER_STATEMENT):
-        chunk = {o.sha256: o for o in old[start:start + ROWS_PER_STATEMENT]}
+    old = (o for o in store.objects() if _naive_utc(o.written_at) < cutoff)
+    while chunk := {o.sha256: o for o in islice(old, ROWS_PER_STATEMENT)}:
         try:
             with session_scope(engine) as s:
                 _lock_timeout(s)
                 known = set(s.scalars(select(Blob.sha256).where(Blob.sha256.in_(chunk))))
                 orphans = [o for sha256, o in chunk.items() if sha256 not in known]
                 if orphans and not dry_run:
-                    _insert_ignoring_conflicts(s, [
+                    s.execute(_insert(s).values([
                         {"sha256": o.sha256, "size": o.size, "data": None,
                          "created_at": _naive_utc(o.written_at),
                          "touched_at": _naive_utc(o.written_at)} for o in orphans])
+                        .on_conflict_do_nothing(index_elements=[Blob.sha256]))
                 result.adopted += len(orphans)
         except OperationalError:  # a writer holds one of them: it is not an orphan
             result.skipped.append(f"{len(chunk)} objects whose rows were being written")
@@ -279,12 +283,3 @@ def _adopt_orphans(engine: Engine, store: BlobStore, *, cutoff: datetime, result
 
 def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None)  # the database's clock: naive UTC
-
-
-def _insert_ignoring_conflicts(session: Session, rows: list[dict]) -> None:
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    session.execute(insert(Blob).values(rows).on_conflict_do_nothing(
-        index_elements=[Blob.sha256]))

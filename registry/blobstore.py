@@ -209,14 +209,18 @@ class S3BlobStore:
         return StoredObject(sha256, head["ContentLength"], head["LastModified"].astimezone(UTC))
 
     def objects(self) -> Iterator[StoredObject]:
-        paginator = self.client.get_paginator("list_objects_v2")
+        """Every object under the prefix, a page (1,000) at a time."""
         prefix = f"{self.prefix}/" if self.prefix else ""
-        pages = self._call("list", lambda **kw: list(paginator.paginate(**kw)), Prefix=prefix)
-        for page in pages:
+        token: dict[str, str] = {}
+        while True:
+            page = self._call("list", self.client.list_objects_v2, Prefix=prefix, **token)
             for item in page.get("Contents", []):
                 name = item["Key"].rsplit("/", 1)[-1]
                 if _is_digest(name):
                     yield StoredObject(name, item["Size"], item["LastModified"].astimezone(UTC))
+            if not page.get("IsTruncated"):
+                return
+            token = {"ContinuationToken": page["NextContinuationToken"]}
 
     def check(self) -> None:
         self._call("answer", self.client.head_bucket)

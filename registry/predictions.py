@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import func, insert, literal, select, union
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, contains_eager
 
 from .blobs import put_blob, put_blobs
 from .db import owned as _owned
@@ -69,9 +69,11 @@ def create_prediction(
     digests = put_blobs(session, data=[data for _, data in uploads])
     named = [NamedImage(name, digest) for (name, _), digest in zip(uploads, digests,
                                                                   strict=True)]
-    for position, image in enumerate([*named, *stored], start=count):
-        session.add(PredictionImage(job_id=job.id, position=position,
-                                    blob_sha256=image.blob_sha256, filename=image.name[:512]))
+    rows = [{"job_id": job.id, "position": position, "blob_sha256": image.blob_sha256,
+             "filename": image.name[:512]}
+            for position, image in enumerate([*named, *stored], start=count)]
+    if rows:
+        session.execute(insert(PredictionImage), rows)  # one statement, executemany
     count += len(named) + len(stored)
     session.flush()
     session.get(Prediction, job.id).images = count
@@ -111,9 +113,9 @@ def list_predictions(session: Session, *, tenant_id: str | None, status: str | N
                      limit: int = 50, before: tuple[datetime, str] | None = None
                      ) -> list[Prediction]:
     """Newest first; ``before`` = (created_at, id) of the last one of the previous page."""
+    query = select(Prediction).join(Job).options(contains_eager(Prediction.job))  # 1 query
     return list(session.scalars(page_of_jobs(
-        _owned(select(Prediction).join(Job), Job, tenant_id), status=status, limit=limit,
-        before=before)))
+        _owned(query, Job, tenant_id), status=status, limit=limit, before=before)))
 
 
 def prediction_images(session: Session, *, job_id: str, start: int = 0,

@@ -33,6 +33,7 @@ from .quotas import check_room
 from .uploads import images_from_zip
 
 INVALID_PREDICTION = "invalid batch prediction"
+MAX_RESULT_ANSWERS = 250_000  # images x top-k answers in one result file (~11 MB of JSON Lines)
 STATUSES = tuple(s.value for s in JobStatus)
 FORMATS = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -138,6 +139,7 @@ def submit(ctx: Context, caller: Caller, request: PredictionRequest
             job = prediction_rows.create_prediction(
                 s, tenant_id=tenant, uploads=uploads, chunk_size=settings.predict_chunk_size,
                 **plan)
+            _check_size(prediction_rows.get_prediction(s, job_id=job.id).images, plan)
             if request.idempotency_key:
                 job_rows.record_idempotency(s, tenant_id=tenant, key=request.idempotency_key,
                                             request_hash=digest, job_id=job.id)
@@ -150,6 +152,19 @@ def submit(ctx: Context, caller: Caller, request: PredictionRequest
         return view, False
     send(ctx, job)
     return view, True
+
+
+def _check_size(images: int, plan: dict[str, Any]) -> None:
+    """Something to classify (a dataset deleted meanwhile has nothing), and results of a
+    bounded size (images x answers each): ``Invalid`` otherwise (the transaction goes)."""
+    answers = min(plan["top_k"], len(plan["classnames"]))
+    if images == 0:
+        raise Invalid([("no images to classify (the dataset has none, or was deleted "
+                       "meanwhile)")], INVALID_PREDICTION)
+    if images * answers > MAX_RESULT_ANSWERS:
+        raise Invalid([(f"top_k: {images} images x {answers} answers each is more than "
+                       f"{MAX_RESULT_ANSWERS:,} answers in the results; ask for top_k <= "
+                       f"{max(1, MAX_RESULT_ANSWERS // images)}")], INVALID_PREDICTION)
 
 
 def _checked(s, ctx: Context, tenant_id: str, request: PredictionRequest

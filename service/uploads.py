@@ -84,6 +84,9 @@ def from_files(files: list[tuple[str, bytes]], labels: list[str],
     return _checked(dataset, settings, min_classes)
 
 
+MAX_FOLDER_DEPTH = 32  # folders in a member's path (the reader walks them recursively)
+
+
 def archive_problems(archive: zipfile.ZipFile, settings: Settings) -> list[str]:
     """What makes an archive unsafe or unreadable, from its directory alone (nothing is
     decompressed): entries (all of them, folders and __MACOSX too), uncompressed size, paths,
@@ -107,6 +110,8 @@ def archive_problems(archive: zipfile.ZipFile, settings: Settings) -> list[str]:
 
     files = [m for m in entries if not m.is_dir()]
     named("unsafe paths", [m.filename for m in entries if unsafe_name(m.filename)])
+    named(f"paths nested deeper than {MAX_FOLDER_DEPTH} folders",
+          [m.filename for m in entries if m.filename.strip("/").count("/") > MAX_FOLDER_DEPTH])
     named("archives inside the archive (unpack them first)",
           [m.filename for m in files if m.filename.lower().endswith(ARCHIVE_SUFFIXES)
            and "__MACOSX" not in m.filename])

@@ -25,15 +25,15 @@ from clipfit_core.models import create_base_model, resolve_device
 from clipfit_core.serving import MixedAdapterModel
 from registry import crud
 from registry import predictions as prediction_rows
-from registry.blobs import get_blobs
-from registry.blobstore import BlobStoreUnavailable
+from registry.blobs import get_blob, get_blobs
+from registry.blobstore import BlobMissing
 from registry.db import session_scope
 from registry.models import JobStatus, utcnow
 from service.predictions import counts_of, result_files, result_row
 from service.uploads import decode_image
 
 from .failures import failure_message
-from .tasks import DATABASE_AWAY, Heartbeat, ServiceTask, _end, with_retries
+from .tasks import DATABASE_AWAY, STORAGE_AWAY, Heartbeat, ServiceTask, _end, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +114,30 @@ def predict_job(self: PredictTask, job_id: str) -> str:
             return _end(self, job_id, plan.attempt, JobStatus.cancelled)
         except Superseded:
             return "superseded"
-        except BlobStoreUnavailable:  # not the prediction's fault: its heartbeat stops, and
-            raise  # the reconciler runs it again (after its recorded chunks) once it is back
+        except STORAGE_AWAY:  # the database or the blob store is away: not the
+            raise  # prediction's fault; its heartbeat stops, and the reconciler runs it again
+            #        (after its recorded chunks) once they are back
         except Exception as e:  # the prediction failed; the worker lives on
             log.exception("prediction %s failed", job_id)
             return _end(self, job_id, plan.attempt, JobStatus.failed,
                         failure_message(e, base_model=plan.spec))
     return with_retries(lambda: _store(self, plan), f"storing the results of {job_id}")
+
+
+def _image_bytes(session, digests: list[str]) -> list[bytes | None]:
+    """Each image's bytes, None for one whose bytes are missing from the store (an error
+    row for that image, not a failed prediction)."""
+    try:
+        stored = get_blobs(session, digests=digests)
+    except BlobMissing:  # one or more are gone: which, one by one
+        stored = {}
+        for digest in set(digests):
+            try:
+                stored[digest] = get_blob(session, sha256=digest)
+            except BlobMissing:
+                log.error("blob %s is missing from the blob store ('clipfit blobs verify')",
+                          digest)
+    return [stored.get(digest) for digest in digests]
 
 
 def _delta(task: PredictTask, plan: Plan) -> Delta | None:
@@ -138,15 +155,17 @@ def _delta(task: PredictTask, plan: Plan) -> Delta | None:
 def _classify(task: PredictTask, plan: Plan, beat: Heartbeat) -> None:
     """Every chunk not recorded yet, batch by batch, each chunk recorded when done."""
     settings = task.settings
+    batch = settings.predict_batch_size or settings.batch_max_size
+    work = [(chunk, lo, min(lo + batch, stop)) for chunk in range(plan.chunks)
+            if chunk not in plan.done
+            for start, stop in [plan.chunk_range(chunk)] for lo in range(start, stop, batch)]
+    if not work:  # every chunk recorded (an attempt died storing the files): no model needed
+        return
     model = task.model(plan.spec)
     delta = _delta(task, plan)
     if delta is not None:
         model.check(delta)  # the same weights and tensors, else a DeltaError
     text = model.text_features(plan.classnames, plan.templates, delta)
-    batch = settings.predict_batch_size or settings.batch_max_size
-    work = [(chunk, lo, min(lo + batch, stop)) for chunk in range(plan.chunks)
-            if chunk not in plan.done
-            for start, stop in [plan.chunk_range(chunk)] for lo in range(start, stop, batch)]
     done_images = sum(b - a for a, b in map(plan.chunk_range, plan.done))
     state = {"checked": time.monotonic(), "cancel": False}
 
@@ -171,8 +190,7 @@ def _classify(task: PredictTask, plan: Plan, beat: Heartbeat) -> None:
         """(images, pixels of the readable ones, the problem of each unreadable one)."""
         with session_scope(task.engine) as s:
             images = prediction_rows.prediction_images(s, job_id=plan.job_id, start=lo, stop=hi)
-            stored = get_blobs(s, digests=[image.blob_sha256 for image in images])
-            data = [stored.get(image.blob_sha256) for image in images]
+            data = _image_bytes(s, [image.blob_sha256 for image in images])
         decoded = [decode_image(d, image.name, settings) if d is not None
                    else (None, f"{image.name}: the image is no longer stored")
                    for image, d in zip(images, data, strict=True)]
@@ -180,8 +198,6 @@ def _classify(task: PredictTask, plan: Plan, beat: Heartbeat) -> None:
         pixels = model.base.preprocess(readable) if readable else None
         return images, pixels, [problem for _, problem in decoded]
 
-    if not work:
-        return
     rows: list[dict] = []
     started, classified = time.monotonic(), 0
     slot = model.table.slot_for(delta)

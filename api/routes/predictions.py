@@ -104,7 +104,7 @@ def public(view: predictions.PredictionView) -> PredictionPublic:
     return PredictionPublic.model_validate(vars(view) | {"links": links})
 
 
-async def read_prediction_request(request: Request, settings) -> PredictionRequest:
+async def read_prediction_request(request: Request) -> PredictionRequest:
     """Stored images as JSON, or a zip upload as multipart, with the options."""
     if request.headers.get("content-type", "").startswith("application/json"):
         body = validated_json(PredictionJSON, await request.body(), INVALID_PREDICTION)
@@ -143,7 +143,7 @@ async def create_prediction(
     ``images`` (JSON); an ``adapter`` (id, name@VERSION, name@alias), or ``classes`` (and
     optionally ``base_model``) for zero-shot; the options of /v1/classify. With an
     ``Idempotency-Key``, the same request sent again answers the prediction it made."""
-    submission = await read_prediction_request(request, ctx.settings)
+    submission = await read_prediction_request(request)
     submission.idempotency_key = idempotency_key
     view, _ = await run_in_threadpool(predictions.submit, ctx, principal, submission)
     return public(view)

@@ -94,5 +94,5 @@ def test_remote_predict(url, key, adapter, photos, tmp_path, capsys):
     assert code == 0 and len(listed) >= 2 and listed[0]["classes"] == ["red", "blue", "green"]
     code, out, _ = remote("predictions", "show", listed[0]["id"])
     assert code == 0 and "8 of 8 images done" in out
-    code, _, err = remote("predict", str(photos))
-    assert code != 0
+    code, _, err = remote("predict", str(photos))  # neither an adapter nor classes
+    assert code != 0 and "adapter" in err and "classes" in err, err

@@ -309,3 +309,30 @@ def test_one_worker_at_a_time_collects(databases, request, tmp_path):
     first = collect_blobs_once(engine, settings, store, "worker-1")
     assert first is not None and first.deleted == 1 and store.stat(digest) is None
     assert collect_blobs_once(engine, settings, store, "worker-2") is None  # within the lease
+
+
+def test_the_s3_listing_reads_every_page(request, tmp_path):
+    """More objects than one page of list_objects_v2 (1,000): the collector and verify see
+    them all."""
+    from registry.blobstore import open_blob_store
+
+    store = open_blob_store(_settings(request, tmp_path, make_engine("sqlite://"), "s3"))
+    blobs = {hashlib.sha256(d).hexdigest(): d for d in (f"{i}".encode() for i in range(1050))}
+    store.put_many(blobs)
+    assert {o.sha256 for o in store.objects()} == set(blobs)
+
+
+def test_a_database_store_takes_in_bytes_that_were_elsewhere(databases, request, tmp_path):
+    """Back to CLIPFIT_BLOB_URL=database without moving the bytes: a writer of the same bytes
+    puts them in the row, so they read back without a store."""
+    engine = databases["sqlite"]
+    use_blob_store(_settings(request, tmp_path, engine, "file"))
+    with session_scope(engine) as s:
+        digest = put_blob(s, data=b"elsewhere")
+    use_blob_store(_settings(request, tmp_path, engine, "database"))
+    with session_scope(engine) as s, pytest.raises(BlobMissing):
+        get_blobs(s, digests=[digest])
+    with session_scope(engine) as s:
+        put_blob(s, data=b"elsewhere")
+    with session_scope(engine) as s:
+        assert get_blobs(s, digests=[digest]) == {digest: b"elsewhere"}

@@ -330,3 +330,31 @@ def test_a_killed_worker_resumes_without_redoing_finished_chunks(api, start_work
     rows, _ = results(api, pid)
     assert [r["name"] for r in rows] == [f"batch/{i:05d}.png" for i in range(n)]
     assert all(r["error"] is None and len(r["top_k"]) == 1 for r in rows)
+
+
+
+def test_deep_zips_and_oversized_results_are_refused(api, adapter, colour_set, monkeypatch):
+    """A zip nested deeper than the reader walks (it ended in a RecursionError, a 500) and
+    results beyond MAX_RESULT_ANSWERS (images x top_k): one 422 each, nothing stored."""
+    import service.predictions
+
+    before = stored_counts(api)
+    two = dict(list(pngs(colour_set, per_class=1).items())[:2])
+    image = next(iter(two.values()))
+    deep = {"/".join(["a"] * 3000) + "/x.png": image}
+    r = api.post("/v1/predictions", data={"adapter": adapter["id"]},
+                 files={"dataset": ("p.zip", zip_of(deep), "application/zip")})
+    assert r.status_code == 422 and "nested deeper than 32 folders" in r.text, r.text
+    r = api.post("/v1/jobs", files={"dataset": ("d.zip", zip_of(deep))},
+                 data={"base_model": "clipfit-tiny"})
+    assert r.status_code == 422 and "nested deeper than 32 folders" in r.text, r.text
+    monkeypatch.setattr(service.predictions, "MAX_RESULT_ANSWERS", 3)
+    r = api.post("/v1/predictions", data={"adapter": adapter["id"], "top_k": "2"},
+                 files={"dataset": ("p.zip", zip_of(two), "application/zip")})
+    assert r.status_code == 422 and "2 images x 2 answers" in r.text, r.text
+    assert stored_counts(api) == before
+    r = api.post("/v1/predictions", data={"adapter": adapter["id"], "top_k": "1"},
+                 files={"dataset": ("p.zip", zip_of(two), "application/zip")})
+    assert r.status_code == 202, r.text  # within the bound: accepted
+    cancel = api.post(f"/v1/predictions/{r.json()['id']}/cancel")
+    assert cancel.status_code in (200, 202), cancel.text
