@@ -42,6 +42,7 @@ class InferenceEngine:
         self._adapters: TTLCache[str, AdapterInfo] = TTLCache(
             maxsize=10_000, ttl=settings.key_cache_seconds)
         self._lock = threading.Lock()
+        self._forgets = 0  # adapters forgotten (deleted): a delta loaded across one is not kept
         self.delta_hits = 0
         self.delta_misses = 0
 
@@ -94,10 +95,14 @@ class InferenceEngine:
                 self.delta_hits += 1
                 return cached[1]
             self.delta_misses += 1
+            forgets = self._forgets
         weights = crud.get_blob(session, sha256=adapter.weights_sha256)
         delta = Delta.from_bytes(weights, adapter.config)
         with self._lock:
-            self._deltas[adapter.id] = (adapter, delta)
+            # an adapter deleted while its weights loaded (``forget`` ran meanwhile) must not
+            # stay resident: this request gets the delta, nothing keeps it
+            if self._forgets == forgets:
+                self._deltas[adapter.id] = (adapter, delta)
         return delta
 
     def cached_adapter(self, adapter_id: str, tenant_id: str) -> AdapterInfo | None:
@@ -120,6 +125,7 @@ class InferenceEngine:
 
     def forget(self, adapter_id: str) -> None:
         with self._lock:
+            self._forgets += 1
             self._deltas.pop(adapter_id, None)
             self._adapters.pop(adapter_id, None)
 

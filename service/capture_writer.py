@@ -12,7 +12,7 @@ import io
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -75,9 +75,13 @@ class _Pending:
 class CaptureWriter(BackgroundThread):
     THREAD_NAME = "clipfit-captures"  # writes captures; sweeps expired ones every minute
 
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session]):
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session],
+                 generation: Callable[[], int]):
         super().__init__()
         self.settings, self.sessions = settings, sessions
+        # the invalidation generation (service.invalidation): moves on every change applied
+        # in this process, so rules read across a change are not kept
+        self._generation = generation
         self.max_queued_bytes = int(settings.capture_queue_mb * 2**20)
         self._rules: TTLCache[tuple[str, str], CaptureRules | None] = TTLCache(
             maxsize=10_000, ttl=RULES_TTL_SECONDS)
@@ -97,10 +101,13 @@ class CaptureWriter(BackgroundThread):
         with self._lock:
             if key in self._rules:
                 return self._rules[key]
+        generation = self._generation()
         row = capture_rows.get_capture_settings(session, tenant_id=tenant_id, lineage=lineage)
         rules = CaptureRules.of(row) if row is not None else None
         with self._lock:
             self._rules[key] = rules
+        if self._generation() != generation:  # a change may have crossed the read: not kept
+            self.forget(tenant_id, lineage)
         return rules
 
     def forget(self, tenant_id: str, lineage: str) -> None:

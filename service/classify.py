@@ -79,6 +79,8 @@ def _adapter_and_delta(ctx: Context, caller: Caller, reference: str):
                 adapter = engine.remember_adapter(AdapterInfo.of(row))
                 if ctx.invalidation.stale_since(generation):  # a deletion crossed the read
                     engine.forget(adapter_id)
+            # a deletion crossing the weights' load: the engine keeps no delta loaded across
+            # a ``forget`` (api.inference)
             return adapter, engine.delta(s, adapter)
         except (OperationalError, InterfaceError):
             adapter = engine.cached_adapter(adapter_id, tenant)

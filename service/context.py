@@ -51,10 +51,13 @@ class Context:
     def create(cls, settings: Settings, *, inference: Any = None) -> Context:
         blobs = use_blob_store(settings)  # where this database's blobs live, process-wide
         sessions = session_factory(get_engine(settings.sqlalchemy_url))
+        invalidation = Invalidation(settings)
+        captures = CaptureWriter(settings, sessions,
+                                 generation=lambda: invalidation.generation)
         ctx = cls(settings=settings, sessions=sessions, queue=JobQueue(settings),
-                  quotas=Quotas(settings), captures=CaptureWriter(settings, sessions),
+                  quotas=Quotas(settings), captures=captures,
                   served=ServedCounts(settings, sessions),
-                  invalidation=Invalidation(settings), inference=inference, blobs=blobs)
+                  invalidation=invalidation, inference=inference, blobs=blobs)
         ctx.invalidation.on_change(ctx._forget_capture_rules)
         ctx.invalidation.on_reset(ctx.captures.forget_all)
         return ctx

@@ -14,8 +14,16 @@ a deletion (by hand, or by a retrain's auto-promotion in the worker) takes effec
 every replica and needs no message.
 
 Failures never fail a request: publishing to an unreachable Redis is logged and counted
-(``publish_failures``); a subscriber that loses Redis clears every cache it guards when it
-subscribes again (what was published meanwhile is lost), and until then the TTLs bound the
+(``publish_failures``). The publishing client is built once, times out after
+``PUBLISH_TIMEOUT_SECONDS`` and never retries a command; after a failed publish, changes are
+not published for ``REDIS_RETRY_SECONDS`` (``service.redis_retry``; then one change tries
+again), so a hung Redis costs one timeout every few seconds, not one per change. Each change
+not published (failed or skipped) counts in ``publish_failures``, the skipped ones in
+``publish_skipped`` too: this is safe because the other processes' caches drop what such a
+change made stale within their TTL anyway. A subscriber that loses Redis (or meets any other
+error: logged with its traceback, never a silently dead thread) tries again every
+``RECONNECT_SECONDS`` and clears every cache it guards when it subscribes again (what was
+published meanwhile is lost); until then the TTLs bound the
 staleness (CLIPFIT_KEY_CACHE_SECONDS for keys and adapter rows, RULES_TTL_SECONDS for
 capture rules). With the embedded default (no Redis) there is one API process: changes are
 applied to it alone.
@@ -39,12 +47,14 @@ import redis
 from registry.settings import Settings
 
 from .background import BackgroundThread
+from .redis_retry import REDIS_RETRY_SECONDS, RedisBackoff, no_retry
 
 log = logging.getLogger(__name__)
 KINDS = ("key", "adapter", "capture_rules")
 INVALIDATION_BOUND_SECONDS = 1.0  # stated in docs/operations.md; tests/service hold it
 PUBLISH_TIMEOUT_SECONDS = 0.5  # connect and answer: a publish takes microseconds
 RECONNECT_SECONDS = 1.0  # between a lost subscription and the next try
+# REDIS_RETRY_SECONDS (service.redis_retry): after a failed publish, publish nothing this long
 POLL_SECONDS = 0.5  # the subscriber's wait per message; only how soon ``close`` is seen
 HEALTH_CHECK_SECONDS = 5  # a silent connection is found dead after about this
 
@@ -93,12 +103,20 @@ class Invalidation(BackgroundThread):
         self.origin = uuid.uuid4().hex  # this process: its own messages are applied already
         self._handlers: list[Callable[[Change], None]] = []
         self._resets: list[Callable[[], None]] = []
+        # built once (from_url connects on first use); no retry: a hung Redis costs one
+        # timeout per try, and tries are spaced by REDIS_RETRY_SECONDS after a failure
         self._publisher: redis.Redis | None = None
+        if self.url is not None:
+            self._publisher = redis.Redis.from_url(
+                self.url, socket_timeout=PUBLISH_TIMEOUT_SECONDS,
+                socket_connect_timeout=PUBLISH_TIMEOUT_SECONDS, retry=no_retry())
+        self._publishing = RedisBackoff()
         self._generations = itertools.count(1)  # next() is atomic: no lock needed
         self.generation = 0  # moves on every change applied here (and every reset)
         self.subscribed = False  # the subscriber listens (API processes with Redis)
         self.published = 0
-        self.publish_failures = 0
+        self.publish_failures = 0  # changes not published: Redis failed, or was skipped
+        self.publish_skipped = 0  # of those, not tried (within REDIS_RETRY_SECONDS of a failure)
         self.received = 0  # changes from other processes applied here
         self.resets = 0  # subscriptions (re)made: every guarded cache cleared
 
@@ -122,20 +140,30 @@ class Invalidation(BackgroundThread):
         """After the change committed: drop it from this process's caches, and tell the
         others. Never raises."""
         self._apply(change)
-        if self.url is None:
+        if self._publisher is None:
+            return
+        if not self._publishing.may_try(REDIS_RETRY_SECONDS):
+            with self._lock:
+                self.publish_failures += 1
+                self.publish_skipped += 1
+            log.warning("did not publish the invalidation of %s %s (Redis failed less than "
+                        "%g s ago): other API processes see it within their cache's TTL",
+                        change.kind, change.id, REDIS_RETRY_SECONDS)
             return
         try:
-            if self._publisher is None:
-                self._publisher = redis.Redis.from_url(
-                    self.url, socket_timeout=PUBLISH_TIMEOUT_SECONDS,
-                    socket_connect_timeout=PUBLISH_TIMEOUT_SECONDS)
             self._publisher.publish(self.channel, change.encode(self.origin))
-            self.published += 1
         except redis.RedisError as e:
-            self.publish_failures += 1
+            self._publishing.failed(REDIS_RETRY_SECONDS)
+            with self._lock:
+                self.publish_failures += 1
             log.warning("could not publish the invalidation of %s %s (%s: %s): other API "
-                        "processes see it within their cache's TTL", change.kind, change.id,
-                        type(e).__name__, e)
+                        "processes see it within their cache's TTL; not publishing for %g s",
+                        change.kind, change.id, type(e).__name__, e, REDIS_RETRY_SECONDS)
+        else:
+            if self._publishing.answered():
+                log.warning("invalidation: publishing to Redis again")
+            with self._lock:
+                self.published += 1
 
     def _apply(self, change: Change) -> None:
         self.generation = next(self._generations)
@@ -169,11 +197,13 @@ class Invalidation(BackgroundThread):
     def _run(self) -> None:
         lost = False
         while not self._closing:
-            client = redis.Redis.from_url(self.url, health_check_interval=HEALTH_CHECK_SECONDS,
-                                          socket_connect_timeout=PUBLISH_TIMEOUT_SECONDS,
-                                          socket_timeout=HEALTH_CHECK_SECONDS * 2)
-            pubsub = client.pubsub()
+            client = pubsub = None
             try:
+                client = redis.Redis.from_url(
+                    self.url, health_check_interval=HEALTH_CHECK_SECONDS,
+                    socket_connect_timeout=PUBLISH_TIMEOUT_SECONDS,
+                    socket_timeout=HEALTH_CHECK_SECONDS * 2)
+                pubsub = client.pubsub()
                 pubsub.subscribe(self.channel)
                 while not self._closing:
                     message = pubsub.get_message(timeout=POLL_SECONDS)
@@ -195,10 +225,19 @@ class Invalidation(BackgroundThread):
                                 "go stale for at most their TTL until it answers again",
                                 type(e).__name__, e)
                 lost = True
+            except Exception:  # a bug, or what Redis's client did not wrap: never die silently
+                self.subscribed = False
+                log.exception("invalidation: the subscriber failed; caches go stale for at "
+                              "most their TTL until it subscribes again")
+                lost = True
             finally:
                 self.subscribed = False
-                pubsub.close()
-                client.close()
+                for closing in (pubsub, client):
+                    try:
+                        if closing is not None:
+                            closing.close()
+                    except Exception:  # closing a broken connection: nothing to keep
+                        log.debug("invalidation: closing %r failed", closing, exc_info=True)
             with self._lock:
                 if not self._closing:
                     self._lock.wait(RECONNECT_SECONDS)

@@ -12,7 +12,6 @@ broker."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from functools import lru_cache
 
@@ -20,8 +19,6 @@ from limits import RateLimitItemPerDay, parse
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from sqlalchemy.orm import Session
 
 from registry.adapters import count_adapters
@@ -29,10 +26,11 @@ from registry.jobs import count_active_jobs
 from registry.settings import Settings
 
 from .errors import OverQuota
+from .redis_retry import REDIS_RETRY_SECONDS, REDIS_TIMEOUT_SECONDS, RedisBackoff, no_retry
 
 log = logging.getLogger(__name__)
-REDIS_TIMEOUT_SECONDS = 0.5  # connect and answer: a counter in Redis takes microseconds
-REDIS_RETRY_SECONDS = 5.0  # after a failure, count in memory this long before trying Redis
+# REDIS_RETRY_SECONDS (service.redis_retry): after a failure, count in memory this long before
+# trying Redis again (read here on every failure: tests shorten it)
 
 
 @lru_cache(maxsize=16)
@@ -68,40 +66,36 @@ class Quotas:
         if broker.startswith(("redis://", "rediss://")):
             self.shared = FixedWindowRateLimiter(storage_from_string(
                 broker, wrap_exceptions=True, socket_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=REDIS_TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0)))
-        self.redis_away = False  # counting in memory because Redis did not answer
-        self.redis_failures = 0  # times Redis did not answer a counter (for /metrics)
-        self._try_redis_at = 0.0  # monotonic; while Redis is away, when to try it again
-        self._lock = threading.Lock()
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS, retry=no_retry()))
+        self._redis = RedisBackoff()
+
+    @property
+    def redis_away(self) -> bool:
+        """Counting in memory because Redis did not answer."""
+        return self._redis.away
+
+    @property
+    def redis_failures(self) -> int:
+        """Times Redis did not answer a counter (for /metrics)."""
+        return self._redis.failures
 
     def _count(self, method: str, *args, **kwargs):
         """``method`` of the limiter in use: Redis's, or this process's memory while Redis
         does not answer (tried again by one request every REDIS_RETRY_SECONDS)."""
-        if self.shared is not None:
-            now = time.monotonic()
-            with self._lock:
-                use_redis = now >= self._try_redis_at
-                if use_redis and self.redis_away:  # this request probes; the others wait
-                    self._try_redis_at = now + REDIS_RETRY_SECONDS
-            if use_redis:
-                try:
-                    result = getattr(self.shared, method)(*args, **kwargs)
-                except StorageError as e:
-                    self._redis_failed(e)
-                else:
-                    if self.redis_away:
-                        self.redis_away = False
-                        log.warning("Redis answers again: rate limits and upload quotas are "
-                                    "counted there again")
-                    return result
+        if self.shared is not None and self._redis.may_try(REDIS_RETRY_SECONDS):
+            try:  # while Redis is away, this request probes; the others count in memory
+                result = getattr(self.shared, method)(*args, **kwargs)
+            except StorageError as e:
+                self._redis_failed(e)
+            else:
+                if self._redis.answered():
+                    log.warning("Redis answers again: rate limits and upload quotas are "
+                                "counted there again")
+                return result
         return getattr(self.local, method)(*args, **kwargs)
 
     def _redis_failed(self, error: StorageError) -> None:
-        with self._lock:
-            self.redis_failures += 1
-            self._try_redis_at = time.monotonic() + REDIS_RETRY_SECONDS
-            first, self.redis_away = not self.redis_away, True
-        if first:
+        if self._redis.failed(REDIS_RETRY_SECONDS):
             cause = error.storage_error
             log.warning("Redis is unreachable (%s: %s): rate limits and upload quotas are "
                         "counted in this process's memory until it answers (tried every "

@@ -468,6 +468,10 @@ def test_the_load_balancer_checks_readiness_and_answers_503_with_retry_after():
     assert ["http-check", "expect", "status", "200"] in backend
     checked = [w for w in backend if w[0] == "server-template" and "check" in w]
     assert checked and all("backup" not in w for w in checked), backend
+    backups = [w for w in backend if w[0] == "server-template" and "backup" in w]
+    assert backups, backend
+    # every replica failing /readyz (Redis away): spread over every backup, not the first one
+    assert ["option", "allbackups"] in backend, backend
     defaults = haproxy_sections()["defaults"]
     errorfiles = {w[1]: w[2] for w in defaults if w[0] == "errorfile"}
     assert set(errorfiles) == {"502", "503", "504"}, errorfiles

@@ -76,6 +76,7 @@ def invalidation_metrics(invalidation, scrape: CollectorRegistry) -> None:
           registry=scrape).set(int(invalidation.subscribed))
     for name, help_ in [("published", "changes published to the other replicas"),
                         ("publish_failures", "changes Redis did not take (TTL-bounded)"),
+                        ("publish_skipped", "of those, not tried (Redis failed just before)"),
                         ("received", "other replicas' changes applied here"),
                         ("resets", "subscriptions made (every guarded cache cleared)")]:
         Counter(f"clipfit_invalidation_{name}", help_, registry=scrape).inc(

@@ -77,6 +77,7 @@ def test_the_derived_haproxy_configuration_is_valid_and_checks_readyz(tmp_path):
     assert "option httpchk GET /readyz" in text
     assert "server api1 127.0.0.1:18001 check" in text
     assert "server api2_b 127.0.0.1:18002 backup" in text
+    assert "    option allbackups" in text.split("backend api", 1)[1]
     assert "bind 127.0.0.1:18000" in text
     binary = debian_binary("haproxy", "haproxy")
     config = tmp_path / "haproxy.cfg"
